@@ -1,0 +1,23 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test demo install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m ueo demo --out demo-out
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache
