@@ -1,0 +1,149 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ueo
+from ueo.objectives import mcm_scores, ueo_loss
+from ueo.prompts import PromptLearner
+from ueo.tuning import tunable_parameters
+
+from conftest import CLASSES
+
+K = len(CLASSES)
+
+
+def snapshot(bundle):
+    return {n: p.detach().clone() for n, p in bundle.model.state_dict().items()}
+
+
+def test_end_to_end_adapts_exactly_the_chosen_parameters(tiny_vit, generated):
+    train = generated(40, [0, 1, 2, 5, -1], seed=1)  # labels 5 and -1: unknown
+    test = generated(30, [0, 1, 2, 3, 4, 5], seed=2)
+    before = snapshot(tiny_vit)
+    result = ueo.fit(tiny_vit, CLASSES, train, test=test, method="ueo", epochs=3, batch_size=16,
+                     lr_prompt=1e-2, lr_norm=1e-2, eval_every=2)
+    # the bundle is left as it was (fit restores only the tuned names: any other change would show here)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit).items())
+    assert not any(p.requires_grad for p in tiny_vit.model.parameters())
+
+    norms = tunable_parameters(tiny_vit.model)
+    assert set(result.adapted.tensors) == {"prompt.ctx"} | set(norms)
+    assert sum(result.tuned_parameters.values()) == 4 * 64 + sum(p.numel() for p in norms.values())
+    init_ctx = PromptLearner(tiny_vit, CLASSES).ctx.detach()
+    assert not torch.allclose(result.adapted.tensors["prompt.ctx"], init_ctx)
+    for name, value in result.adapted.tensors.items():
+        if name != "prompt.ctx":
+            assert not torch.equal(value, before[name]), name
+
+    assert [(e["epoch"], e["split"]) for e in result.evaluations] == [
+        (0, "train"), (0, "test"), (2, "train"), (2, "test"), (3, "train"), (3, "test")]
+    for row in result.evaluations:
+        for key in ("gacc", "pacc", "auroc", "fpr95", "aupr_in", "aupr_out", "hm"):
+            assert row[key] is not None and math.isfinite(row[key]) and 0 <= row[key] <= 1
+    assert set(result.metrics) == {"zeroshot", "adapted"} and result.metrics["adapted"]["epoch"] == 3
+    steps_per_epoch = math.ceil(40 / 16)  # last partial batch kept
+    assert [h["step"] for h in result.history] == list(range(1, 3 * steps_per_epoch + 1))
+    total = 3 * steps_per_epoch
+    for h in result.history:  # cosine annealing per iteration, no warm-up
+        assert h["lr_prompt"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * (h["step"] - 1) / total)))
+        assert math.isfinite(h["loss"])
+    assert result.weights.shape == (40,) and bool(((result.weights > 1 / K - 1e-6) & (result.weights <= 1)).all())
+    assert result.adapted.info["method"] == "ueo" and result.adapted.model == "ueo-tiny-vit"
+
+    # re-applying the adapted state reproduces the final test evaluation
+    metrics, outputs = ueo.evaluate(tiny_vit, None, test, adapted=result.adapted)
+    for key in ("gacc", "pacc", "auroc", "fpr95"):
+        assert metrics[key] == pytest.approx(result.metrics["adapted"][key], abs=1e-6)
+    assert torch.allclose(outputs.cosines, result.outputs["test"].cosines, atol=1e-5)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit).items())
+
+
+@pytest.mark.parametrize("tune", ["prompt", "norm"])
+def test_tune_prompt_only_or_norm_only(tiny_rn, generated, tune):
+    train = generated(16, [0, 1, -1], seed=3)
+    before = snapshot(tiny_rn)
+    result = ueo.fit(tiny_rn, CLASSES, train, method="infomax", tune=tune, epochs=1, batch_size=8,
+                     lr_prompt=1e-1, lr_norm=1e-1)
+    names = set(result.adapted.tensors)
+    if tune == "prompt":
+        assert names == {"prompt.ctx"}
+        assert not torch.equal(result.adapted.tensors["prompt.ctx"], PromptLearner(tiny_rn, CLASSES).ctx.detach())
+    else:
+        assert names == set(tunable_parameters(tiny_rn.model))
+        assert any(not torch.equal(v, before[n]) for n, v in result.adapted.tensors.items())
+    after = snapshot(tiny_rn)
+    # BatchNorm stays in eval mode: running statistics untouched
+    assert all(torch.equal(before[n], after[n]) for n in before if "running" in n or "num_batches" in n)
+    # no test set: the adaptation set (it has some labels) is evaluated at epoch 0 and at the end
+    assert [(e["epoch"], e["split"]) for e in result.evaluations] == [(0, "train"), (1, "train")]
+
+
+def test_one_step_equals_an_independent_gradient_step(tiny_vit):
+    """fit's first SGD step = ctx0 - lr * d(UEO loss)/d ctx, with the weights from the zero-shot MCM."""
+    torch.manual_seed(5)
+    images = torch.randn(12, 3, 32, 32)  # tensors are used as given: no augmentation randomness
+    data = [(images[i], -1) for i in range(12)]
+    lr = 0.5
+    result = ueo.fit(tiny_vit, CLASSES, data, tune="prompt", epochs=1, batch_size=12, lr_prompt=lr,
+                     eval_train=False)
+
+    learner = PromptLearner(tiny_vit, CLASSES)
+    with torch.no_grad():
+        feats = F.normalize(tiny_vit.model.encode_image(images), dim=-1)
+        weights = mcm_scores(feats @ learner.text_features().T)
+    probs = torch.softmax(100 * feats @ learner.text_features().T, dim=-1)
+    loss = ueo_loss(probs, weights)
+    (grad,) = torch.autograd.grad(loss, learner.ctx)
+    expected = learner.ctx.detach() - lr * grad
+    assert result.history[0]["loss"] == pytest.approx(loss.item(), abs=1e-5)
+    assert torch.allclose(result.adapted.tensors["prompt.ctx"], expected, atol=1e-5)
+    assert torch.allclose(result.weights, weights, atol=1e-6)
+
+
+def test_seeded_runs_are_identical_and_seeds_differ(tiny_rn, generated):
+    train = generated(20, [0, 1, 2, -1], seed=4)
+    kwargs = dict(epochs=2, batch_size=8, lr_prompt=1e-2, lr_norm=1e-2, eval_train=False)
+    a = ueo.fit(tiny_rn, CLASSES, train, seed=7, **kwargs)
+    b = ueo.fit(tiny_rn, CLASSES, train, seed=7, **kwargs)
+    c = ueo.fit(tiny_rn, CLASSES, train, seed=8, **kwargs)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert all(torch.equal(a.adapted.tensors[n], b.adapted.tensors[n]) for n in a.adapted.tensors)
+    assert [h["loss"] for h in a.history] != [h["loss"] for h in c.history]
+
+
+def test_methods_oracle_zeroshot_and_epoch_weights(tiny_vit, generated):
+    train = generated(16, [0, 1, 4, -1], seed=6)
+    with pytest.raises(ValueError, match="oracle"):
+        ueo.fit(tiny_vit, CLASSES[:2], train, method="oracle", epochs=1)
+    labeled = generated(16, [0, 1, 3], seed=6)
+    oracle = ueo.fit(tiny_vit, CLASSES[:2], labeled, method="oracle", epochs=1, batch_size=8)
+    assert oracle.weights.tolist() == pytest.approx([1, 1, 1e-3] * 5 + [1])
+    assert [e["split"] for e in oracle.evaluations] == ["train", "train"]  # adaptation set has labels
+
+    zeroshot = ueo.fit(tiny_vit, CLASSES, labeled, method="zeroshot")
+    assert zeroshot.history == [] and [e["epoch"] for e in zeroshot.evaluations] == [0]
+    init = PromptLearner(tiny_vit, CLASSES).ctx.detach()
+    assert torch.equal(zeroshot.adapted.tensors["prompt.ctx"], init)
+
+    fixed = ueo.fit(tiny_vit, CLASSES, train, epochs=2, batch_size=8, lr_prompt=1.0, lr_norm=1.0, eval_train=False)
+    epoch = ueo.fit(tiny_vit, CLASSES, train, epochs=2, batch_size=8, lr_prompt=1.0, lr_norm=1.0, eval_train=False,
+                    weights="epoch")
+    assert fixed.history[:2] == epoch.history[:2]  # same first epoch ...
+    assert fixed.history[2]["loss"] != epoch.history[2]["loss"]  # ... then the weights are recomputed
+    assert not torch.allclose(fixed.weights, epoch.weights)
+
+
+def test_bad_options_are_clear_errors(tiny_vit, generated):
+    train = generated(4, [0], seed=0)
+    with pytest.raises(TypeError, match="Unknown fit option"):
+        ueo.fit(tiny_vit, CLASSES, train, learning_rate=1)
+    with pytest.raises(ValueError, match="Unknown method"):
+        ueo.fit(tiny_vit, CLASSES, train, method="tent")
+    with pytest.raises(ValueError, match="batch_size"):
+        ueo.fit(tiny_vit, CLASSES, train, batch_size=0)
+    with pytest.raises(ValueError, match="empty"):
+        ueo.fit(tiny_vit, CLASSES, [])
+    with pytest.raises(TypeError, match="pairs"):
+        ueo.fit(tiny_vit, CLASSES, [torch.zeros(3, 32, 32)], epochs=1)
