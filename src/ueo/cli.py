@@ -1,69 +1,513 @@
-"""Command line: ``ueo <command>`` (also ``python -m ueo``)."""
+"""ueo: adapt CLIP to an unlabeled image collection (Universal Entropy Optimization).
+
+Commands: fit, eval, predict, splits, report, bench, demo.  `ueo COMMAND --help` shows each one's options.
+Exit codes: 0 success, 2 bad input (data, classes, weights, options), 3 training diverged.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Dict, List, Optional
 
-import numpy as np
+import yaml
+
+from . import __version__
+from .data import DataError
+
+FIT_DEFAULTS = {
+    "model": "ViT-B-16", "pretrained": "openai", "device": None, "data": None, "root": None, "test": None,
+    "test_root": None, "val": None, "classes": None, "benchmark": None, "domain": None, "scenario": None,
+    "lists": None, "method": "ueo", "tune": "both", "rule": "official", "epochs": 50, "batch_size": 64,
+    "lr_prompt": 1e-4, "lr_norm": 1e-4, "trade": 1.0, "weights": "fixed", "seed": 2023, "eval_every": 10,
+    "eval_batch_size": 256, "num_workers": 0, "threshold": "auto", "tpr": None, "out": None,
+}
+ENGINE_KEYS = ("method", "tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights",
+               "seed", "eval_every", "eval_batch_size", "num_workers")
 
 
-def _generated_images(n: int, labels, seed: int):
-    """Images of coloured squares on noise, label cycling over ``labels`` (a stand-in for real data)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    items = []
-    for i in range(n):
-        label = labels[i % len(labels)]
-        pixels = rng.integers(0, 80, size=(72, 72, 3), dtype=np.uint8)
-        y, x = rng.integers(0, 36, size=2)
-        pixels[y:y + 36, x:x + 36] = ((53 * (label + 3)) % 256, (97 * (label + 1)) % 256, 160)
-        items.append((Image.fromarray(pixels), label))
-    return items
+class UsageError(Exception):
+    """Bad options or input; printed without a traceback, exit code 2."""
 
 
-def cmd_demo(args) -> int:
-    import ueo
+def _say(args, message: str) -> None:
+    print(message, file=sys.stderr if getattr(args, "quiet", False) else sys.stdout, flush=True)
 
-    print("NOTE: this demo uses a tiny RANDOMLY INITIALISED CLIP on generated images. It shows the pipeline "
-          "running end to end; its numbers mean nothing about the method.")
-    bundle = ueo.load_clip("ueo-tiny-vit", device="cpu")
-    classes = ["red square", "green square", "blue square", "yellow square"]
-    train = _generated_images(96, [0, 1, 2, 4, 5], seed=1)  # labels 4, 5: not in the class list
-    test = _generated_images(96, [0, 1, 2, 3, 4, 5], seed=2)
-    table = {}
-    for method in ("zeroshot", "entropy", "infomax", "ueo"):
-        result = ueo.fit(bundle, classes, train, test=test, method=method, epochs=args.epochs, batch_size=32,
-                         lr_prompt=1e-2, lr_norm=1e-2, eval_train=False)
-        row = result.metrics["adapted"]
-        table[method] = {k: row[k] for k in ("pacc", "auroc", "hm")}
-        print(f"{method:>9}  PACC {100 * row['pacc']:5.1f}  AUROC {100 * row['auroc']:5.1f}  HM {100 * row['hm']:5.1f}")
-    if args.out:
-        from .files import write_text
 
-        write_text(Path(args.out) / "demo.json", json.dumps({"open-partial": table}, indent=2))
-        print(f"wrote {Path(args.out) / 'demo.json'}")
+# ----------------------------------------------------------------------------------------------- options
+def _add(parser, flag, key, help_text, **kwargs):
+    default = FIT_DEFAULTS.get(key)
+    parser.add_argument(flag, dest=key, default=None, help=f"{help_text} (default: {default})", **kwargs)
+
+
+def _add_fit_options(p: argparse.ArgumentParser, with_out=True) -> None:
+    _add(p, "--model", "model", "open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path'")
+    _add(p, "--pretrained", "pretrained", "weights tag or checkpoint file; 'none' for random weights")
+    _add(p, "--device", "device", "cpu, cuda, cuda:1 (default: cuda when available)")
+    _add(p, "--data", "data", "unlabeled images: a folder (recursive) or a list file")
+    _add(p, "--root", "root", "folder that list-file paths are relative to (default: the list's folder)")
+    _add(p, "--test", "test", "labeled test images: folder with class sub-folders, or a list file")
+    _add(p, "--test-root", "test_root", "root for --test list paths (default: --root)")
+    _add(p, "--val", "val", "labeled validation images for --tpr")
+    _add(p, "--classes", "classes", "class names: a file (one per line) or a,b,c")
+    _add(p, "--benchmark", "benchmark", "office31 | officehome | visda | domainnet (instead of --data/--classes)")
+    _add(p, "--domain", "domain", "benchmark domain")
+    _add(p, "--scenario", "scenario", "cda | pda | oda | opda | csda")
+    _add(p, "--lists", "lists", "folder with the official list files of the benchmark")
+    _add(p, "--method", "method", "ueo | infomax | entropy | oracle | zeroshot")
+    _add(p, "--tune", "tune", "prompt | norm | both")
+    _add(p, "--rule", "rule", "norm selection: official | all-norms")
+    _add(p, "--epochs", "epochs", "adaptation epochs", type=int)
+    _add(p, "--batch-size", "batch_size", "images per step", type=int)
+    _add(p, "--lr-prompt", "lr_prompt", "learning rate of the prompt context", type=float)
+    _add(p, "--lr-norm", "lr_norm", "learning rate of the norm affines", type=float)
+    _add(p, "--trade", "trade", "weight of the marginal-entropy term", type=float)
+    _add(p, "--weights", "weights", "UEO weights: fixed (zero-shot, once) | epoch (recomputed)")
+    _add(p, "--seed", "seed", "random seed", type=int)
+    _add(p, "--eval-every", "eval_every", "evaluate every N epochs (0: zero-shot and last only)", type=int)
+    _add(p, "--eval-batch-size", "eval_batch_size", "images per evaluation batch", type=int)
+    _add(p, "--num-workers", "num_workers", "DataLoader worker processes", type=int)
+    _add(p, "--threshold", "threshold", "unknown threshold: auto (Otsu on the adaptation set's scores) or a number")
+    _add(p, "--tpr", "tpr", "choose the threshold accepting this fraction of known --val images", type=float)
+    if with_out:
+        _add(p, "--out", "out", "output folder")
+    p.add_argument("--config", default=None, help="YAML file with any of these options; flags override it")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars; logs only")
+
+
+def resolve_config(args) -> Dict:
+    """Defaults < YAML config < flags given on the command line."""
+    config = dict(FIT_DEFAULTS)
+    if getattr(args, "config", None):
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise UsageError(f"--config {args.config}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--config {args.config}: expected a mapping of option: value.")
+        unknown = [k for k in loaded if k.replace("-", "_") not in FIT_DEFAULTS]
+        if unknown:
+            raise UsageError(f"--config {args.config}: unknown option(s) {unknown}.")
+        config.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    config.update({k: v for k, v in vars(args).items() if k in FIT_DEFAULTS and v is not None})
+    if isinstance(config.get("pretrained"), str) and config["pretrained"].lower() == "none":
+        config["pretrained"] = None
+    return config
+
+
+def _prepare_out(out, overwrite: bool) -> Path:
+    if not out:
+        raise UsageError("--out is required: the folder for the results.")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out} is not empty; pass --overwrite to write into it.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- data
+def _load_inputs(config: Dict, say):
+    """(known class names, adaptation ImageList, test ImageList or None, val ImageList or None, run identity)."""
+    from . import data, protocols
+
+    if config["benchmark"]:
+        for key in ("domain", "scenario", "root"):
+            if not config[key]:
+                raise UsageError(f"--benchmark needs --{key}.")
+        split = protocols.build_split(config["benchmark"], config["domain"], config["scenario"], config["root"],
+                                      config["lists"], warn=say)
+        run = {"benchmark": split.benchmark, "domain": split.domain, "scenario": split.scenario}
+        return split.known_classes, split.train, split.test, _optional_images(config, "val", split.known_classes), run
+    if not config["data"] or not config["classes"]:
+        raise UsageError("Give --data and --classes (or --benchmark, --domain, --scenario, --root).")
+    names = data.parse_class_names(config["classes"])
+    train = data.read_images(config["data"], names, config["root"])
+    run = {"benchmark": "-", "domain": Path(config["data"]).name, "scenario": "-"}
+    return names, train, _optional_images(config, "test", names), _optional_images(config, "val", names), run
+
+
+def _optional_images(config, key, names):
+    from .data import read_images
+
+    if not config.get(key):
+        return None
+    images = read_images(config[key], names, config.get("test_root") or config.get("root"))
+    if not images.labeled:
+        raise DataError(f"--{key} {config[key]}: no labels found (use class sub-folders or a list file with labels).")
+    return images
+
+
+def _load_bundle(model, pretrained, device):
+    from .clip import load_clip
+
+    return load_clip(model, pretrained=pretrained, device=device)
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def _write_predictions(out: Path, images, outputs, class_names, threshold, num_known) -> Dict:
+    """predictions.csv (+ plots and open-set metrics when labeled). Returns what goes into metrics.json."""
+    from . import report
+    from .metrics import open_set_metrics
+    from .predict import decide
+
+    predictions, scores = outputs.predictions.numpy(), outputs.scores.numpy()
+    decided = decide(predictions, scores, class_names, threshold)
+    rows = []
+    for i, path in enumerate(images.paths):
+        label = int(images.labels[i])
+        row = {"path": str(path), "prediction": decided[i], "score": f"{scores[i]:.6f}",
+               "top1": class_names[int(predictions[i])]}
+        if images.labeled:
+            row["label"] = (class_names[label] if 0 <= label < num_known
+                            else images.unknown_names.get(label, f"unknown:{label}" if label >= 0 else "unknown"))
+        rows.append(row)
+    fields_ = ["path", "label", "prediction", "score", "top1"] if images.labeled else ["path", "prediction", "score", "top1"]
+    report.write_csv(out / "predictions.csv", rows, fields_)
+    summary = {"threshold": threshold, "num_images": len(rows),
+               "num_predicted_unknown": int(sum(d == "unknown" for d in decided))}
+    if images.labeled:
+        labels = outputs.labels.numpy()
+        summary["open_set"] = open_set_metrics(labels, predictions, scores, num_known, threshold)
+        known = (labels >= 0) & (labels < num_known)
+        if known.any() and (~known).any():
+            report.plot_roc(labels, scores, num_known, out / "roc.png")
+        report.plot_scores(labels, scores, num_known, threshold, out / "scores.png")
+        if known.any():
+            report.plot_confusion(labels, predictions, class_names, out / "confusion.png")
+    return summary
+
+
+def _choose_threshold(config, bundle, adapted, train_dataset, val_dataset, say) -> Dict:
+    from .engine import evaluate
+    from .predict import otsu_threshold, parse_threshold, threshold_at_tpr
+
+    if config.get("tpr") is not None:
+        if val_dataset is None:
+            raise UsageError("--tpr needs labeled validation images: pass --val.")
+        _, out = evaluate(bundle, None, val_dataset, adapted=adapted, batch_size=config["eval_batch_size"])
+        known = (out.labels >= 0) & (out.labels < len(adapted.class_names))
+        value = threshold_at_tpr(out.scores[known].numpy(), config["tpr"])
+        return {"threshold": value, "rule": f"tpr {config['tpr']} on --val"}
+    try:
+        fixed = parse_threshold(config["threshold"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if fixed is not None:
+        return {"threshold": fixed, "rule": "given"}
+    _, out = evaluate(bundle, None, train_dataset, adapted=adapted, batch_size=config["eval_batch_size"])
+    return {"threshold": otsu_threshold(out.scores.numpy()), "rule": "otsu on the adaptation set"}
+
+
+# -------------------------------------------------------------------------------------------------- fit
+def run_fit(config: Dict, out: Path, say, quiet: bool) -> Dict:
+    """The whole fit job for a resolved config; writes every output into ``out``; returns metrics.json."""
+    from . import report
+    from .data import ImageFiles
+    from .engine import FitConfig, fit
+
+    class_names, train_list, test_list, val_list, run = _load_inputs(config, say)
+    say(f"{len(class_names)} known classes, {len(train_list)} adaptation images"
+        + (f", {len(test_list)} test images" if test_list is not None else ""))
+    bundle = _load_bundle(config["model"], config["pretrained"], config["device"])
+    fit_config = FitConfig(**{k: config[k] for k in ENGINE_KEYS}, progress=not quiet)
+    try:
+        fit_config.validate()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    write_config(out, config)
+    train_ds = ImageFiles(train_list)
+    test_ds = ImageFiles(test_list) if test_list is not None else None
+    result = fit(bundle, class_names, train_ds, test=test_ds, config=fit_config)
+    result.adapted.save(out / "adapted.safetensors")
+    report.write_csv(out / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
+    threshold = _choose_threshold(config, bundle, result.adapted, train_ds,
+                                  ImageFiles(val_list) if val_list is not None else None, say)
+    target, target_ds = (test_list, test_ds) if test_list is not None else (train_list, train_ds)
+    from .engine import evaluate
+
+    _, outputs = evaluate(bundle, None, target_ds, adapted=result.adapted, batch_size=config["eval_batch_size"])
+    predictions = _write_predictions(out, target, outputs, class_names, threshold["threshold"], len(class_names))
+    metrics = {
+        "run": {**run, "method": config["method"], "seed": config["seed"], "model": config["model"],
+                "pretrained": config["pretrained"]},
+        "zeroshot": result.metrics.get("zeroshot"), "adapted": result.metrics.get("adapted"),
+        "evaluations": result.evaluations, "threshold": threshold, "predictions": predictions,
+        "num_adaptation_images": len(train_list), "num_test_images": len(test_list) if test_list is not None else 0,
+        "tuned_parameters": sum(result.tuned_parameters.values()), "ueo_version": __version__,
+    }
+    report.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def write_config(out: Path, config: Dict) -> None:
+    from .files import write_text
+
+    write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def _summary_line(metrics: Dict) -> str:
+    def pct(row, key):
+        return "-" if not row or row.get(key) is None else f"{100 * row[key]:.1f}"
+
+    zs, ad = metrics.get("zeroshot"), metrics.get("adapted")
+    return (f"zero-shot  PACC {pct(zs, 'pacc')}  AUROC {pct(zs, 'auroc')}  HM {pct(zs, 'hm')}\n"
+            f"adapted    PACC {pct(ad, 'pacc')}  AUROC {pct(ad, 'auroc')}  HM {pct(ad, 'hm')}")
+
+
+def cmd_fit(args) -> int:
+    config = resolve_config(args)
+    out = _prepare_out(config["out"], args.overwrite)
+    say = (lambda m: _say(args, m))
+    metrics = run_fit(config, out, say, args.quiet)
+    say(_summary_line(metrics))
+    say(f"threshold {metrics['threshold']['threshold']:.4f} ({metrics['threshold']['rule']}); outputs in {out}")
     return 0
 
 
+# ---------------------------------------------------------------------------------------- eval / predict
+def _load_adapted(args):
+    from .tuning import AdaptedState
+
+    path = Path(args.adapted)
+    if not path.is_file():
+        raise UsageError(f"--adapted {path}: no such file.")
+    try:
+        state = AdaptedState.load(path)
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise UsageError(f"--adapted {path}: not a readable ueo adapted state ({error}).") from None
+    model = args.model or state.model
+    pretrained = args.pretrained if args.pretrained is not None else state.pretrained
+    if isinstance(pretrained, str) and pretrained.lower() == "none":
+        pretrained = None
+    bundle = _load_bundle(model, pretrained, args.device)
+    bundle.name, bundle.pretrained = model, pretrained
+    try:
+        state.check_compatible(model, pretrained)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return state, bundle
+
+
+def cmd_eval(args) -> int:
+    from . import report
+    from .data import ImageFiles, read_images
+    from .engine import evaluate
+
+    out = _prepare_out(args.out, args.overwrite)
+    state, bundle = _load_adapted(args)
+    images = read_images(args.test, state.class_names, args.root)
+    if not images.labeled:
+        raise UsageError(f"--test {args.test}: no labels found (use class sub-folders or a list file with labels).")
+    metrics, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size)
+    from .predict import otsu_threshold
+
+    threshold = otsu_threshold(outputs.scores.numpy()) if args.threshold == "auto" else float(args.threshold)
+    predictions = _write_predictions(out, images, outputs, state.class_names, threshold, len(state.class_names))
+    report.write_json(out / "metrics.json", {"adapted": metrics, "predictions": predictions,
+                                             "threshold": {"threshold": threshold, "rule": "otsu on the test scores"
+                                                           if args.threshold == "auto" else "given"},
+                                             "source": str(args.adapted)})
+    _say(args, _summary_line({"adapted": metrics}).splitlines()[1] + f"\noutputs in {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from . import report
+    from .data import ImageFiles, read_images
+    from .engine import evaluate
+    from .predict import otsu_threshold, parse_threshold
+
+    out = _prepare_out(args.out, args.overwrite)
+    state, bundle = _load_adapted(args)
+    images = read_images(args.data, state.class_names, args.root)
+    _, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size)
+    try:
+        fixed = parse_threshold(args.threshold)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    threshold = fixed if fixed is not None else otsu_threshold(outputs.scores.numpy())
+    summary = _write_predictions(out, images, outputs, state.class_names, threshold, len(state.class_names))
+    summary["threshold_rule"] = "given" if fixed is not None else "otsu on these images' scores"
+    if images.labeled:
+        summary["metrics"] = outputs.metrics(len(state.class_names))
+    report.write_json(out / "metrics.json", summary)
+    _say(args, f"{summary['num_images']} images, {summary['num_predicted_unknown']} predicted unknown "
+               f"(threshold {threshold:.4f}); wrote {out / 'predictions.csv'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- splits / report
+def cmd_splits(args) -> int:
+    from . import protocols
+
+    out = Path(args.out)
+    sizes = {}
+    images = protocols.domain_images(args.benchmark, args.domain, args.root, args.lists,
+                                     check_files=not args.no_check, warn=lambda m: _say(args, m))
+    for scenario in protocols.SCENARIOS:
+        split = protocols.build_split(args.benchmark, args.domain, scenario, args.root, images=images)
+        protocols.write_list(split.train, args.root, out / f"{split.domain}_{scenario}_train.txt")
+        sizes[f"{scenario} train"] = len(split.train)
+    protocols.write_list(split.test, args.root, out / f"{split.domain}_test.txt")
+    sizes["test"] = len(split.test)
+    from .report import write_json
+
+    write_json(out / "sizes.json", sizes)
+    print(f"{args.benchmark} / {split.domain}: known classes per scenario = "
+          f"{protocols.get_benchmark(args.benchmark).known} (csda: all)")
+    for name, count in sizes.items():
+        print(f"  {name:<12} {count:>8,}")
+    print(f"wrote the list files to {out}")
+    return 0
+
+
+def write_table(rows, out_path: Path) -> str:
+    from . import report
+    from .files import write_text
+
+    table = report.summarise(rows)
+    markdown = report.to_markdown(table)
+    out_path = Path(out_path)
+    md_path = out_path if out_path.suffix == ".md" else out_path.with_suffix(".md")
+    write_text(md_path, markdown)
+    report.write_csv(md_path.with_suffix(".csv"), table, report.csv_fields())
+    return markdown
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    rows = report.collect(args.runs)
+    if not rows:
+        raise UsageError(f"No metrics.json with adapted metrics under {args.runs}.")
+    print(write_table(rows, Path(args.out)), end="")
+    print(f"{len(rows)} runs; wrote {Path(args.out).with_suffix('.md')} and .csv")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import protocols
+
+    base = resolve_config(args)
+    out = Path(args.out or "bench")
+    out.mkdir(parents=True, exist_ok=True)
+    domains = args.domains or list(protocols.get_benchmark(args.benchmark).domains)
+    metrics_paths = []
+    for domain in domains:
+        for scenario in args.scenarios:
+            for method in args.methods:
+                for seed in args.seeds:
+                    run_dir = out / args.benchmark / domain / scenario / method / f"seed{seed}"
+                    if (run_dir / "metrics.json").is_file() and not args.overwrite:
+                        _say(args, f"skip {run_dir} (done)")
+                        metrics_paths.append(run_dir)
+                        continue
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    config = {**base, "benchmark": args.benchmark, "domain": domain, "scenario": scenario,
+                              "method": method, "seed": seed, "out": str(run_dir)}
+                    _say(args, f"== {args.benchmark} {domain} {scenario} {method} seed {seed}")
+                    metrics = run_fit(config, run_dir, lambda m: _say(args, m), args.quiet)
+                    _say(args, _summary_line(metrics))
+                    metrics_paths.append(run_dir)
+    from . import report
+
+    print(write_table(report.collect(metrics_paths), out / "table.md"), end="")
+    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs)
+
+
+# ----------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ueo", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="ueo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ueo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the whole pipeline offline on generated images",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    demo.add_argument("--out", default=None, help="folder for demo.json")
-    demo.add_argument("--epochs", type=int, default=5, help="adaptation epochs per method")
-    demo.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fit", help="adapt CLIP to unlabeled images; write the adapted state, metrics, predictions")
+    _add_fit_options(p)
+    p.set_defaults(func=cmd_fit)
+
+    for name, helptext, func in (("eval", "evaluate an adapted state on labeled test images", cmd_eval),
+                                 ("predict", "predict a class or 'unknown' for each image", cmd_predict)):
+        p = sub.add_parser(name, help=helptext, formatter_class=fmt)
+        p.add_argument("--adapted", required=True, help="adapted.safetensors written by `ueo fit`")
+        p.add_argument("--test" if name == "eval" else "--data", required=True,
+                       help="folder or list file" + (" with labels" if name == "eval" else ""))
+        p.add_argument("--root", default=None, help="folder that list-file paths are relative to")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--threshold", default="auto", help="'auto' (Otsu on these images' scores) or a number")
+        p.add_argument("--model", default=None, help="override the model recorded in the state")
+        p.add_argument("--pretrained", default=None, help="override the weights recorded in the state")
+        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+        p.add_argument("--batch-size", type=int, default=256, help="images per batch")
+        p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+        p.add_argument("--quiet", action="store_true", help="logs only")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("splits", help="write the list files of every scenario of a benchmark domain", formatter_class=fmt)
+    p.add_argument("--benchmark", required=True, help="office31 | officehome | visda | domainnet")
+    p.add_argument("--domain", required=True, help="benchmark domain")
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--lists", default=None, help="folder with the official list files")
+    p.add_argument("--out", required=True, help="output folder for the list files")
+    p.add_argument("--no-check", action="store_true", help="do not check that the listed files exist")
+    p.add_argument("--quiet", action="store_true", help="logs only")
+    p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser("report", help="one table across runs (mean ± std over seeds)", formatter_class=fmt)
+    p.add_argument("runs", nargs="+", help="run folders, or folders holding runs")
+    p.add_argument("--out", default="table.md", help="table path (.md; a .csv is written beside it)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="run a protocol grid (domains x scenarios x methods x seeds) and report")
+    _add_fit_options(p)
+    p.add_argument("--domains", nargs="+", default=None, help="domains (default: all of the benchmark)")
+    p.add_argument("--scenarios", nargs="+", default=["cda", "pda", "oda", "opda"], help="scenarios")
+    p.add_argument("--methods", nargs="+", default=["zeroshot", "ueo"], help="methods")
+    p.add_argument("--seeds", nargs="+", type=int, default=[2023], help="seeds")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="offline demo on the toy world: zero-shot, entropy, InfoMax and UEO",
+                       formatter_class=fmt)
+    p.add_argument("--out", default="demo-out", help="output folder (demo.json, tables, plots)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="adaptation seeds")
+    p.add_argument("--epochs", type=int, default=20, help="adaptation epochs")
+    p.add_argument("--quiet", action="store_true", help="logs only")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    from .clip import WeightsUnavailableError
+
+    logging.basicConfig(level=logging.ERROR)  # open_clip's informational logging stays quiet
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (UsageError, DataError, WeightsUnavailableError) as error:
+        print(f"ueo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except FloatingPointError as error:
+        print(f"ueo {args.command}: training stopped: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"ueo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

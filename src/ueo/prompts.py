@@ -24,6 +24,27 @@ def prompt_text(name: str, init: str = "a photo of a") -> str:
     return f"{init} {name.replace('_', ' ')}."
 
 
+def encode_embedded_text(model: nn.Module, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's text tower on token embeddings [N, L, W] (L <= context length; ``tokens`` [N, L] give
+    the <eot> positions) -> L2-normalised features [N, D]. Equals ``encode_text`` for any L that keeps
+    every <eot>, because the attention mask is causal."""
+    cast = model.transformer.get_cast_dtype()
+    length = embedded.shape[1]
+    x = embedded.to(cast) + model.positional_embedding[:length].to(cast)
+    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.ln_final(model.transformer(x, attn_mask=mask))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return F.normalize(x.float(), dim=-1)
+
+
+def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Normalised text features of tokenized texts [N, 77], cut after the longest <eot> (exact, faster)."""
+    tokens = tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+    return encode_embedded_text(model, model.token_embedding(tokens), tokens)
+
+
 class PromptLearner(nn.Module):
     """Learnable CoOp context + frozen open_clip text tower.
 
@@ -69,27 +90,15 @@ class PromptLearner(nn.Module):
     def clip(self) -> nn.Module:
         return self._model[0]
 
-    def _encode(self, prefix, suffix, tokens, ctx) -> torch.Tensor:
-        model = self.clip
-        cast = model.transformer.get_cast_dtype()
-        x = torch.cat([prefix, ctx.unsqueeze(0).expand(len(prefix), -1, -1).to(prefix.dtype), suffix], dim=1)
-        length = x.shape[1]
-        x = x.to(cast) + model.positional_embedding[:length].to(cast)
-        mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-        x = model.transformer(x, attn_mask=mask)
-        x = model.ln_final(x)
-        x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-        if model.text_projection is not None:
-            x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
-        return F.normalize(x.float(), dim=-1)
-
     def text_features(self) -> torch.Tensor:
         """[K, D] L2-normalised text features of all prompts with the current context."""
         parts = []
         for start in range(0, len(self.tokens), self.chunk_size):
             stop = start + self.chunk_size
-            parts.append(self._encode(self.token_prefix[start:stop], self.token_suffix[start:stop],
-                                      self.tokens[start:stop], self.ctx))
+            prefix, suffix = self.token_prefix[start:stop], self.token_suffix[start:stop]
+            ctx = self.ctx.unsqueeze(0).expand(len(prefix), -1, -1).to(prefix.dtype)
+            embedded = torch.cat([prefix, ctx, suffix], dim=1)
+            parts.append(encode_embedded_text(self.clip, embedded, self.tokens[start:stop]))
         return torch.cat(parts)
 
     def forward(self) -> torch.Tensor:

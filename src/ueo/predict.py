@@ -1,0 +1,62 @@
+"""Deciding "unknown": threshold rules on the OOD score (MCM; higher = more likely known).
+
+A sample is accepted as its top-1 known class when score >= threshold, else predicted "unknown".
+  auto   Otsu's rule on the (unlabeled) scores: the cut that maximises the between-group variance
+         w0 * w1 * (mean0 - mean1)^2, computed exactly over the sorted scores; the threshold is the
+         midpoint between the two scores that the cut separates. Needs no label.
+  FLOAT  a number given by the user.
+  tpr    the highest threshold that accepts at least a fraction ``tpr`` of labeled KNOWN validation samples.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+UNKNOWN = "unknown"
+
+
+def otsu_threshold(scores) -> float:
+    """Exact Otsu threshold of 1-D scores (midpoint of the best split between distinct values)."""
+    values = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
+    if len(values) == 0:
+        raise ValueError("No scores to choose a threshold from.")
+    if values[0] == values[-1]:
+        return float(values[0])
+    n = len(values)
+    cumulative = np.cumsum(values)
+    k = np.arange(1, n)  # size of the lower group
+    valid = values[1:] > values[:-1]  # cut only between distinct values
+    w0, w1 = k / n, (n - k) / n
+    mean0 = cumulative[:-1] / k
+    mean1 = (cumulative[-1] - cumulative[:-1]) / (n - k)
+    between = np.where(valid, w0 * w1 * (mean0 - mean1) ** 2, -np.inf)
+    best = int(np.argmax(between))
+    return float((values[best] + values[best + 1]) / 2)
+
+
+def threshold_at_tpr(known_scores, tpr: float = 0.95) -> float:
+    """Highest threshold accepting at least ``tpr`` of the known samples (score >= threshold)."""
+    values = np.sort(np.asarray(known_scores, dtype=np.float64).reshape(-1))[::-1]
+    if len(values) == 0:
+        raise ValueError("--tpr needs labeled known-class samples.")
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}.")
+    needed = int(np.ceil(tpr * len(values) - 1e-9))
+    return float(values[max(needed, 1) - 1])
+
+
+def parse_threshold(spec: str) -> Optional[float]:
+    """'auto' -> None (decide from the scores), else a float."""
+    if str(spec).lower() == "auto":
+        return None
+    try:
+        return float(spec)
+    except ValueError:
+        raise ValueError(f"--threshold must be 'auto' or a number, got {spec!r}.") from None
+
+
+def decide(predictions, scores, class_names: Sequence[str], threshold: float) -> List[str]:
+    """Class name of the top-1 known class, or "unknown" when score < threshold."""
+    return [class_names[int(p)] if s >= threshold else UNKNOWN for p, s in zip(predictions, scores)]

@@ -1,0 +1,165 @@
+"""Run outputs (metrics.json, history.csv, predictions.csv, plots) and tables across runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+
+from .files import atomic_path, write_text
+from .metrics import known_mask
+
+TABLE_METRICS = ("pacc", "auroc", "hm", "gacc", "fpr95", "aupr_in", "aupr_out")
+RUN_KEYS = ("benchmark", "domain", "scenario", "method")
+
+
+def write_json(path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def write_csv(path, rows: Sequence[Dict], fieldnames: Sequence[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_roc(labels, scores, num_known: int, path) -> None:
+    """ROC curve, known (positive) vs unknown, by score."""
+    from .metrics import _curve, auroc
+
+    known = known_mask(labels, num_known)
+    tps, fps = _curve(known, scores)
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(np.r_[0, fps / fps[-1]], np.r_[0, tps / tps[-1]], lw=2, label=f"AUROC {100 * auroc(known, scores):.1f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="false-positive rate (unknown accepted)", ylabel="true-positive rate (known accepted)",
+           title="Known vs unknown")
+    ax.legend(loc="lower right")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_scores(labels, scores, num_known: int, threshold, path) -> None:
+    """Histograms of the scores of known and unknown samples, threshold marked."""
+    known = known_mask(labels, num_known)
+    scores = np.asarray(scores)
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(scores.min(), scores.max() + 1e-9, 40)
+    ax.hist(scores[known], bins=bins, alpha=0.6, label=f"known ({known.sum()})")
+    ax.hist(scores[~known], bins=bins, alpha=0.6, label=f"unknown ({(~known).sum()})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.4f}")
+    ax.set(xlabel="score (MCM)", ylabel="images")
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_confusion(labels, predictions, class_names: Sequence[str], path) -> None:
+    """Row-normalised confusion matrix of the known-class samples."""
+    k = len(class_names)
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    known = known_mask(labels, k)
+    matrix = np.zeros((k, k))
+    np.add.at(matrix, (labels[known], predictions[known]), 1)
+    matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    plt = _figure()
+    size = min(4 + 0.25 * k, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    if k <= 40:
+        ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="Known classes (row-normalised)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def find_runs(paths: Iterable) -> List[Path]:
+    """metrics.json files under each path (a run folder, or a folder of runs)."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_file() and path.name == "metrics.json":
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(path.rglob("metrics.json"))
+    return found
+
+
+def collect(paths: Iterable) -> List[Dict]:
+    """One row per run: its identity (benchmark, domain, scenario, method, seed) and adapted test metrics."""
+    rows = []
+    for path in find_runs(paths):
+        data = json.loads(path.read_text())
+        if "adapted" not in data or not data["adapted"]:
+            continue
+        run = data.get("run", {})
+        rows.append({**{k: run.get(k, "-") for k in RUN_KEYS}, "seed": run.get("seed", "-"),
+                     **{m: data["adapted"].get(m) for m in TABLE_METRICS}, "path": str(path.parent)})
+    return rows
+
+
+def summarise(rows: Sequence[Dict]) -> List[Dict]:
+    """Group by benchmark x domain x scenario x method: mean and std (over seeds) of each metric, in %."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in RUN_KEYS)].append(row)
+    table = []
+    for key, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        entry = dict(zip(RUN_KEYS, key), runs=len(members))
+        for metric in TABLE_METRICS:
+            values = [100 * r[metric] for r in members if r.get(metric) is not None]
+            entry[metric] = float(np.mean(values)) if values else None
+            entry[f"{metric}_std"] = float(np.std(values)) if len(values) > 1 else (0.0 if values else None)
+        table.append(entry)
+    return table
+
+
+def _cell(mean, std) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def to_markdown(table: Sequence[Dict]) -> str:
+    header = list(RUN_KEYS) + ["runs"] + [m.upper() for m in TABLE_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in table:
+        cells = [str(entry[k]) for k in RUN_KEYS] + [str(entry["runs"])]
+        cells += [_cell(entry[m], entry[f"{m}_std"]) for m in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_fields() -> List[str]:
+    return list(RUN_KEYS) + ["runs"] + [f for m in TABLE_METRICS for f in (m, f"{m}_std")]
