@@ -17,7 +17,10 @@ import torch
 from torchvision import transforms as T
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 open_clip.add_model_config(CONFIG_DIR)
+# Weights that ship inside the package: (model, tag) -> file. Made by scripts/pretrain_toy_clip.py.
+SHIPPED_WEIGHTS = {("ueo-toy-rn", "toyworld"): WEIGHTS_DIR / "ueo-toy-rn-toyworld.safetensors"}
 
 # Reference train augmentation (SPEC §4): RandomResizedCrop(scale 0.5-1, bicubic) + horizontal flip.
 TRAIN_CROP_SCALE = (0.5, 1.0)
@@ -98,7 +101,9 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
     """
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     schema, _ = open_clip.factory.parse_model_name(model)
-    if schema is None and pretrained and not _is_local_file(pretrained):
+    shipped = SHIPPED_WEIGHTS.get((model, pretrained))
+    checkpoint = str(shipped) if shipped is not None else pretrained
+    if schema is None and checkpoint and not _is_local_file(checkpoint):
         if not open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained):
             known = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
             raise WeightsUnavailableError(
@@ -109,7 +114,7 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
                          "'hf-hub:org/repo' or 'local-dir:/path'.")
     try:
         clip_model, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained if schema is None else None, device=device)
+            model, pretrained=checkpoint if schema is None else None, device=device)
     except (RuntimeError, OSError, ValueError) as error:
         if schema is None and not pretrained:
             raise

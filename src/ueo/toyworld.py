@@ -133,9 +133,9 @@ def _paint_filter(rng, image: Image.Image) -> Image.Image:
     hsv = np.asarray(image.convert("HSV")).astype(np.int16)
     hsv[..., 0] = (hsv[..., 0] + int(255 * rng.uniform(0.03, 0.08))) % 256
     image = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
-    image = ImageEnhance.Color(image).enhance(rng.uniform(0.45, 0.8))
+    image = ImageEnhance.Color(image).enhance(rng.uniform(0.75, 1.0))
     sepia = Image.new("RGB", image.size, (112, 66, 20))
-    image = Image.blend(image, sepia, rng.uniform(0.2, 0.35))
+    image = Image.blend(image, sepia, rng.uniform(0.1, 0.25))
     pixels = np.asarray(image).astype(np.float32) + rng.normal(0, 8, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
