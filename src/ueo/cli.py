@@ -55,19 +55,22 @@ def _add_fit_options(p: argparse.ArgumentParser, with_out=True) -> None:
     _add(p, "--test-root", "test_root", "root for --test list paths (default: --root)")
     _add(p, "--val", "val", "labeled validation images for --tpr")
     _add(p, "--classes", "classes", "class names: a file (one per line) or a,b,c")
-    _add(p, "--benchmark", "benchmark", "office31 | officehome | visda | domainnet (instead of --data/--classes)")
+    _add(p, "--benchmark", "benchmark", "a benchmark instead of --data/--classes",
+         choices=["office31", "officehome", "visda", "domainnet"])
     _add(p, "--domain", "domain", "benchmark domain")
-    _add(p, "--scenario", "scenario", "cda | pda | oda | opda | csda")
+    _add(p, "--scenario", "scenario", "class-shift scenario", choices=["cda", "pda", "oda", "opda", "csda"])
     _add(p, "--lists", "lists", "folder with the official list files of the benchmark")
-    _add(p, "--method", "method", "ueo | infomax | entropy | oracle | zeroshot")
-    _add(p, "--tune", "tune", "prompt | norm | both")
-    _add(p, "--rule", "rule", "norm selection: official | all-norms")
+    _add(p, "--method", "method", "objective", choices=["ueo", "infomax", "entropy", "oracle", "zeroshot"])
+    _add(p, "--tune", "tune", "what learns", choices=["prompt", "norm", "both"])
+    _add(p, "--rule", "rule", "which norm affines: official ('bn'/'ln' in the name) or all-norms",
+         choices=["official", "all-norms"])
     _add(p, "--epochs", "epochs", "adaptation epochs", type=int)
     _add(p, "--batch-size", "batch_size", "images per step", type=int)
     _add(p, "--lr-prompt", "lr_prompt", "learning rate of the prompt context", type=float)
     _add(p, "--lr-norm", "lr_norm", "learning rate of the norm affines", type=float)
     _add(p, "--trade", "trade", "weight of the marginal-entropy term", type=float)
-    _add(p, "--weights", "weights", "UEO weights: fixed (zero-shot, once) | epoch (recomputed)")
+    _add(p, "--weights", "weights", "UEO weights: fixed (zero-shot, once) or epoch (recomputed)",
+         choices=["fixed", "epoch"])
     _add(p, "--seed", "seed", "random seed", type=int)
     _add(p, "--eval-every", "eval_every", "evaluate every N epochs (0: zero-shot and last only)", type=int)
     _add(p, "--eval-batch-size", "eval_batch_size", "images per evaluation batch", type=int)
@@ -185,7 +188,8 @@ def _write_predictions(out: Path, images, outputs, class_names, threshold, num_k
     return summary
 
 
-def _choose_threshold(config, bundle, adapted, train_dataset, val_dataset, say) -> Dict:
+def _choose_threshold(config, bundle, adapted, train_scores, val_dataset) -> Dict:
+    """The unknown threshold: --tpr on --val, a given number, or Otsu on the adaptation set's scores."""
     from .engine import evaluate
     from .predict import otsu_threshold, parse_threshold, threshold_at_tpr
 
@@ -194,7 +198,10 @@ def _choose_threshold(config, bundle, adapted, train_dataset, val_dataset, say) 
             raise UsageError("--tpr needs labeled validation images: pass --val.")
         _, out = evaluate(bundle, None, val_dataset, adapted=adapted, batch_size=config["eval_batch_size"])
         known = (out.labels >= 0) & (out.labels < len(adapted.class_names))
-        value = threshold_at_tpr(out.scores[known].numpy(), config["tpr"])
+        try:
+            value = threshold_at_tpr(out.scores[known].numpy(), config["tpr"])
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         return {"threshold": value, "rule": f"tpr {config['tpr']} on --val"}
     try:
         fixed = parse_threshold(config["threshold"])
@@ -202,8 +209,7 @@ def _choose_threshold(config, bundle, adapted, train_dataset, val_dataset, say) 
         raise UsageError(str(error)) from None
     if fixed is not None:
         return {"threshold": fixed, "rule": "given"}
-    _, out = evaluate(bundle, None, train_dataset, adapted=adapted, batch_size=config["eval_batch_size"])
-    return {"threshold": otsu_threshold(out.scores.numpy()), "rule": "otsu on the adaptation set"}
+    return {"threshold": otsu_threshold(train_scores), "rule": "otsu on the adaptation set"}
 
 
 # -------------------------------------------------------------------------------------------------- fit
@@ -211,7 +217,8 @@ def run_fit(config: Dict, out: Path, say, quiet: bool) -> Dict:
     """The whole fit job for a resolved config; writes every output into ``out``; returns metrics.json."""
     from . import report
     from .data import ImageFiles
-    from .engine import FitConfig, fit
+    from .engine import FitConfig, evaluate, fit
+    from .predict import parse_threshold
 
     class_names, train_list, test_list, val_list, run = _load_inputs(config, say)
     say(f"{len(class_names)} known classes, {len(train_list)} adaptation images"
@@ -220,20 +227,23 @@ def run_fit(config: Dict, out: Path, say, quiet: bool) -> Dict:
     fit_config = FitConfig(**{k: config[k] for k in ENGINE_KEYS}, progress=not quiet)
     try:
         fit_config.validate()
+        parse_threshold(config["threshold"])  # refuse a bad threshold before any compute
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if config["tpr"] is not None and val_list is None:
+        raise UsageError("--tpr needs labeled validation images: pass --val.")
     write_config(out, config)
     train_ds = ImageFiles(train_list)
     test_ds = ImageFiles(test_list) if test_list is not None else None
     result = fit(bundle, class_names, train_ds, test=test_ds, config=fit_config)
     result.adapted.save(out / "adapted.safetensors")
     report.write_csv(out / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
-    threshold = _choose_threshold(config, bundle, result.adapted, train_ds,
-                                  ImageFiles(val_list) if val_list is not None else None, say)
-    target, target_ds = (test_list, test_ds) if test_list is not None else (train_list, train_ds)
-    from .engine import evaluate
-
-    _, outputs = evaluate(bundle, None, target_ds, adapted=result.adapted, batch_size=config["eval_batch_size"])
+    train_out = result.outputs.get("train")
+    if train_out is None:  # only when the adaptation set was not scored during fit
+        _, train_out = evaluate(bundle, None, train_ds, adapted=result.adapted, batch_size=config["eval_batch_size"])
+    threshold = _choose_threshold(config, bundle, result.adapted, train_out.scores.numpy(),
+                                  ImageFiles(val_list) if val_list is not None else None)
+    target, outputs = (test_list, result.outputs["test"]) if test_list is not None else (train_list, train_out)
     predictions = _write_predictions(out, target, outputs, class_names, threshold["threshold"], len(class_names))
     metrics = {
         "run": {**run, "method": config["method"], "seed": config["seed"], "model": config["model"],
@@ -287,13 +297,11 @@ def _load_adapted(args):
     pretrained = args.pretrained if args.pretrained is not None else state.pretrained
     if isinstance(pretrained, str) and pretrained.lower() == "none":
         pretrained = None
-    bundle = _load_bundle(model, pretrained, args.device)
-    bundle.name, bundle.pretrained = model, pretrained
     try:
         state.check_compatible(model, pretrained)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return state, bundle
+    return state, _load_bundle(model, pretrained, args.device)
 
 
 def cmd_eval(args) -> int:
@@ -306,7 +314,8 @@ def cmd_eval(args) -> int:
     images = read_images(args.test, state.class_names, args.root)
     if not images.labeled:
         raise UsageError(f"--test {args.test}: no labels found (use class sub-folders or a list file with labels).")
-    metrics, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size)
+    metrics, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size,
+                                progress=not args.quiet)
     from .predict import otsu_threshold
 
     threshold = otsu_threshold(outputs.scores.numpy()) if args.threshold == "auto" else float(args.threshold)
@@ -328,7 +337,8 @@ def cmd_predict(args) -> int:
     out = _prepare_out(args.out, args.overwrite)
     state, bundle = _load_adapted(args)
     images = read_images(args.data, state.class_names, args.root)
-    _, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size)
+    _, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size,
+                          progress=not args.quiet)
     try:
         fixed = parse_threshold(args.threshold)
     except ValueError as error:
@@ -486,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     p.add_argument("--out", default="demo-out", help="output folder (demo.json, tables, plots)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="adaptation seeds")
-    p.add_argument("--epochs", type=int, default=20, help="adaptation epochs")
+    p.add_argument("--epochs", type=int, default=10, help="adaptation epochs")
     p.add_argument("--quiet", action="store_true", help="logs only")
     p.set_defaults(func=cmd_demo)
     return parser

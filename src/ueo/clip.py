@@ -118,6 +118,10 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
     except (RuntimeError, OSError, ValueError) as error:
         if schema is None and not pretrained:
             raise
+        if schema is None and _is_local_file(checkpoint):
+            raise WeightsUnavailableError(
+                f"Could not load the checkpoint file {checkpoint} into {model!r}: "
+                f"{str(error).splitlines()[0][:300]}\nIs it a checkpoint of this architecture?") from error
         raise WeightsUnavailableError(_offline_message(model, pretrained, error)) from error
     if not hasattr(clip_model, "token_embedding"):
         raise ValueError(f"{model!r} has a custom text tower (e.g. a Hugging Face text model); ueo needs "

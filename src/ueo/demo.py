@@ -24,7 +24,7 @@ KEYS = ("pacc", "auroc", "hm", "gacc", "fpr95")
 
 
 def run_scenario(bundle, scenario: str, methods: Sequence[str] = DEMO_METHODS, seeds: Sequence[int] = (0,),
-                 out: Path | None = None, progress: bool = False) -> Dict[str, Dict]:
+                 out: Path | None = None, progress: bool = False, settings: Dict | None = None) -> Dict[str, Dict]:
     """{method: {metric: mean over seeds, metric_std: ..., "seeds": [...per seed...]}} on one toy scenario."""
     from . import report
     from .engine import fit
@@ -36,7 +36,7 @@ def run_scenario(bundle, scenario: str, methods: Sequence[str] = DEMO_METHODS, s
         per_seed = []
         for seed in seeds:
             result = fit(bundle, names, train, test=test, method=method, seed=seed, progress=progress,
-                         **DEMO_SETTINGS)
+                         **(settings or DEMO_SETTINGS))
             per_seed.append({k: result.metrics["adapted"][k] for k in KEYS})
             if out is not None:
                 run_dir = out / scenario / method / f"seed{seed}"
@@ -84,21 +84,19 @@ def run_demo(out="demo-out", quiet: bool = False, seeds: Sequence[int] = (0,), e
     from .files import write_text
 
     start = time.time()
-    if epochs is not None:
-        DEMO_SETTINGS["epochs"] = epochs
+    settings = {**DEMO_SETTINGS, **({"epochs": epochs} if epochs is not None else {})}
     out = Path(out)
     bundle = load_clip("ueo-toy-rn", pretrained="toyworld", device="cuda" if torch.cuda.is_available() else "cpu")
     print("ueo demo: the shipped toy CLIP adapts to the unseen 'painting' style of the toy world "
           f"({tw.NUM_KNOWN} known classes, unknown shapes in the open scenarios; seeds {list(seeds)}).", flush=True)
     table = {}
     for scenario in DEMO_SCENARIOS:
-        table[scenario] = run_scenario(bundle, scenario, seeds=seeds, out=out, progress=not quiet)
+        table[scenario] = run_scenario(bundle, scenario, seeds=seeds, out=out, progress=not quiet, settings=settings)
         for method, row in table[scenario].items():
             auroc = "  -  " if row["auroc"] is None else f"{100 * row['auroc']:5.1f}"
             hm = "  -  " if row["hm"] is None else f"{100 * row['hm']:5.1f}"
             print(f"{scenario:>5} {method:>9}  PACC {100 * row['pacc']:5.1f}  AUROC {auroc}  HM {hm}", flush=True)
-    report.write_json(out / "demo.json", {s: {m: {k: v for k, v in row.items() if k != "seeds"} | {"seeds": row["seeds"]}
-                                              for m, row in methods.items()} for s, methods in table.items()})
+    report.write_json(out / "demo.json", table)
     write_text(out / "table.md", format_table(table))
     print(f"wrote {out / 'demo.json'}, {out / 'table.md'} and one folder per run ({time.time() - start:.0f}s)")
     return 0

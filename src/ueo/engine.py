@@ -109,7 +109,7 @@ class FitResult:
     history: one dict per step {"step", "epoch", "loss", "lr_prompt", "lr_norm"}.
     adapted: the learned state (apply with ``evaluate(..., adapted=result.adapted)``).
     weights: the confidence weights used at the last epoch ([N], None for infomax / entropy).
-    outputs: the last evaluation's raw outputs per split.
+    outputs: the last evaluation's raw outputs per split ("test"; "train" when the adaptation set was scored).
     """
 
     config: FitConfig
@@ -163,9 +163,9 @@ def _image_features(model, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _infer(model, text_features: torch.Tensor, loader: DataLoader, device, amp) -> Outputs:
+def _infer(model, text_features: torch.Tensor, loader: DataLoader, device, amp, progress: bool = False) -> Outputs:
     cosines, labels = [], []
-    for images, batch_labels, _ in loader:
+    for images, batch_labels, _ in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
         with _autocast(device, amp):
             feats = _image_features(model, images.to(device, non_blocking=True))
         cosines.append((feats @ text_features.float().T).cpu())
@@ -228,12 +228,12 @@ def fit(bundle, class_names: Sequence[str], train: Dataset, test: Optional[Datas
         text = text_features(False)
         train_out = None
         if need_train or cfg.eval_train:
-            train_out = _infer(model, text, eval_train, device, cfg.amp)
+            train_out = _infer(model, text, eval_train, device, cfg.amp, cfg.progress)
+            result.outputs["train"] = train_out
             if cfg.eval_train and bool((train_out.labels >= 0).any()):
                 result.evaluations.append({"epoch": epoch, "split": "train", **train_out.metrics(num_known)})
-                result.outputs["train"] = train_out
         if eval_test is not None:
-            out = _infer(model, text, eval_test, device, cfg.amp)
+            out = _infer(model, text, eval_test, device, cfg.amp, cfg.progress)
             result.evaluations.append({"epoch": epoch, "split": "test", **out.metrics(num_known)})
             result.outputs["test"] = out
         return train_out
@@ -290,8 +290,9 @@ def _train(cfg, bundle, learner, tuned, train, weights, result, evaluate_now, te
         if epoch > 1 and cfg.weights == "epoch" and cfg.method == "ueo":
             device_weights = _current_weights(model, text_features, bundle, train, cfg).to(device)
         losses, lrs = [], []
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False)
-        for images, _, index in bar:
+        bar = tqdm(total=len(loader.dataset), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", unit_scale=True,
+                   disable=not cfg.progress, leave=False)
+        for images, _, index in loader:
             images = images.to(device, non_blocking=True)
             text = fixed_text if fixed_text is not None else text_features(True)
             with torch.set_grad_enabled(tune_norm), _autocast(device, cfg.amp):
@@ -305,6 +306,10 @@ def _train(cfg, bundle, learner, tuned, train, weights, result, evaluate_now, te
             lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
             scheduler.step()
             losses.append(loss.detach())
+            bar.update(len(images))
+            if cfg.progress and len(losses) % 10 == 1:  # an occasional host sync, only when showing progress
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
         values = torch.stack(losses).float().cpu().tolist()  # one host sync per epoch
         for value, lr in zip(values, lrs):
             step += 1
@@ -326,7 +331,7 @@ def _current_weights(model, text_features, bundle, train, cfg) -> torch.Tensor:
 
 
 def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapted: Optional[AdaptedState] = None,
-             batch_size: int = 256, num_workers: int = 0, amp: Optional[bool] = None) -> tuple:
+             batch_size: int = 256, num_workers: int = 0, amp: Optional[bool] = None, progress: bool = False) -> tuple:
     """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on ``test``.
 
     class_names default to the adapted state's. Returns (metrics dict, Outputs).
@@ -346,5 +351,5 @@ def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapte
     with applied(bundle.model, learner, adapted.tensors if adapted is not None else {}):
         with torch.no_grad(), _autocast(bundle.device, amp):
             text = learner.text_features().float()
-        out = _infer(bundle.model, text, _eval_loader(test, bundle.eval_transform, cfg), bundle.device, amp)
+        out = _infer(bundle.model, text, _eval_loader(test, bundle.eval_transform, cfg), bundle.device, amp, progress)
     return out.metrics(len(class_names)), out

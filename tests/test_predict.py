@@ -1,0 +1,54 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from ueo.predict import decide, otsu_threshold, parse_threshold, threshold_at_tpr
+
+
+def brute_force_otsu(values):
+    values = np.sort(np.asarray(values, dtype=float))
+    best, best_t = -1, None
+    for cut in range(1, len(values)):
+        if values[cut] == values[cut - 1]:
+            continue
+        low, high = values[:cut], values[cut:]
+        w0, w1 = len(low) / len(values), len(high) / len(values)
+        between = w0 * w1 * (low.mean() - high.mean()) ** 2
+        if between > best:
+            best, best_t = between, (values[cut - 1] + values[cut]) / 2
+    return best_t
+
+
+def test_otsu_hand_computed():
+    assert otsu_threshold([0.1, 0.1, 0.9, 0.9]) == pytest.approx(0.5)
+    # {0,1,2} vs {10}: between-variance 3/16*100 = 18.75 beats {0,1} vs {2,10}: 1/4*(0.5-6)^2 = 7.56
+    assert otsu_threshold([0, 1, 2, 10]) == pytest.approx(6.0)
+    assert otsu_threshold([0.3, 0.3]) == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        otsu_threshold([])
+
+
+def test_otsu_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        values = np.round(np.r_[rng.normal(0.2, 0.05, rng.integers(1, 30)), rng.normal(0.6, 0.1, rng.integers(1, 30))], 2)
+        if len(np.unique(values)) > 1:
+            assert otsu_threshold(values) == pytest.approx(brute_force_otsu(values))
+
+
+def test_threshold_at_tpr():
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    assert threshold_at_tpr(scores, 0.95) == pytest.approx(0.05)  # needs all 10
+    assert threshold_at_tpr(scores, 0.9) == pytest.approx(0.1)  # 9 of 10
+    assert threshold_at_tpr(scores, 0.5) == pytest.approx(0.5)
+    for tpr, k in itertools.product([0.1, 0.33, 0.95], [3, 7]):
+        t = threshold_at_tpr(scores[:k], tpr)
+        assert np.mean(np.array(scores[:k]) >= t) >= tpr
+
+
+def test_parse_and_decide():
+    assert parse_threshold("auto") is None and parse_threshold("0.25") == 0.25
+    with pytest.raises(ValueError, match="auto"):
+        parse_threshold("high")
+    assert decide([0, 1, 1], [0.9, 0.2, 0.5], ["cat", "dog"], 0.5) == ["cat", "unknown", "dog"]

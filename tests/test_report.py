@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+import pytest
+
+from ueo import report
+
+
+def write_run(folder, method, seed, pacc, auroc):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "run": {"benchmark": "office31", "domain": "amazon", "scenario": "opda", "method": method, "seed": seed},
+        "adapted": {"pacc": pacc, "auroc": auroc, "hm": 2 * pacc * auroc / (pacc + auroc), "gacc": pacc,
+                    "fpr95": None, "aupr_in": 0.5, "aupr_out": 0.5}}))
+
+
+def test_table_mean_and_std_over_seeds(tmp_path):
+    write_run(tmp_path / "a", "ueo", 1, 0.60, 0.80)
+    write_run(tmp_path / "b", "ueo", 2, 0.70, 0.90)
+    write_run(tmp_path / "c", "zeroshot", 1, 0.50, 0.70)
+    rows = report.collect([tmp_path])
+    table = report.summarise(rows)
+    ueo_row = next(r for r in table if r["method"] == "ueo")
+    assert ueo_row["runs"] == 2
+    assert ueo_row["pacc"] == pytest.approx(65.0) and ueo_row["pacc_std"] == pytest.approx(5.0)
+    assert ueo_row["auroc"] == pytest.approx(85.0) and ueo_row["fpr95"] is None
+    markdown = report.to_markdown(table)
+    assert "| office31 | amazon | opda | ueo | 2 | 65.0 ± 5.0 | 85.0 ± 5.0 |" in markdown
+    assert "| -" in markdown  # fpr95 undefined -> "-"
+
+
+def test_plots_are_written(tmp_path):
+    labels = np.array([0, 1, 2, 2, 0, 1])
+    scores = np.array([0.9, 0.8, 0.3, 0.5, 0.7, 0.4])
+    report.plot_roc(labels, scores, 2, tmp_path / "roc.png")
+    report.plot_scores(labels, scores, 2, 0.45, tmp_path / "scores.png")
+    report.plot_confusion(labels, np.array([0, 1, 0, 1, 1, 1]), ["a", "b"], tmp_path / "confusion.png")
+    for name in ("roc.png", "scores.png", "confusion.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
