@@ -11,9 +11,10 @@ the end; the result's ``adapted`` state re-applies what was learned (``evaluate(
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import open_clip
@@ -131,11 +132,28 @@ class FitResult:
         return {"zeroshot": rows[0], "adapted": rows[-1]}
 
 
-class _Views(Dataset):
-    """(image, label) items -> (tensor, label, index), applying ``transform`` to non-tensor images."""
+class TrainingInterrupted(Exception):
+    """fit stopped on request (SIGINT/SIGTERM in the CLI) after saving a checkpoint."""
 
-    def __init__(self, dataset: Dataset, transform):
-        self.dataset, self.transform = dataset, transform
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN/inf. ``last_good`` is the adapted state at the start of the failing epoch."""
+
+    def __init__(self, message: str, last_good: AdaptedState):
+        super().__init__(message)
+        self.last_good = last_good
+
+
+class _Views(Dataset):
+    """(image, label) items -> (tensor, label, index), applying ``transform`` to non-tensor images.
+
+    With ``seed`` set, the random transform of sample i in epoch e draws from its own seed (seed, e, i):
+    a view does not depend on the order, the worker or the process that loads it, so runs are identical
+    whatever the number of workers or processes, and a resumed run sees the same views.
+    """
+
+    def __init__(self, dataset: Dataset, transform, seed: Optional[int] = None):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
 
     def __len__(self):
         return len(self.dataset)
@@ -146,9 +164,68 @@ class _Views(Dataset):
             raise TypeError(f"Dataset items must be (image, label) pairs; item {index} is {type(item).__name__}.")
         image, label = item[0], item[1]
         if not torch.is_tensor(image):
-            image = self.transform(image)
+            if self.seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(view_seed(self.seed, self.epoch, index))
+                    image = self.transform(image)
         label = -1 if label is None else int(label)
         return image, label, index
+
+
+def view_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> List[List[int]]:
+    """The global batches of one epoch: a permutation seeded by (seed, epoch), cut into batches of
+    ``batch_size`` (the last partial batch is kept)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples).tolist()
+    return [order[i:i + batch_size] for i in range(0, num_samples, batch_size)]
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine annealing from ``base`` to 0 over ``total`` steps, no warm-up (step counts from 0)."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def _dist() -> tuple:
+    """(rank, world size) of torch.distributed, (0, 1) when not initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather_rows(local: torch.Tensor, counts: List[int], differentiable: bool) -> torch.Tensor:
+    """Concatenate every rank's rows (rank order). Ranks may hold different row counts (``counts``)."""
+    rank, world = _dist()
+    if world == 1:
+        return local
+    width = max(counts)
+    padded = torch.cat([local, local.new_zeros((width - len(local),) + tuple(local.shape[1:]))])
+    if differentiable:
+        parts = torch.distributed.nn.functional.all_gather(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
+def _average_gradients(params: List[torch.Tensor]) -> None:
+    """Mean of each gradient over the ranks (each rank's gradient holds world x its rows' share)."""
+    _, world = _dist()
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
 
 
 def _autocast(device: torch.device, amp: Optional[bool]):
@@ -163,19 +240,30 @@ def _image_features(model, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _infer(model, text_features: torch.Tensor, loader: DataLoader, device, amp, progress: bool = False) -> Outputs:
+def _infer(model, text_features: torch.Tensor, dataset: Dataset, transform, batch_size: int, device, amp,
+           num_workers: int = 0, progress: bool = False) -> Outputs:
+    """Raw cosines [N, K] and labels of a whole dataset, in dataset order. Under torch.distributed each
+    rank scores every world-th sample and the results are gathered: every sample counted exactly once."""
+    rank, world = _dist()
+    mine = list(range(rank, len(dataset), world))
+    loader = DataLoader(torch.utils.data.Subset(_Views(dataset, transform), mine), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     cosines, labels = [], []
-    for images, batch_labels, _ in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for images, batch_labels, _ in tqdm(loader, desc="evaluate", unit="batch", disable=not progress or rank > 0,
+                                        leave=False):
         with _autocast(device, amp):
             feats = _image_features(model, images.to(device, non_blocking=True))
-        cosines.append((feats @ text_features.float().T).cpu())
-        labels.append(batch_labels)
-    return Outputs(torch.cat(cosines), torch.cat(labels))
-
-
-def _eval_loader(dataset: Dataset, transform, cfg: FitConfig) -> DataLoader:
-    return DataLoader(_Views(dataset, transform), batch_size=cfg.eval_batch_size, shuffle=False,
-                      num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+        cosines.append((feats @ text_features.float().T).float())
+        labels.append(batch_labels.to(device))
+    k = text_features.shape[0]
+    cos = torch.cat(cosines) if cosines else torch.zeros(0, k, device=device)
+    lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    if world > 1:
+        counts = [len(range(r, len(dataset), world)) for r in range(world)]
+        cos, lab = _gather_rows(cos, counts, False), _gather_rows(lab, counts, False)
+        order = torch.tensor([i for r in range(world) for i in range(r, len(dataset), world)], device=cos.device)
+        cos, lab = cos[torch.argsort(order)], lab[torch.argsort(order)]
+    return Outputs(cos.cpu(), lab.cpu())
 
 
 def _objective(cfg: FitConfig, probs: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
@@ -191,13 +279,27 @@ def _provenance(cfg: FitConfig) -> Dict[str, str]:
             "torch_version": torch.__version__}
 
 
+# Settings that must not change between an interrupted run and its resumption.
+RESUME_KEYS = ("method", "tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "logit_scale",
+               "weights", "init", "seed")
+
+
 def fit(bundle, class_names: Sequence[str], train: Dataset, test: Optional[Dataset] = None,
-        config: Optional[FitConfig] = None, **overrides) -> FitResult:
+        config: Optional[FitConfig] = None, *, checkpoint: Optional[Callable[[Dict], None]] = None,
+        resume: Optional[Dict] = None, should_stop: Optional[Callable[[], bool]] = None, **overrides) -> FitResult:
     """Adapt ``bundle``'s CLIP to the unlabeled ``train`` set for the known ``class_names``.
 
     Any FitConfig field may be given as a keyword (``method="ueo", epochs=50, ...``), overriding ``config``.
     Evaluates at epoch 0 (zero-shot), every ``eval_every`` epochs and at the end, on ``test`` and (when
     it has labels and ``eval_train``) on the adaptation set itself. Returns a :class:`FitResult`.
+
+    checkpoint: called with a checkpoint (see :func:`save_checkpoint`) after every epoch and when stopping.
+    resume: a checkpoint from :func:`load_checkpoint`; training continues where it stopped.
+    should_stop: polled after every step; when it returns True a checkpoint is made and
+        :class:`TrainingInterrupted` is raised.
+    Raises :class:`NonFiniteLoss` (holding the last good state) when the loss becomes NaN or infinite.
+    Under torch.distributed (torchrun) every rank calls fit with the same data: each global batch is split
+    across the ranks and the loss is computed over the whole global batch, as on one process.
     """
     unknown = set(overrides) - {f.name for f in fields(FitConfig)}
     if unknown:
@@ -208,49 +310,53 @@ def fit(bundle, class_names: Sequence[str], train: Dataset, test: Optional[Datas
     num_known = len(class_names)
     model, device = bundle.model, bundle.device
     torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
 
     learner = PromptLearner(bundle, class_names, init=cfg.init).to(device)
     tuned = configure_tuning(model, learner, cfg.tune, cfg.rule)
     originals = adapted_state(tuned)
     result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()})
     training = cfg.method != "zeroshot" and cfg.epochs > 0
-    tune_prompt, tune_norm = "prompt.ctx" in tuned, len(tuned) > int("prompt.ctx" in tuned)
-
-    eval_train = _eval_loader(train, bundle.eval_transform, cfg)
-    eval_test = _eval_loader(test, bundle.eval_transform, cfg) if test is not None else None
 
     def text_features(grad: bool) -> torch.Tensor:
         with torch.set_grad_enabled(grad), _autocast(device, cfg.amp):
             return learner.text_features().float()
 
+    def infer(dataset) -> Outputs:
+        return _infer(model, text_features(False), dataset, bundle.eval_transform, cfg.eval_batch_size, device,
+                      cfg.amp, cfg.num_workers, cfg.progress)
+
     def evaluate_now(epoch: int, need_train: bool) -> Optional[Outputs]:
-        text = text_features(False)
         train_out = None
         if need_train or cfg.eval_train:
-            train_out = _infer(model, text, eval_train, device, cfg.amp, cfg.progress)
+            train_out = infer(train)
             result.outputs["train"] = train_out
             if cfg.eval_train and bool((train_out.labels >= 0).any()):
                 result.evaluations.append({"epoch": epoch, "split": "train", **train_out.metrics(num_known)})
-        if eval_test is not None:
-            out = _infer(model, text, eval_test, device, cfg.amp, cfg.progress)
+        if test is not None:
+            out = infer(test)
             result.evaluations.append({"epoch": epoch, "split": "test", **out.metrics(num_known)})
             result.outputs["test"] = out
         return train_out
 
+    def state() -> AdaptedState:
+        return AdaptedState(tensors=adapted_state(tuned), class_names=list(class_names), model=bundle.name,
+                            pretrained=bundle.pretrained, tune=cfg.tune, rule=cfg.rule, init=cfg.init,
+                            info=_provenance(cfg))
+
     try:
         needs_weights = cfg.method in ("ueo", "oracle") and training
-        zero_shot_train = evaluate_now(0, need_train=needs_weights)
-        weights = None
-        if needs_weights:
-            weights = _confidence_weights(cfg, zero_shot_train, num_known)
+        if resume is not None:
+            start = _restore(resume, cfg, tuned, result, list(class_names), bundle)
+            weights = resume["tensors"].get("weights")
+        else:
+            start = (1, 0)
+            zero_shot_train = evaluate_now(0, need_train=needs_weights)
+            weights = _confidence_weights(cfg, zero_shot_train, num_known) if needs_weights else None
         if training:
-            _train(cfg, bundle, learner, tuned, train, weights, result, evaluate_now, text_features,
-                   tune_prompt, tune_norm, num_known)
+            _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, text_features, infer,
+                   bundle.train_transform, start, state, checkpoint, should_stop)
         result.weights = result.weights if result.weights is not None else weights
-        result.adapted = AdaptedState(tensors=adapted_state(tuned), class_names=list(class_names),
-                                      model=bundle.name, pretrained=bundle.pretrained, tune=cfg.tune,
-                                      rule=cfg.rule, init=cfg.init, info=_provenance(cfg))
+        result.adapted = state()
     finally:
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
@@ -266,68 +372,171 @@ def _confidence_weights(cfg: FitConfig, outputs: Outputs, num_known: int) -> tor
     return outputs.scores
 
 
-def _train(cfg, bundle, learner, tuned, train, weights, result, evaluate_now, text_features,
-           tune_prompt, tune_norm, num_known):
-    model, device = bundle.model, bundle.device
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(_Views(train, bundle.train_transform), batch_size=cfg.batch_size, shuffle=True,
-                        drop_last=False, generator=generator, num_workers=cfg.num_workers,
-                        pin_memory=torch.cuda.is_available())
+def _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, text_features, infer, transform,
+           start, state, checkpoint, should_stop):
+    device = learner.ctx.device
+    rank, world = _dist()
+    tune_prompt = "prompt.ctx" in tuned
+    tune_norm = len(tuned) > int(tune_prompt)
     groups = []
     if tune_prompt:
-        groups.append({"params": [learner.ctx], "lr": cfg.lr_prompt, "name": "prompt"})
+        groups.append({"params": [learner.ctx], "lr": cfg.lr_prompt, "base_lr": cfg.lr_prompt, "name": "prompt"})
     if tune_norm:
         groups.append({"params": [p for n, p in tuned.items() if n != "prompt.ctx"], "lr": cfg.lr_norm,
-                       "name": "norm"})
+                       "base_lr": cfg.lr_norm, "name": "norm"})
     optimizer = torch.optim.SGD(groups, lr=cfg.lr_prompt, momentum=0.0, weight_decay=0.0)
-    total = cfg.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total)))
+    params = [p for g in groups for p in g["params"]]
+    views = _Views(train, transform, seed=cfg.seed)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
     fixed_text = None if tune_prompt else text_features(False)
     device_weights = weights.to(device) if weights is not None else None
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
-        if epoch > 1 and cfg.weights == "epoch" and cfg.method == "ueo":
-            device_weights = _current_weights(model, text_features, bundle, train, cfg).to(device)
-        losses, lrs = [], []
-        bar = tqdm(total=len(loader.dataset), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", unit_scale=True,
-                   disable=not cfg.progress, leave=False)
-        for images, _, index in loader:
-            images = images.to(device, non_blocking=True)
+    first_epoch, skip = start
+
+    def make_checkpoint(epoch: int, done_in_epoch: int) -> Dict:
+        return {"tensors": {**{f"param/{k}": v for k, v in adapted_state(tuned).items()},
+                            **({"weights": device_weights.cpu()} if device_weights is not None else {}),
+                            "torch_rng": torch.get_rng_state()},
+                "meta": {"epoch": epoch, "done_in_epoch": done_in_epoch, "config": asdict(cfg),
+                         "class_names": learner.class_names, "history": result.history,
+                         "evaluations": result.evaluations,
+                         "lr": [g["lr"] for g in optimizer.param_groups]}}
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if cfg.weights == "epoch" and cfg.method == "ueo" and epoch > 1 and not (epoch == first_epoch and skip):
+            device_weights = infer(train).scores.to(device)
+        last_good = state()
+        views.epoch = epoch
+        batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
+        local = [b[rank::world] for b in batches]
+        pending = []
+        bar = tqdm(total=len(train), initial=min(skip * cfg.batch_size, len(train)), desc=f"epoch {epoch}/{cfg.epochs}",
+                   unit="img", unit_scale=True, disable=not cfg.progress or rank > 0, leave=False)
+        iterator = iter(DataLoader(views, batch_sampler=local[skip:], collate_fn=_collate,
+                                   num_workers=cfg.num_workers, pin_memory=device.type == "cuda"))
+        for position in range(skip, len(batches)):
+            images, _, index = next(iterator)
+            step = (epoch - 1) * steps_per_epoch + position
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(group["base_lr"], step, total)
             text = fixed_text if fixed_text is not None else text_features(True)
-            with torch.set_grad_enabled(tune_norm), _autocast(device, cfg.amp):
-                feats = _image_features(model, images)
-            probs = torch.softmax(cfg.logit_scale * feats @ text.T, dim=-1)
+            images = images.to(device, non_blocking=True)
+            if len(images):
+                with torch.set_grad_enabled(tune_norm), _autocast(device, cfg.amp):
+                    feats = _image_features(model, images)
+                probs = torch.softmax(cfg.logit_scale * feats @ text.T, dim=-1)
+            else:  # a rank without a share of a small last batch still joins the collectives
+                probs = text.sum() * 0 + torch.zeros(0, text.shape[0], device=device)
             batch_weights = device_weights[index.to(device)] if device_weights is not None else None
+            if world > 1:
+                counts = [len(batches[position][r::world]) for r in range(world)]
+                probs = _gather_rows(probs, counts, differentiable=True)
+                if batch_weights is not None:
+                    batch_weights = _gather_rows(batch_weights, counts, differentiable=False)
             loss = _objective(cfg, probs, batch_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            _average_gradients(params)
             optimizer.step()
-            lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
-            scheduler.step()
-            losses.append(loss.detach())
-            bar.update(len(images))
-            if cfg.progress and len(losses) % 10 == 1:  # an occasional host sync, only when showing progress
+            pending.append((step + 1, epoch, loss.detach(), {g["name"]: g["lr"] for g in optimizer.param_groups}))
+            bar.update(len(batches[position]))
+            if cfg.progress and rank == 0 and len(pending) % 10 == 1:  # an occasional host sync, for the bar only
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            if should_stop is not None and position + 1 < len(batches) and _agree(should_stop()):
+                _flush(pending, result, last_good)
+                if checkpoint is not None:
+                    checkpoint(make_checkpoint(epoch, position + 1))
+                bar.close()
+                raise TrainingInterrupted(f"stopped at step {step + 1} (epoch {epoch}); a checkpoint was saved")
         bar.close()
-        values = torch.stack(losses).float().cpu().tolist()  # one host sync per epoch
-        for value, lr in zip(values, lrs):
-            step += 1
-            if not math.isfinite(value):
-                raise FloatingPointError(f"The loss became {value} at step {step} (epoch {epoch}).")
-            result.history.append({"step": step, "epoch": epoch, "loss": value,
-                                   "lr_prompt": lr.get("prompt"), "lr_norm": lr.get("norm")})
+        skip = 0
+        _flush(pending, result, last_good)
         if epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
             evaluate_now(epoch, need_train=False)
+        if checkpoint is not None:
+            checkpoint(make_checkpoint(epoch + 1, 0))
+        if should_stop is not None and epoch < cfg.epochs and _agree(should_stop()):
+            raise TrainingInterrupted(f"stopped after epoch {epoch}; a checkpoint was saved")
     if device_weights is not None:
         result.weights = device_weights.cpu()
 
 
-def _current_weights(model, text_features, bundle, train, cfg) -> torch.Tensor:
-    """MCM scores of the current model over the adaptation set with the eval transform."""
-    out = _infer(model, text_features(False), _eval_loader(train, bundle.eval_transform, cfg),
-                 bundle.device, cfg.amp)
-    return out.scores
+def _agree(flag: bool) -> bool:
+    """True on every rank when any rank's flag is True (so all ranks stop at the same step)."""
+    _, world = _dist()
+    if world == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(value)
+    return bool(value.item() > 0)
+
+
+def _collate(items):
+    """default_collate, except that a rank's empty share of a small last batch gives empty tensors."""
+    if not items:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.utils.data.default_collate(items)
+
+
+def _flush(pending, result: FitResult, last_good: AdaptedState) -> None:
+    """Move the steps' losses into the history (one host sync); stop on a non-finite loss."""
+    if not pending:
+        return
+    values = torch.stack([p[2] for p in pending]).float().cpu().tolist()
+    for (step, epoch, _, lrs), value in zip(pending, values):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"The loss became {value} at step {step} (epoch {epoch}); the adapted state "
+                                f"from the start of epoch {epoch} is kept.", last_good)
+        result.history.append({"step": step, "epoch": epoch, "loss": value,
+                               "lr_prompt": lrs.get("prompt"), "lr_norm": lrs.get("norm")})
+    pending.clear()
+
+
+def _restore(resume: Dict, cfg: FitConfig, tuned, result: FitResult, class_names, bundle) -> tuple:
+    meta, tensors = resume["meta"], resume["tensors"]
+    saved = meta["config"]
+    changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        raise ValueError("The checkpoint was made with different settings: "
+                         + ", ".join(f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed))
+    if meta["class_names"] != class_names:
+        raise ValueError("The checkpoint was made for other class names.")
+    params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
+    if set(params) != set(tuned):
+        raise ValueError("The checkpoint's tuned parameters do not match this model and tuning rule.")
+    with torch.no_grad():
+        for name, value in params.items():
+            tuned[name].copy_(value.to(tuned[name].device, tuned[name].dtype))
+    if "torch_rng" in tensors:
+        torch.set_rng_state(tensors["torch_rng"])
+    result.history[:] = meta["history"]
+    result.evaluations[:] = meta["evaluations"]
+    return meta["epoch"], meta["done_in_epoch"]
+
+
+CHECKPOINT_FORMAT = "ueo-checkpoint/1"
+
+
+def save_checkpoint(path, checkpoint: Dict) -> None:
+    """Write a checkpoint as safetensors (tensors) + JSON metadata, atomically; nothing is pickled."""
+    from safetensors.torch import save_file
+
+    from .files import atomic_path
+
+    meta = {"format": CHECKPOINT_FORMAT, "meta": json.dumps(checkpoint["meta"])}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in checkpoint["tensors"].items()}, str(tmp), metadata=meta)
+
+
+def load_checkpoint(path) -> Dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a ueo checkpoint.")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return {"tensors": tensors, "meta": json.loads(meta["meta"])}
 
 
 def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapted: Optional[AdaptedState] = None,
@@ -345,11 +554,11 @@ def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapte
         init = "a photo of a"
     if not class_names:
         raise ValueError("class_names are needed when no adapted state is given.")
-    cfg = FitConfig(eval_batch_size=batch_size, num_workers=num_workers, amp=amp)
     learner = PromptLearner(bundle, class_names, init=init).to(bundle.device)
     bundle.model.eval()
     with applied(bundle.model, learner, adapted.tensors if adapted is not None else {}):
         with torch.no_grad(), _autocast(bundle.device, amp):
             text = learner.text_features().float()
-        out = _infer(bundle.model, text, _eval_loader(test, bundle.eval_transform, cfg), bundle.device, amp, progress)
+        out = _infer(bundle.model, text, test, bundle.eval_transform, batch_size, bundle.device, amp, num_workers,
+                     progress)
     return out.metrics(len(class_names)), out
