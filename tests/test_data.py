@@ -19,8 +19,11 @@ def test_fold_is_case_and_underscore_tolerant():
 
 def test_class_names_from_file_and_list(tmp_path):
     f = tmp_path / "classes.txt"
-    f.write_text("cat\n\nhot_dog\n  zebra  \n")
+    f.write_text("cat\nhot_dog\n  zebra  \n\n\n")
     assert parse_class_names(str(f)) == ["cat", "hot_dog", "zebra"]
+    f.write_text("cat\n\nhot_dog\n")
+    with pytest.raises(DataError, match="classes.txt:2: empty line"):
+        parse_class_names(str(f))
     assert parse_class_names("cat, dog,bird") == ["cat", "dog", "bird"]
     f.write_text("cat\nHot_Dog\nhot dog\n")
     with pytest.raises(DataError, match=r"classes.txt:3: class 'hot dog' duplicates 'Hot_Dog'"):

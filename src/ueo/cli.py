@@ -35,8 +35,34 @@ class UsageError(Exception):
     """Bad options or input; printed without a traceback, exit code 2."""
 
 
+def _is_main() -> bool:
+    """Rank 0 (or no torch.distributed): the one process that prints and writes outputs."""
+    from .engine import _dist
+
+    return _dist()[0] == 0
+
+
 def _say(args, message: str) -> None:
-    print(message, file=sys.stderr if getattr(args, "quiet", False) else sys.stdout, flush=True)
+    if _is_main():
+        print(message, file=sys.stderr if getattr(args, "quiet", False) else sys.stdout, flush=True)
+
+
+def _init_distributed(device: Optional[str]) -> Optional[str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPU) and return this
+    rank's device."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return device
+    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    return device or "cpu"
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -81,6 +107,7 @@ def _add_fit_options(p: argparse.ArgumentParser, with_out=True) -> None:
         _add(p, "--out", "out", "output folder")
     p.add_argument("--config", default=None, help="YAML file with any of these options; flags override it")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="no progress bars; logs only")
 
 
@@ -111,8 +138,9 @@ def _prepare_out(out, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"--out {out} is not empty; pass --overwrite to write into it.")
-    out.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"--out {out} is not empty; pass --overwrite to write into it (or --resume {out}).")
+    if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -133,6 +161,7 @@ def _load_inputs(config: Dict, say):
         raise UsageError("Give --data and --classes (or --benchmark, --domain, --scenario, --root).")
     names = data.parse_class_names(config["classes"])
     train = data.read_images(config["data"], names, config["root"])
+    _require_known(train, len(names), "--data")
     run = {"benchmark": "-", "domain": Path(config["data"]).name, "scenario": "-"}
     return names, train, _optional_images(config, "test", names), _optional_images(config, "val", names), run
 
@@ -145,7 +174,15 @@ def _optional_images(config, key, names):
     images = read_images(config[key], names, config.get("test_root") or config.get("root"))
     if not images.labeled:
         raise DataError(f"--{key} {config[key]}: no labels found (use class sub-folders or a list file with labels).")
+    _require_known(images, len(names), f"--{key}")
     return images
+
+
+def _require_known(images, num_known: int, what: str) -> None:
+    """Labeled images must include at least one image of a known class."""
+    if images.labeled and not any(0 <= label < num_known for label in images.labels):
+        raise DataError(f"{what}: no image of any known class (labels 0..{num_known - 1}); "
+                        "check the class names against the folder names or list labels.")
 
 
 def _load_bundle(model, pretrained, device):
@@ -213,48 +250,101 @@ def _choose_threshold(config, bundle, adapted, train_scores, val_dataset) -> Dic
 
 
 # -------------------------------------------------------------------------------------------------- fit
-def run_fit(config: Dict, out: Path, say, quiet: bool) -> Dict:
-    """The whole fit job for a resolved config; writes every output into ``out``; returns metrics.json."""
-    from . import report
-    from .data import ImageFiles
-    from .engine import FitConfig, evaluate, fit
-    from .predict import parse_threshold
+def run_fit(config: Dict, out: Path, say, quiet: bool, strict: bool = False, resume: Optional[Dict] = None) -> Dict:
+    """The whole fit job for a resolved config; rank 0 writes every output into ``out``; returns metrics.json.
 
-    class_names, train_list, test_list, val_list, run = _load_inputs(config, say)
-    say(f"{len(class_names)} known classes, {len(train_list)} adaptation images"
-        + (f", {len(test_list)} test images" if test_list is not None else ""))
-    bundle = _load_bundle(config["model"], config["pretrained"], config["device"])
-    fit_config = FitConfig(**{k: config[k] for k in ENGINE_KEYS}, progress=not quiet)
+    Every check (options, class names, data, weights, prompts, image files) runs before any compute.
+    A checkpoint is written after every epoch and on SIGINT/SIGTERM (TrainingInterrupted is raised then).
+    """
+    import signal
+
+    from . import report
+    from .data import ImageFiles, check_images
+    from .engine import FitConfig, NonFiniteLoss, TrainingInterrupted, evaluate, fit, save_checkpoint
+    from .predict import parse_threshold
+    from .prompts import PromptLearner
+
+    fit_config = FitConfig(**{k: config[k] for k in ENGINE_KEYS}, progress=not quiet and _is_main())
     try:
         fit_config.validate()
-        parse_threshold(config["threshold"])  # refuse a bad threshold before any compute
+        parse_threshold(config["threshold"])
     except ValueError as error:
         raise UsageError(str(error)) from None
+    class_names, train_list, test_list, val_list, run = _load_inputs(config, say)
     if config["tpr"] is not None and val_list is None:
         raise UsageError("--tpr needs labeled validation images: pass --val.")
-    write_config(out, config)
+    bundle = _load_bundle(config["model"], config["pretrained"], config["device"])
+    try:
+        PromptLearner(bundle, class_names, init=FitConfig.init)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+    skipped = []
+    checked = {}
+    for name, images in (("adaptation", train_list), ("test", test_list), ("validation", val_list)):
+        if images is not None:
+            checked[name], bad = check_images(images, strict=strict, warn=say)
+            skipped += [{**row, "set": name} for row in bad]
+    train_list, test_list, val_list = checked["adaptation"], checked.get("test"), checked.get("validation")
+    say(f"{len(class_names)} known classes, {len(train_list)} adaptation images"
+        + (f", {len(test_list)} test images" if test_list is not None else "")
+        + (f"; skipped {len(skipped)} unreadable file(s), listed in skipped.csv" if skipped else ""))
+    if _is_main():
+        write_config(out, config)
+        report.write_csv(out / "skipped.csv", skipped, ["set", "path", "reason"])
+
     train_ds = ImageFiles(train_list)
     test_ds = ImageFiles(test_list) if test_list is not None else None
-    result = fit(bundle, class_names, train_ds, test=test_ds, config=fit_config)
-    result.adapted.save(out / "adapted.safetensors")
-    report.write_csv(out / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = fit(bundle, class_names, train_ds, test=test_ds, config=fit_config, resume=resume,
+                     checkpoint=(lambda c: save_checkpoint(out / "checkpoint.safetensors", c)) if _is_main() else None,
+                     should_stop=lambda: stop["signal"] is not None)
+    except NonFiniteLoss as error:
+        if _is_main():
+            error.last_good.save(out / "adapted.safetensors")
+        raise FloatingPointError(f"{error} Wrote it to {out / 'adapted.safetensors'}.") from None
+    except TrainingInterrupted as error:
+        raise Interrupted(f"{error}: continue with `ueo fit --resume {out}`", stop["signal"]) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
     train_out = result.outputs.get("train")
     if train_out is None:  # only when the adaptation set was not scored during fit
         _, train_out = evaluate(bundle, None, train_ds, adapted=result.adapted, batch_size=config["eval_batch_size"])
     threshold = _choose_threshold(config, bundle, result.adapted, train_out.scores.numpy(),
                                   ImageFiles(val_list) if val_list is not None else None)
-    target, outputs = (test_list, result.outputs["test"]) if test_list is not None else (train_list, train_out)
-    predictions = _write_predictions(out, target, outputs, class_names, threshold["threshold"], len(class_names))
     metrics = {
         "run": {**run, "method": config["method"], "seed": config["seed"], "model": config["model"],
                 "pretrained": config["pretrained"]},
         "zeroshot": result.metrics.get("zeroshot"), "adapted": result.metrics.get("adapted"),
-        "evaluations": result.evaluations, "threshold": threshold, "predictions": predictions,
+        "evaluations": result.evaluations, "threshold": threshold,
         "num_adaptation_images": len(train_list), "num_test_images": len(test_list) if test_list is not None else 0,
-        "tuned_parameters": sum(result.tuned_parameters.values()), "ueo_version": __version__,
+        "num_skipped": len(skipped), "tuned_parameters": sum(result.tuned_parameters.values()),
+        "ueo_version": __version__,
     }
-    report.write_json(out / "metrics.json", metrics)
+    if _is_main():
+        result.adapted.save(out / "adapted.safetensors")
+        report.write_csv(out / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
+        target, outputs = (test_list, result.outputs["test"]) if test_list is not None else (train_list, train_out)
+        metrics["predictions"] = _write_predictions(out, target, outputs, class_names, threshold["threshold"],
+                                                    len(class_names))
+        report.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM after saving its checkpoint."""
+
+    def __init__(self, message: str, signum):
+        super().__init__(message)
+        self.signum = signum
 
 
 def write_config(out: Path, config: Dict) -> None:
@@ -273,10 +363,36 @@ def _summary_line(metrics: Dict) -> str:
 
 
 def cmd_fit(args) -> int:
-    config = resolve_config(args)
-    out = _prepare_out(config["out"], args.overwrite)
+    resume = None
+    if args.resume:
+        from .engine import load_checkpoint
+
+        run_dir = Path(args.resume)
+        if not (run_dir / "checkpoint.safetensors").is_file() or not (run_dir / "config.yaml").is_file():
+            raise UsageError(f"--resume {run_dir}: no checkpoint.safetensors and config.yaml there.")
+        if (run_dir / "metrics.json").is_file():
+            _say(args, f"{run_dir} already holds a finished run (metrics.json); nothing to resume.")
+            return 0
+        args.config, args.out = str(run_dir / "config.yaml"), str(run_dir)
+        config = resolve_config(args)
+        try:
+            resume = load_checkpoint(run_dir / "checkpoint.safetensors")
+        except Exception as error:  # a damaged file: say so rather than show a traceback
+            raise UsageError(f"--resume {run_dir}: unreadable checkpoint ({error}).") from None
+        out = run_dir
+        _say(args, f"resuming {run_dir} at epoch {resume['meta']['epoch']}, "
+                   f"step {len(resume['meta']['history'])}")
+    else:
+        config = resolve_config(args)
+        out = _prepare_out(config["out"], args.overwrite)
+    config["device"] = _init_distributed(config["device"])
     say = (lambda m: _say(args, m))
-    metrics = run_fit(config, out, say, args.quiet)
+    try:
+        metrics = run_fit(config, out, say, args.quiet, strict=args.strict, resume=resume)
+    except ValueError as error:  # a checkpoint that does not fit the settings, model or classes
+        if resume is None:
+            raise
+        raise UsageError(f"--resume {out}: {error}") from None
     say(_summary_line(metrics))
     say(f"threshold {metrics['threshold']['threshold']:.4f} ({metrics['threshold']['rule']}); outputs in {out}")
     return 0
@@ -304,6 +420,16 @@ def _load_adapted(args):
     return state, _load_bundle(model, pretrained, args.device)
 
 
+def _checked(args, images, out: Path):
+    """Drop unreadable images (or stop, with --strict); list them in out/skipped.csv."""
+    from . import report
+    from .data import check_images
+
+    images, skipped = check_images(images, strict=args.strict, warn=lambda m: _say(args, m))
+    report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
+    return images, skipped
+
+
 def cmd_eval(args) -> int:
     from . import report
     from .data import ImageFiles, read_images
@@ -314,6 +440,8 @@ def cmd_eval(args) -> int:
     images = read_images(args.test, state.class_names, args.root)
     if not images.labeled:
         raise UsageError(f"--test {args.test}: no labels found (use class sub-folders or a list file with labels).")
+    _require_known(images, len(state.class_names), "--test")
+    images, skipped = _checked(args, images, out)
     metrics, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size,
                                 progress=not args.quiet)
     from .predict import otsu_threshold
@@ -323,7 +451,7 @@ def cmd_eval(args) -> int:
     report.write_json(out / "metrics.json", {"adapted": metrics, "predictions": predictions,
                                              "threshold": {"threshold": threshold, "rule": "otsu on the test scores"
                                                            if args.threshold == "auto" else "given"},
-                                             "source": str(args.adapted)})
+                                             "num_skipped": len(skipped), "source": str(args.adapted)})
     _say(args, _summary_line({"adapted": metrics}).splitlines()[1] + f"\noutputs in {out}")
     return 0
 
@@ -336,7 +464,7 @@ def cmd_predict(args) -> int:
 
     out = _prepare_out(args.out, args.overwrite)
     state, bundle = _load_adapted(args)
-    images = read_images(args.data, state.class_names, args.root)
+    images, skipped = _checked(args, read_images(args.data, state.class_names, args.root), out)
     _, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size,
                           progress=not args.quiet)
     try:
@@ -346,6 +474,7 @@ def cmd_predict(args) -> int:
     threshold = fixed if fixed is not None else otsu_threshold(outputs.scores.numpy())
     summary = _write_predictions(out, images, outputs, state.class_names, threshold, len(state.class_names))
     summary["threshold_rule"] = "given" if fixed is not None else "otsu on these images' scores"
+    summary["num_skipped"] = len(skipped)
     if images.labeled:
         summary["metrics"] = outputs.metrics(len(state.class_names))
     report.write_json(out / "metrics.json", summary)
@@ -424,7 +553,7 @@ def cmd_bench(args) -> int:
                     config = {**base, "benchmark": args.benchmark, "domain": domain, "scenario": scenario,
                               "method": method, "seed": seed, "out": str(run_dir)}
                     _say(args, f"== {args.benchmark} {domain} {scenario} {method} seed {seed}")
-                    metrics = run_fit(config, run_dir, lambda m: _say(args, m), args.quiet)
+                    metrics = run_fit(config, run_dir, lambda m: _say(args, m), args.quiet, strict=args.strict)
                     _say(args, _summary_line(metrics))
                     metrics_paths.append(run_dir)
     from . import report
@@ -450,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="adapt CLIP to unlabeled images; write the adapted state, metrics, predictions")
     _add_fit_options(p)
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue an interrupted run from DIR/checkpoint.safetensors with DIR/config.yaml")
     p.set_defaults(func=cmd_fit)
 
     for name, helptext, func in (("eval", "evaluate an adapted state on labeled test images", cmd_eval),
@@ -466,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
         p.add_argument("--batch-size", type=int, default=256, help="images per batch")
         p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+        p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
         p.add_argument("--quiet", action="store_true", help="logs only")
         p.set_defaults(func=func)
 
@@ -509,12 +641,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, WeightsUnavailableError) as error:
+    except (UsageError, DataError, WeightsUnavailableError, ValueError) as error:  # engine ValueErrors are input errors
         print(f"ueo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except FloatingPointError as error:
         print(f"ueo {args.command}: training stopped: {error}", file=sys.stderr)
         return 3
+    except Interrupted as error:
+        if _is_main():
+            print(f"ueo {args.command}: interrupted, {error}", file=sys.stderr)
+        return 128 + int(error.signum or 2)
     except KeyboardInterrupt:
         print(f"ueo {args.command}: interrupted", file=sys.stderr)
         return 130

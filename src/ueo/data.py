@@ -13,9 +13,11 @@ Conventions
 from __future__ import annotations
 
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageOps
@@ -40,11 +42,13 @@ def parse_class_names(spec: str) -> List[str]:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
             raise DataError(f"{spec}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
-        lines = text.splitlines()
-        names = [line.strip() for line in lines]
-        where = [f"{spec}:{i + 1}" for i in range(len(lines))]
-        keep = [i for i, n in enumerate(names) if n]  # blank lines are ignored in a file
-        names, where = [names[i] for i in keep], [where[i] for i in keep]
+        names = [line.strip() for line in text.splitlines()]
+        while names and not names[-1]:  # trailing blank lines are harmless
+            names.pop()
+        if "" in names:  # a blank line inside would shift every later class index
+            raise DataError(f"{spec}:{names.index('') + 1}: empty line in the class list (one name a line, "
+                            "in label order).")
+        where = [f"{spec}:{i + 1}" for i in range(len(names))]
     elif "," in spec or (spec.strip() and os.sep not in spec and not spec.endswith(".txt")):
         names = [n.strip() for n in spec.split(",")]
         where = [f"--classes item {i + 1}" for i in range(len(names))]
@@ -179,7 +183,17 @@ def read_images(spec: str | os.PathLike, class_names: Optional[Sequence[str]] = 
 
 
 def load_image(path: Path) -> Image.Image:
-    """Open an image as RGB with its EXIF orientation applied."""
+    """Open an image as RGB with its EXIF orientation applied (alpha over white, 16-bit scaled to 8).
+
+    Raises OSError/ValueError/Image.DecompressionBombError for unreadable files and absurd sizes
+    (more pixels than PIL.Image.MAX_IMAGE_PIXELS).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _load_image(path)
+
+
+def _load_image(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
@@ -189,7 +203,38 @@ def load_image(path: Path) -> Image.Image:
             return background
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             image = image.point(lambda v: v / 256).convert("L")
-        return image.convert("RGB")
+        image = image.convert("RGB")
+        image.load()
+        return image
+
+
+def check_images(images: ImageList, strict: bool = False, warn: Callable[[str], None] = print,
+                 threads: int = 8) -> Tuple[ImageList, List[Dict[str, str]]]:
+    """Decode every image once; return (the readable ones, [{"path", "reason"}] of the skipped ones).
+
+    strict: raise DataError at the first unreadable file instead of skipping it.
+    """
+    def problem(path):
+        try:
+            load_image(path)
+            return None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        problems = list(pool.map(problem, images.paths))
+    skipped = []
+    for path, reason in zip(images.paths, problems):
+        if reason is None:
+            continue
+        if strict:
+            raise DataError(f"{path}: unreadable image ({reason}); remove it or run without --strict to skip it.")
+        warn(f"warning: skipping {path}: {reason}")
+        skipped.append({"path": str(path), "reason": reason})
+    keep = [i for i, reason in enumerate(problems) if reason is None]
+    if not keep:
+        raise DataError("No readable image: every file was skipped (see the warnings).")
+    return images.subset(keep), skipped
 
 
 class ImageFiles(torch.utils.data.Dataset):

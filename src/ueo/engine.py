@@ -548,6 +548,7 @@ def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapte
     """
     if adapted is not None:
         adapted.check_compatible(bundle.name, bundle.pretrained)
+        adapted.check_fits(bundle.model)
         class_names = class_names or adapted.class_names
         init = adapted.init
     else:

@@ -153,6 +153,16 @@ class AdaptedState:
                    pretrained=json.loads(meta["pretrained"]), tune=meta["tune"], rule=meta["rule"],
                    init=meta["init"], info=json.loads(meta.get("info", "{}")))
 
+    def check_fits(self, model: nn.Module) -> None:
+        """Refuse a state whose tensors are not exactly what its tuning rule selects in ``model``."""
+        expected = set(tunable_parameters(model, self.rule)) if self.tune in ("norm", "both") else set()
+        if self.tune in ("prompt", "both"):
+            expected.add("prompt.ctx")
+        if set(self.tensors) != expected:
+            extra, missing = sorted(set(self.tensors) - expected), sorted(expected - set(self.tensors))
+            raise ValueError(f"This adapted state does not fit tune={self.tune!r}, rule={self.rule!r} on this model "
+                             f"(unexpected: {extra[:3]}, missing: {missing[:3]}).")
+
     def check_compatible(self, model_name: str, pretrained: Optional[str]) -> None:
         """Refuse to apply a state to a CLIP other than the one it was adapted from."""
         def same(a, b):  # a checkpoint file may live in another folder on another machine
