@@ -36,11 +36,11 @@ def test_shipped_toy_clip_knows_the_pretraining_styles_but_not_painting(toy):
 
 def test_ueo_improves_pacc_and_auroc_over_zero_shot(toy):
     """Regression guard: a sign error, a wrong weight or a broken gradient loses these margins.
-    Measured over seeds 0-2 (README): PACC +35 to +37 points, AUROC +11 to +13 points."""
+    Measured over seeds 0-2 (README): PACC +31.0 to +33.5 points, AUROC +8.6 to +10.1 points."""
     train, test = tw.scenario("opda", per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
     names = tw.CLASS_NAMES[:tw.NUM_KNOWN]
     zero = ueo.fit(toy, names, train, test=test, method="zeroshot", eval_train=False).metrics["adapted"]
     for seed in (0, 1, 2):
         adapted = ueo.fit(toy, names, train, test=test, method="ueo", seed=seed, **DEMO_SETTINGS).metrics["adapted"]
         assert adapted["pacc"] - zero["pacc"] > 0.20, seed
-        assert adapted["auroc"] - zero["auroc"] > 0.06, seed
+        assert adapted["auroc"] - zero["auroc"] > 0.05, seed

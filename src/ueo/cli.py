@@ -25,7 +25,7 @@ FIT_DEFAULTS = {
     "test_root": None, "val": None, "classes": None, "benchmark": None, "domain": None, "scenario": None,
     "lists": None, "method": "ueo", "tune": "both", "rule": "official", "epochs": 50, "batch_size": 64,
     "lr_prompt": 1e-4, "lr_norm": 1e-4, "trade": 1.0, "weights": "fixed", "seed": 2023, "eval_every": 10,
-    "eval_batch_size": 256, "num_workers": 0, "threshold": "auto", "tpr": None, "out": None,
+    "eval_batch_size": 256, "num_workers": 0, "fast": "auto", "threshold": "auto", "tpr": None, "out": None,
 }
 ENGINE_KEYS = ("method", "tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights",
                "seed", "eval_every", "eval_batch_size", "num_workers")
@@ -101,6 +101,8 @@ def _add_fit_options(p: argparse.ArgumentParser, with_out=True) -> None:
     _add(p, "--eval-every", "eval_every", "evaluate every N epochs (0: zero-shot and last only)", type=int)
     _add(p, "--eval-batch-size", "eval_batch_size", "images per evaluation batch", type=int)
     _add(p, "--num-workers", "num_workers", "DataLoader worker processes", type=int)
+    _add(p, "--fast", "fast", "decode images once into a uint8 cache and augment batches on the device "
+         "(auto: on CUDA)", choices=["auto", "on", "off"])
     _add(p, "--threshold", "threshold", "unknown threshold: auto (Otsu on the adaptation set's scores) or a number")
     _add(p, "--tpr", "tpr", "choose the threshold accepting this fraction of known --val images", type=float)
     if with_out:
@@ -264,7 +266,10 @@ def run_fit(config: Dict, out: Path, say, quiet: bool, strict: bool = False, res
     from .predict import parse_threshold
     from .prompts import PromptLearner
 
-    fit_config = FitConfig(**{k: config[k] for k in ENGINE_KEYS}, progress=not quiet and _is_main())
+    fast = {"auto": None, "on": True, "off": False}.get(str(config["fast"]).lower())
+    if fast is None and str(config["fast"]).lower() != "auto":
+        raise UsageError(f"--fast must be auto, on or off, got {config['fast']!r}.")
+    fit_config = FitConfig(**{k: config[k] for k in ENGINE_KEYS}, fast=fast, progress=not quiet and _is_main())
     try:
         fit_config.validate()
         parse_threshold(config["threshold"])

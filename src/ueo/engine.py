@@ -46,6 +46,8 @@ class FitConfig:
     eval_every: evaluate every N epochs (epoch 0 = zero-shot and the last epoch always); 0 = only those.
     eval_train: also report metrics on the adaptation set (when it has labels).
     amp: bf16 autocast; None = on for CUDA, off on CPU. Tuned parameters are always fp32.
+    fast: decode the images once into a uint8 cache and augment whole batches on the device
+        (``ueo.fastpath``); None = on for CUDA when the datasets yield PIL images.
     """
 
     method: str = "ueo"
@@ -65,6 +67,7 @@ class FitConfig:
     eval_batch_size: int = 256
     num_workers: int = 0
     amp: Optional[bool] = None
+    fast: Optional[bool] = None
     progress: bool = False
 
     def validate(self) -> "FitConfig":
@@ -239,18 +242,34 @@ def _image_features(model, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.encode_image(images).float(), dim=-1)
 
 
+def _chunks(items: List[int], size: int) -> List[List[int]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _cache_geometry(bundle):
+    cfg = bundle.model.visual.preprocess_cfg
+    return bundle.image_size, cfg["mean"], cfg["std"]
+
+
 @torch.no_grad()
 def _infer(model, text_features: torch.Tensor, dataset: Dataset, transform, batch_size: int, device, amp,
-           num_workers: int = 0, progress: bool = False) -> Outputs:
+           num_workers: int = 0, progress: bool = False, cache=None, geometry=None) -> Outputs:
     """Raw cosines [N, K] and labels of a whole dataset, in dataset order. Under torch.distributed each
-    rank scores every world-th sample and the results are gathered: every sample counted exactly once."""
+    rank scores every world-th sample and the results are gathered: every sample counted exactly once.
+    With ``cache`` (an ImageCache of the dataset) the eval views are made on the device."""
     rank, world = _dist()
     mine = list(range(rank, len(dataset), world))
-    loader = DataLoader(torch.utils.data.Subset(_Views(dataset, transform), mine), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    if cache is not None:
+        from .fastpath import center_views
+
+        batches = ((center_views(cache, chunk, *geometry, device), torch.tensor([cache.labels[i] for i in chunk]), chunk)
+                   for chunk in _chunks(mine, batch_size))
+    else:
+        batches = DataLoader(torch.utils.data.Subset(_Views(dataset, transform), mine), batch_size=batch_size,
+                             shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     cosines, labels = [], []
-    for images, batch_labels, _ in tqdm(loader, desc="evaluate", unit="batch", disable=not progress or rank > 0,
-                                        leave=False):
+    for images, batch_labels, _ in tqdm(batches, desc="evaluate", unit="batch", total=math.ceil(len(mine) / batch_size),
+                                        disable=not progress or rank > 0, leave=False):
         with _autocast(device, amp):
             feats = _image_features(model, images.to(device, non_blocking=True))
         cosines.append((feats @ text_features.float().T).float())
@@ -316,14 +335,17 @@ def fit(bundle, class_names: Sequence[str], train: Dataset, test: Optional[Datas
     originals = adapted_state(tuned)
     result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()})
     training = cfg.method != "zeroshot" and cfg.epochs > 0
+    caches = _build_caches(cfg, bundle, {"train": train, "test": test})
+    geometry = _cache_geometry(bundle)
 
     def text_features(grad: bool) -> torch.Tensor:
         with torch.set_grad_enabled(grad), _autocast(device, cfg.amp):
             return learner.text_features().float()
 
     def infer(dataset) -> Outputs:
+        cache = caches.get("train" if dataset is train else "test")
         return _infer(model, text_features(False), dataset, bundle.eval_transform, cfg.eval_batch_size, device,
-                      cfg.amp, cfg.num_workers, cfg.progress)
+                      cfg.amp, cfg.num_workers, cfg.progress, cache, geometry)
 
     def evaluate_now(epoch: int, need_train: bool) -> Optional[Outputs]:
         train_out = None
@@ -354,7 +376,7 @@ def fit(bundle, class_names: Sequence[str], train: Dataset, test: Optional[Datas
             weights = _confidence_weights(cfg, zero_shot_train, num_known) if needs_weights else None
         if training:
             _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, text_features, infer,
-                   bundle.train_transform, start, state, checkpoint, should_stop)
+                   bundle.train_transform, start, state, checkpoint, should_stop, caches.get("train"), geometry)
         result.weights = result.weights if result.weights is not None else weights
         result.adapted = state()
     finally:
@@ -372,8 +394,33 @@ def _confidence_weights(cfg: FitConfig, outputs: Outputs, num_known: int) -> tor
     return outputs.scores
 
 
+def _build_caches(cfg: FitConfig, bundle, datasets: Dict[str, Optional[Dataset]]) -> Dict:
+    """Decoded uint8 caches of the datasets for the fast path (empty when the plain path is used)."""
+    if cfg.fast is False or (cfg.fast is None and bundle.device.type != "cuda"):
+        return {}
+    first = datasets["train"][0][0]
+    if torch.is_tensor(first):
+        if cfg.fast:
+            raise ValueError("fast=True needs datasets of PIL images (the fast path decodes and augments them).")
+        return {}
+    from .fastpath import build_cache
+
+    max_side = 2 * bundle.image_size
+    return {name: build_cache(data, max_side, bundle.device, progress=cfg.progress)
+            for name, data in datasets.items() if data is not None}
+
+
+def _cached_batch(cache, indices, seed, epoch, geometry, device):
+    from .fastpath import augment, crop_boxes
+
+    if not indices:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    images = augment(cache, indices, crop_boxes(cache, indices, seed, epoch), *geometry, device)
+    return images, torch.tensor([cache.labels[i] for i in indices]), torch.tensor(indices)
+
+
 def _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, text_features, infer, transform,
-           start, state, checkpoint, should_stop):
+           start, state, checkpoint, should_stop, cache=None, geometry=None):
     device = learner.ctx.device
     rank, world = _dist()
     tune_prompt = "prompt.ctx" in tuned
@@ -407,13 +454,18 @@ def _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, tex
             device_weights = infer(train).scores.to(device)
         last_good = state()
         views.epoch = epoch
+        if hasattr(train, "set_epoch"):  # the usual PyTorch hook for datasets whose items depend on the epoch
+            train.set_epoch(epoch)
         batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
         local = [b[rank::world] for b in batches]
         pending = []
         bar = tqdm(total=len(train), initial=min(skip * cfg.batch_size, len(train)), desc=f"epoch {epoch}/{cfg.epochs}",
                    unit="img", unit_scale=True, disable=not cfg.progress or rank > 0, leave=False)
-        iterator = iter(DataLoader(views, batch_sampler=local[skip:], collate_fn=_collate,
-                                   num_workers=cfg.num_workers, pin_memory=device.type == "cuda"))
+        if cache is not None:
+            iterator = (_cached_batch(cache, b, cfg.seed, epoch, geometry, device) for b in local[skip:])
+        else:
+            iterator = iter(DataLoader(views, batch_sampler=local[skip:], collate_fn=_collate,
+                                       num_workers=cfg.num_workers, pin_memory=device.type == "cuda"))
         for position in range(skip, len(batches)):
             images, _, index = next(iterator)
             step = (epoch - 1) * steps_per_epoch + position
