@@ -266,8 +266,9 @@ def run_fit(config: Dict, out: Path, say, quiet: bool, strict: bool = False, res
     from .predict import parse_threshold
     from .prompts import PromptLearner
 
-    fast = {"auto": None, "on": True, "off": False}.get(str(config["fast"]).lower())
-    if fast is None and str(config["fast"]).lower() != "auto":
+    choice = {True: "on", False: "off"}.get(config["fast"], str(config["fast"]).lower())  # YAML reads on/off as booleans
+    fast = {"auto": None, "on": True, "off": False}.get(choice)
+    if fast is None and choice != "auto":
         raise UsageError(f"--fast must be auto, on or off, got {config['fast']!r}.")
     fit_config = FitConfig(**{k: config[k] for k in ENGINE_KEYS}, fast=fast, progress=not quiet and _is_main())
     try:
