@@ -45,6 +45,18 @@ def tiny_rn():
 
 
 @pytest.fixture(scope="session")
+def tiny_vit_weights(tmp_path_factory):
+    """A checkpoint file of a random tiny ViT, so that separate loads (fit, eval, other processes) agree."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    model = ueo.load_clip("ueo-tiny-vit", device="cpu").model
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def generated():
     return GeneratedImages
 

@@ -15,21 +15,6 @@ TINY = ["--model", "ueo-tiny-vit", "--pretrained", "none", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A weights file for the tiny ViT, so that `fit` and `eval` load the same CLIP."""
-    import torch
-    from safetensors.torch import save_file
-
-    import ueo
-
-    torch.manual_seed(3)
-    model = ueo.load_clip("ueo-tiny-vit", device="cpu").model
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
@@ -44,11 +29,11 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fitted(folder, checkpoint, tmp_path_factory):
+def fitted(folder, tiny_vit_weights, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     config = out.parent / "config.yaml"
     config.write_text(yaml.safe_dump({"epochs": 5, "batch_size": 4, "lr_prompt": 0.05, "lr-norm": 0.05}))
-    code = main(["fit", "--model", "ueo-tiny-vit", "--pretrained", str(checkpoint), "--device", "cpu",
+    code = main(["fit", "--model", "ueo-tiny-vit", "--pretrained", tiny_vit_weights, "--device", "cpu",
                  "--data", str(folder), "--test", str(folder), "--classes", str(folder / "classes.txt"),
                  "--config", str(config), "--epochs", "2", "--out", str(out), "--quiet"])
     assert code == 0

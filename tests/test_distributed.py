@@ -34,11 +34,8 @@ def worker(rank, world, folder, weights):
         torch.distributed.destroy_process_group()
 
 
-def test_two_processes_match_one(tmp_path):
-    torch.manual_seed(0)
-    model = ueo.load_clip("ueo-tiny-vit", device="cpu").model
-    weights = str(tmp_path / "tiny.safetensors")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+def test_two_processes_match_one(tmp_path, tiny_vit_weights):
+    weights = tiny_vit_weights
 
     single = run(ueo.load_clip("ueo-tiny-vit", pretrained=weights, device="cpu"))
     mp.spawn(worker, args=(2, str(tmp_path), weights), nprocs=2, join=True)

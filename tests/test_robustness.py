@@ -13,22 +13,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from ueo.cli import main
 from ueo.data import ImageFiles, check_images, read_folder
 from ueo.tuning import AdaptedState
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    import ueo
-
-    torch.manual_seed(4)
-    model = ueo.load_clip("ueo-tiny-vit", device="cpu").model
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path)
+@pytest.fixture
+def weights(tiny_vit_weights):
+    return tiny_vit_weights
 
 
 def fit_args(weights, data, out, *extra):
