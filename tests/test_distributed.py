@@ -52,3 +52,46 @@ def test_two_processes_match_one(tmp_path, tiny_vit_weights):
         assert (a["epoch"], a["split"], a["num_known_samples"], a["num_unknown_samples"]) == (
             b["epoch"], b["split"], b["num_known_samples"], b["num_unknown_samples"])
         assert a["pacc"] == pytest.approx(b["pacc"]) and a["auroc"] == pytest.approx(b["auroc"], abs=1e-6)
+
+
+def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_weights):
+    """`torchrun -m ueo fit` with 2 CPU processes: SIGTERM saves a checkpoint, --resume finishes the run,
+    and the result equals an uninterrupted single-process run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ueo.cli import main
+    from ueo.tuning import AdaptedState
+
+    data = GeneratedImages(24, [0, 1, 2], seed=30)
+    for i, (image, label) in enumerate(data):
+        folder = tmp_path / "data" / ["cat", "hot_dog", "zebra"][label]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i}.png")
+    common = ["--model", "ueo-tiny-vit", "--pretrained", tiny_vit_weights, "--device", "cpu", "--data",
+              str(tmp_path / "data"), "--classes", "cat,hot dog", "--epochs", "30", "--batch-size", "8",
+              "--lr-prompt", "0.05", "--lr-norm", "0.05", "--quiet"]
+    assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0
+
+    run_dir = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ueo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*torchrun, "fit", *common, "--out", str(run_dir)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not (run_dir / "checkpoint.safetensors").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode != 0 and not (run_dir / "metrics.json").exists(), err.decode()[-3000:]
+
+    done = subprocess.run([*torchrun, "fit", "--resume", str(run_dir), "--quiet"], env=env, capture_output=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    single = AdaptedState.load(tmp_path / "single" / "adapted.safetensors").tensors
+    ddp = AdaptedState.load(run_dir / "adapted.safetensors").tensors
+    for name, value in single.items():
+        assert torch.allclose(ddp[name], value, atol=1e-5), name
+    assert len(json.loads((run_dir / "metrics.json").read_text())["evaluations"]) >= 2

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 import ueo
 from ueo import toyworld as tw
@@ -44,3 +43,18 @@ def test_ueo_improves_pacc_and_auroc_over_zero_shot(toy):
         adapted = ueo.fit(toy, names, train, test=test, method="ueo", seed=seed, **DEMO_SETTINGS).metrics["adapted"]
         assert adapted["pacc"] - zero["pacc"] > 0.20, seed
         assert adapted["auroc"] - zero["auroc"] > 0.05, seed
+
+
+def test_demo_command_writes_its_outputs(tmp_path, capsys):
+    import json
+
+    from ueo.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--scenarios", "opda", "--epochs", "1", "--quiet"]) == 0
+    table = json.loads((tmp_path / "demo.json").read_text())
+    assert list(table) == ["opda"] and list(table["opda"]) == ["zeroshot", "entropy", "infomax", "ueo"]
+    for row in table["opda"].values():
+        assert 0 <= row["pacc"] <= 1 and 0 <= row["auroc"] <= 1 and 0 <= row["hm"] <= 1
+    assert (tmp_path / "table.md").is_file() and (tmp_path / "opda" / "ueo" / "seed0" / "roc.png").is_file()
+    assert (tmp_path / "opda" / "infomax" / "seed0" / "adapted.safetensors").is_file()
+    assert "opda       ueo  PACC" in capsys.readouterr().out

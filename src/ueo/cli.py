@@ -7,11 +7,8 @@ Exit codes: 0 success, 2 bad input (data, classes, weights, options), 3 training
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -36,10 +33,14 @@ class UsageError(Exception):
 
 
 def _is_main() -> bool:
-    """Rank 0 (or no torch.distributed): the one process that prints and writes outputs."""
+    """Rank 0 (or no torch.distributed): the one process that prints and writes outputs. Before the process
+    group exists, torchrun's RANK variable tells."""
+    import os
+
     from .engine import _dist
 
-    return _dist()[0] == 0
+    rank, world = _dist()
+    return rank == 0 if world > 1 else int(os.environ.get("RANK", "0")) == 0
 
 
 def _say(args, message: str) -> None:
@@ -573,7 +574,7 @@ def cmd_bench(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs)
+    return run_demo(args.out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios)
 
 
 # ----------------------------------------------------------------------------------------------- parser
@@ -635,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="output folder (demo.json, tables, plots)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="adaptation seeds")
     p.add_argument("--epochs", type=int, default=10, help="adaptation epochs")
+    p.add_argument("--scenarios", nargs="+", default=["cda", "pda", "oda", "opda"],
+                   choices=["cda", "pda", "oda", "opda"], help="scenarios to run")
     p.add_argument("--quiet", action="store_true", help="logs only")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -76,7 +76,8 @@ def format_table(table: Dict[str, Dict[str, Dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out="demo-out", quiet: bool = False, seeds: Sequence[int] = (0,), epochs: int | None = None) -> int:
+def run_demo(out="demo-out", quiet: bool = False, seeds: Sequence[int] = (0,), epochs: int | None = None,
+             scenarios: Sequence[str] = DEMO_SCENARIOS) -> int:
     import torch
 
     from . import report
@@ -90,7 +91,7 @@ def run_demo(out="demo-out", quiet: bool = False, seeds: Sequence[int] = (0,), e
     print("ueo demo: the shipped toy CLIP adapts to the unseen 'painting' style of the toy world "
           f"({tw.NUM_KNOWN} known classes, unknown shapes in the open scenarios; seeds {list(seeds)}).", flush=True)
     table = {}
-    for scenario in DEMO_SCENARIOS:
+    for scenario in scenarios:
         table[scenario] = run_scenario(bundle, scenario, seeds=seeds, out=out, progress=not quiet, settings=settings)
         for method, row in table[scenario].items():
             auroc = "  -  " if row["auroc"] is None else f"{100 * row['auroc']:5.1f}"

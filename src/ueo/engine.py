@@ -376,7 +376,8 @@ def fit(bundle, class_names: Sequence[str], train: Dataset, test: Optional[Datas
             weights = _confidence_weights(cfg, zero_shot_train, num_known) if needs_weights else None
         if training:
             _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, text_features, infer,
-                   bundle.train_transform, start, state, checkpoint, should_stop, caches.get("train"), geometry)
+                   bundle.train_transform, start, state, checkpoint, should_stop, caches.get("train"), geometry,
+                   bundle.name)
         result.weights = result.weights if result.weights is not None else weights
         result.adapted = state()
     finally:
@@ -420,7 +421,7 @@ def _cached_batch(cache, indices, seed, epoch, geometry, device):
 
 
 def _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, text_features, infer, transform,
-           start, state, checkpoint, should_stop, cache=None, geometry=None):
+           start, state, checkpoint, should_stop, cache=None, geometry=None, model_name=None):
     device = learner.ctx.device
     rank, world = _dist()
     tune_prompt = "prompt.ctx" in tuned
@@ -444,7 +445,7 @@ def _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, tex
         return {"tensors": {**{f"param/{k}": v for k, v in adapted_state(tuned).items()},
                             **({"weights": device_weights.cpu()} if device_weights is not None else {}),
                             "torch_rng": torch.get_rng_state()},
-                "meta": {"epoch": epoch, "done_in_epoch": done_in_epoch, "config": asdict(cfg),
+                "meta": {"epoch": epoch, "done_in_epoch": done_in_epoch, "config": asdict(cfg), "model": model_name,
                          "class_names": learner.class_names, "history": result.history,
                          "evaluations": result.evaluations,
                          "lr": [g["lr"] for g in optimizer.param_groups]}}
@@ -554,7 +555,9 @@ def _restore(resume: Dict, cfg: FitConfig, tuned, result: FitResult, class_names
     if meta["class_names"] != class_names:
         raise ValueError("The checkpoint was made for other class names.")
     params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
-    if set(params) != set(tuned):
+    if meta.get("model") not in (None, bundle.name):
+        raise ValueError(f"The checkpoint was made for model {meta['model']!r}, not {bundle.name!r}.")
+    if set(params) != set(tuned) or any(tuple(v.shape) != tuple(tuned[k].shape) for k, v in params.items()):
         raise ValueError("The checkpoint's tuned parameters do not match this model and tuning rule.")
     with torch.no_grad():
         for name, value in params.items():

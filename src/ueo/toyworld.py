@@ -17,7 +17,6 @@ Protocols (mirroring SPEC §6 with K = 16 known classes):
 
 from __future__ import annotations
 
-import colorsys
 import math
 from typing import Dict, List, Sequence
 
