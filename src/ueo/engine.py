@@ -595,10 +595,12 @@ def load_checkpoint(path) -> Dict:
 
 
 def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapted: Optional[AdaptedState] = None,
-             batch_size: int = 256, num_workers: int = 0, amp: Optional[bool] = None, progress: bool = False) -> tuple:
+             batch_size: int = 256, num_workers: int = 0, amp: Optional[bool] = None, progress: bool = False,
+             fast: Optional[bool] = None) -> tuple:
     """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on ``test``.
 
     class_names default to the adapted state's. Returns (metrics dict, Outputs).
+    fast: decode once and make the eval views on the device (None: on CUDA with PIL images).
     The bundle's model is left unchanged.
     """
     if adapted is not None:
@@ -615,6 +617,7 @@ def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapte
     with applied(bundle.model, learner, adapted.tensors if adapted is not None else {}):
         with torch.no_grad(), _autocast(bundle.device, amp):
             text = learner.text_features().float()
+        cache = _build_caches(FitConfig(fast=fast, progress=progress), bundle, {"train": test}).get("train")
         out = _infer(bundle.model, text, test, bundle.eval_transform, batch_size, bundle.device, amp, num_workers,
-                     progress)
+                     progress, cache, _cache_geometry(bundle))
     return out.metrics(len(class_names)), out
