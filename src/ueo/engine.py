@@ -348,6 +348,7 @@ def fit(bundle, class_names: Sequence[str], train: Dataset, test: Optional[Datas
                       cfg.amp, cfg.num_workers, cfg.progress, cache, geometry)
 
     def evaluate_now(epoch: int, need_train: bool) -> Optional[Outputs]:
+        result.outputs.clear()  # outputs always belong to the latest evaluation
         train_out = None
         if need_train or cfg.eval_train:
             train_out = infer(train)
