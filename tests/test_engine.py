@@ -100,6 +100,7 @@ def test_one_step_equals_an_independent_gradient_step(tiny_vit):
     assert result.history[0]["loss"] == pytest.approx(loss.item(), abs=1e-5)
     assert torch.allclose(result.adapted.tensors["prompt.ctx"], expected, atol=1e-5)
     assert torch.allclose(result.weights, weights, atol=1e-6)
+    assert result.outputs == {}  # the zero-shot pass that gave the weights is not the latest evaluation
 
 
 def test_seeded_runs_are_identical_and_seeds_differ(tiny_rn, generated):
