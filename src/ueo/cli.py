@@ -646,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from .clip import WeightsUnavailableError
 
-    logging.basicConfig(level=logging.ERROR)  # open_clip's informational logging stays quiet
+    logging.basicConfig(level=logging.CRITICAL)  # open_clip logs on the root logger; ueo prints its own messages
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
