@@ -496,7 +496,9 @@ def _train(cfg, model, learner, tuned, train, weights, result, evaluate_now, tex
             bar.update(len(batches[position]))
             if cfg.progress and rank == 0 and len(pending) % 10 == 1:  # an occasional host sync, for the bar only
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-            if should_stop is not None and position + 1 < len(batches) and _agree(should_stop()):
+            # ranks agree on stopping every 10 steps (one tiny collective), a single process at every step
+            poll = world == 1 or position % 10 == 9
+            if should_stop is not None and poll and position + 1 < len(batches) and _agree(should_stop()):
                 _flush(pending, result, last_good)
                 if checkpoint is not None:
                     checkpoint(make_checkpoint(epoch, position + 1))
@@ -520,7 +522,8 @@ def _agree(flag: bool) -> bool:
     _, world = _dist()
     if world == 1:
         return bool(flag)
-    value = torch.tensor([1.0 if flag else 0.0])
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1.0 if flag else 0.0], device=device)  # NCCL reduces CUDA tensors only
     torch.distributed.all_reduce(value)
     return bool(value.item() > 0)
 
