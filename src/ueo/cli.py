@@ -72,7 +72,7 @@ def _add(parser, flag, key, help_text, **kwargs):
     parser.add_argument(flag, dest=key, default=None, help=f"{help_text} (default: {default})", **kwargs)
 
 
-def _add_fit_options(p: argparse.ArgumentParser, with_out=True) -> None:
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
     _add(p, "--model", "model", "open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path'")
     _add(p, "--pretrained", "pretrained", "weights tag or checkpoint file; 'none' for random weights")
     _add(p, "--device", "device", "cpu, cuda, cuda:1 (default: cuda when available)")
@@ -106,8 +106,7 @@ def _add_fit_options(p: argparse.ArgumentParser, with_out=True) -> None:
          "(auto: on CUDA)", choices=["auto", "on", "off"])
     _add(p, "--threshold", "threshold", "unknown threshold: auto (Otsu on the adaptation set's scores) or a number")
     _add(p, "--tpr", "tpr", "choose the threshold accepting this fraction of known --val images", type=float)
-    if with_out:
-        _add(p, "--out", "out", "output folder")
+    _add(p, "--out", "out", "output folder")
     p.add_argument("--config", default=None, help="YAML file with any of these options; flags override it")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
@@ -170,14 +169,19 @@ def _load_inputs(config: Dict, say):
 
 
 def _optional_images(config, key, names):
-    from .data import read_images
-
     if not config.get(key):
         return None
-    images = read_images(config[key], names, config.get("test_root") or config.get("root"))
+    return _labeled_images(config[key], names, config.get("test_root") or config.get("root"), f"--{key}")
+
+
+def _labeled_images(spec, names, root, flag: str):
+    """Images that must carry labels, at least one of them a known class."""
+    from .data import read_images
+
+    images = read_images(spec, names, root)
     if not images.labeled:
-        raise DataError(f"--{key} {config[key]}: no labels found (use class sub-folders or a list file with labels).")
-    _require_known(images, len(names), f"--{key}")
+        raise DataError(f"{flag} {spec}: no labels found (use class sub-folders or a list file with labels).")
+    _require_known(images, len(names), flag)
     return images
 
 
@@ -198,7 +202,7 @@ def _load_bundle(model, pretrained, device):
 def _write_predictions(out: Path, images, outputs, class_names, threshold, num_known) -> Dict:
     """predictions.csv (+ plots and open-set metrics when labeled). Returns what goes into metrics.json."""
     from . import report
-    from .metrics import open_set_metrics
+    from .metrics import known_mask, open_set_metrics
     from .predict import decide
 
     predictions, scores = outputs.predictions.numpy(), outputs.scores.numpy()
@@ -219,7 +223,7 @@ def _write_predictions(out: Path, images, outputs, class_names, threshold, num_k
     if images.labeled:
         labels = outputs.labels.numpy()
         summary["open_set"] = open_set_metrics(labels, predictions, scores, num_known, threshold)
-        known = (labels >= 0) & (labels < num_known)
+        known = known_mask(labels, num_known)
         if known.any() and (~known).any():
             report.plot_roc(labels, scores, num_known, out / "roc.png")
         report.plot_scores(labels, scores, num_known, threshold, out / "scores.png")
@@ -228,28 +232,34 @@ def _write_predictions(out: Path, images, outputs, class_names, threshold, num_k
     return summary
 
 
-def _choose_threshold(config, bundle, adapted, train_scores, val_dataset) -> Dict:
-    """The unknown threshold: --tpr on --val, a given number, or Otsu on the adaptation set's scores."""
-    from .engine import evaluate
-    from .predict import otsu_threshold, parse_threshold, threshold_at_tpr
+def _threshold(spec, scores, source: str) -> Dict:
+    """{"threshold", "rule"} from --threshold: a number, or 'auto' = Otsu on ``scores`` (described by ``source``)."""
+    from .predict import otsu_threshold, parse_threshold
 
-    if config.get("tpr") is not None:
-        if val_dataset is None:
-            raise UsageError("--tpr needs labeled validation images: pass --val.")
-        _, out = evaluate(bundle, None, val_dataset, adapted=adapted, batch_size=config["eval_batch_size"])
-        known = (out.labels >= 0) & (out.labels < len(adapted.class_names))
-        try:
-            value = threshold_at_tpr(out.scores[known].numpy(), config["tpr"])
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        return {"threshold": value, "rule": f"tpr {config['tpr']} on --val"}
     try:
-        fixed = parse_threshold(config["threshold"])
+        fixed = parse_threshold(spec)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if fixed is not None:
         return {"threshold": fixed, "rule": "given"}
-    return {"threshold": otsu_threshold(train_scores), "rule": "otsu on the adaptation set"}
+    return {"threshold": otsu_threshold(scores), "rule": f"otsu on {source}"}
+
+
+def _choose_threshold(config, bundle, adapted, train_scores, val_dataset) -> Dict:
+    """The unknown threshold: --tpr on --val (checked to exist before training), else :func:`_threshold`."""
+    from .engine import evaluate
+    from .metrics import known_mask
+    from .predict import threshold_at_tpr
+
+    if config.get("tpr") is None:
+        return _threshold(config["threshold"], train_scores, "the adaptation set")
+    _, out = evaluate(bundle, None, val_dataset, adapted=adapted, batch_size=config["eval_batch_size"])
+    known = known_mask(out.labels.numpy(), len(adapted.class_names))
+    try:
+        value = threshold_at_tpr(out.scores.numpy()[known], config["tpr"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return {"threshold": value, "rule": f"tpr {config['tpr']} on --val"}
 
 
 # -------------------------------------------------------------------------------------------------- fit
@@ -439,25 +449,18 @@ def _checked(args, images, out: Path):
 
 def cmd_eval(args) -> int:
     from . import report
-    from .data import ImageFiles, read_images
+    from .data import ImageFiles
     from .engine import evaluate
 
     out = _prepare_out(args.out, args.overwrite)
     state, bundle = _load_adapted(args)
-    images = read_images(args.test, state.class_names, args.root)
-    if not images.labeled:
-        raise UsageError(f"--test {args.test}: no labels found (use class sub-folders or a list file with labels).")
-    _require_known(images, len(state.class_names), "--test")
-    images, skipped = _checked(args, images, out)
+    images, skipped = _checked(args, _labeled_images(args.test, state.class_names, args.root, "--test"), out)
     metrics, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size,
                                 progress=not args.quiet)
-    from .predict import otsu_threshold
-
-    threshold = otsu_threshold(outputs.scores.numpy()) if args.threshold == "auto" else float(args.threshold)
-    predictions = _write_predictions(out, images, outputs, state.class_names, threshold, len(state.class_names))
-    report.write_json(out / "metrics.json", {"adapted": metrics, "predictions": predictions,
-                                             "threshold": {"threshold": threshold, "rule": "otsu on the test scores"
-                                                           if args.threshold == "auto" else "given"},
+    threshold = _threshold(args.threshold, outputs.scores.numpy(), "the test scores")
+    predictions = _write_predictions(out, images, outputs, state.class_names, threshold["threshold"],
+                                     len(state.class_names))
+    report.write_json(out / "metrics.json", {"adapted": metrics, "predictions": predictions, "threshold": threshold,
                                              "num_skipped": len(skipped), "source": str(args.adapted)})
     _say(args, _summary_line({"adapted": metrics}).splitlines()[1] + f"\noutputs in {out}")
     return 0
@@ -467,20 +470,16 @@ def cmd_predict(args) -> int:
     from . import report
     from .data import ImageFiles, read_images
     from .engine import evaluate
-    from .predict import otsu_threshold, parse_threshold
 
     out = _prepare_out(args.out, args.overwrite)
     state, bundle = _load_adapted(args)
     images, skipped = _checked(args, read_images(args.data, state.class_names, args.root), out)
     _, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size,
                           progress=not args.quiet)
-    try:
-        fixed = parse_threshold(args.threshold)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    threshold = fixed if fixed is not None else otsu_threshold(outputs.scores.numpy())
+    chosen = _threshold(args.threshold, outputs.scores.numpy(), "these images' scores")
+    threshold = chosen["threshold"]
     summary = _write_predictions(out, images, outputs, state.class_names, threshold, len(state.class_names))
-    summary["threshold_rule"] = "given" if fixed is not None else "otsu on these images' scores"
+    summary["threshold_rule"] = chosen["rule"]
     summary["num_skipped"] = len(skipped)
     if images.labeled:
         summary["metrics"] = outputs.metrics(len(state.class_names))

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Dict, Sequence
 
-import numpy as np
 
 from . import toyworld as tw
 
@@ -58,9 +57,7 @@ def run_scenario(bundle, scenario: str, methods: Sequence[str] = DEMO_METHODS, s
                     report.plot_confusion(labels, outputs.predictions.numpy(), names, run_dir / "confusion.png")
         entry = {}
         for k in KEYS:
-            values = [row[k] for row in per_seed if row[k] is not None]
-            entry[k] = float(np.mean(values)) if values else None
-            entry[f"{k}_std"] = float(np.std(values)) if values else None
+            entry[k], entry[f"{k}_std"] = report.mean_std([row[k] for row in per_seed if row[k] is not None])
         entry["seeds"] = per_seed
         results[method] = entry
     return results

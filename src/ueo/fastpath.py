@@ -130,9 +130,9 @@ def crop_boxes(cache: ImageCache, indices: Sequence[int], seed: int, epoch: int,
     return boxes
 
 
-def _resize(crop: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [3, h, w] -> float [3, size, size] in [0, 1], bicubic with antialiasing, clamped like PIL."""
-    resized = F.interpolate(crop[None].float(), size=(size, size), mode="bicubic", antialias=True,
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 [3, h, w] -> float [3, height, width] in [0, 1], bicubic with antialiasing, clamped like PIL."""
+    resized = F.interpolate(image[None].float(), size=(height, width), mode="bicubic", antialias=True,
                             align_corners=False)[0]
     return (resized / 255.0).clamp_(0, 1)
 
@@ -148,7 +148,7 @@ def augment(cache: ImageCache, indices: Sequence[int], boxes, size: int, mean, s
     views = []
     for i, (top, left, h, w, flip) in zip(indices, boxes):
         crop = cache.image(int(i))[:, top:top + h, left:left + w].to(device, non_blocking=True)
-        view = _resize(crop, size)
+        view = _resize(crop, size, size)
         views.append(view.flip(-1) if flip else view)
     return _normalise(torch.stack(views), mean, std)
 
@@ -161,10 +161,8 @@ def center_views(cache: ImageCache, indices: Sequence[int], size: int, mean, std
         h, w = image.shape[1:]
         scale = size / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        resized = F.interpolate(image[None].float(), size=(nh, nw), mode="bicubic", antialias=True,
-                                align_corners=False)[0]
         top, left = (nh - size) // 2, (nw - size) // 2
-        views.append((resized[:, top:top + size, left:left + size] / 255.0).clamp_(0, 1))
+        views.append(_resize(image, nh, nw)[:, top:top + size, left:left + size])
     return _normalise(torch.stack(views), mean, std)
 
 

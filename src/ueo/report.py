@@ -129,6 +129,13 @@ def collect(paths: Iterable) -> List[Dict]:
     return rows
 
 
+def mean_std(values: Sequence[float]):
+    """(mean, population std) of the values; (None, None) when there are none."""
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
+
+
 def summarise(rows: Sequence[Dict]) -> List[Dict]:
     """Group by benchmark x domain x scenario x method: mean and std (over seeds) of each metric, in %."""
     groups = defaultdict(list)
@@ -138,9 +145,8 @@ def summarise(rows: Sequence[Dict]) -> List[Dict]:
     for key, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         entry = dict(zip(RUN_KEYS, key), runs=len(members))
         for metric in TABLE_METRICS:
-            values = [100 * r[metric] for r in members if r.get(metric) is not None]
-            entry[metric] = float(np.mean(values)) if values else None
-            entry[f"{metric}_std"] = float(np.std(values)) if len(values) > 1 else (0.0 if values else None)
+            entry[metric], entry[f"{metric}_std"] = mean_std([100 * r[metric] for r in members
+                                                              if r.get(metric) is not None])
         table.append(entry)
     return table
 
