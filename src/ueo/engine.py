@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__
 from .metrics import compute_metrics
 from .objectives import entropy_loss, infomax_loss, mcm_scores, oracle_weights, ueo_loss
-from .prompts import PromptLearner
+from .prompts import DEFAULT_INIT, PromptLearner
 from .tuning import AdaptedState, adapted_state, applied, apply_adapted_state, configure_tuning
 
 METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
@@ -60,7 +60,7 @@ class FitConfig:
     trade: float = 1.0
     logit_scale: float = 100.0
     weights: str = "fixed"
-    init: str = "a photo of a"
+    init: str = DEFAULT_INIT
     seed: int = 2023
     eval_every: int = 10
     eval_train: bool = True
@@ -613,7 +613,7 @@ def evaluate(bundle, class_names: Optional[Sequence[str]], test: Dataset, adapte
         class_names = class_names or adapted.class_names
         init = adapted.init
     else:
-        init = "a photo of a"
+        init = DEFAULT_INIT
     if not class_names:
         raise ValueError("class_names are needed when no adapted state is given.")
     learner = PromptLearner(bundle, class_names, init=init).to(bundle.device)

@@ -19,7 +19,10 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 
-def prompt_text(name: str, init: str = "a photo of a") -> str:
+DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4)
+
+
+def prompt_text(name: str, init: str = DEFAULT_INIT) -> str:
     """The zero-shot prompt of a class: "a photo of a {name}." with '_' -> ' '."""
     return f"{init} {name.replace('_', ' ')}."
 
@@ -56,7 +59,7 @@ class PromptLearner(nn.Module):
     ``text_features()`` -> [K, D] L2-normalised; differentiable w.r.t. ``ctx`` only.
     """
 
-    def __init__(self, bundle, class_names: Sequence[str], init: str = "a photo of a", chunk_size: int = 512):
+    def __init__(self, bundle, class_names: Sequence[str], init: str = DEFAULT_INIT, chunk_size: int = 512):
         super().__init__()
         if not class_names:
             raise ValueError("class_names is empty: give at least one known class.")

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .files import atomic_path
+from .prompts import DEFAULT_INIT
 
 RULES = ("official", "all-norms")
 TUNE_CHOICES = ("prompt", "norm", "both")
@@ -129,7 +130,7 @@ class AdaptedState:
     pretrained: Optional[str]
     tune: str = "both"
     rule: str = "official"
-    init: str = "a photo of a"
+    init: str = DEFAULT_INIT
     info: Dict[str, str] = field(default_factory=dict)
 
     def metadata(self) -> Dict[str, str]:
