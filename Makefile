@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+CODE := src tests benchmarks scripts
 
-.PHONY: test demo install clean
+.PHONY: test demo lint format install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,15 @@ test: install
 
 demo: install
 	$(PY) -m ueo demo --out demo-out
+
+lint: install
+	$(PY) -m ruff check $(CODE)
+	$(PY) -m ruff format --check $(CODE)
+	$(PY) -m mypy
+
+format: install
+	$(PY) -m ruff check --fix $(CODE)
+	$(PY) -m ruff format $(CODE)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -73,11 +73,16 @@ def main():
 
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
     warmup = 50
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                 0.5 * (1 + math.cos(math.pi * (s - warmup) / (args.steps - warmup))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (args.steps - warmup)))
+        ),
+    )
     loss_fn = open_clip.ClipLoss()
     model.train()
     for step in range(1, args.steps + 1):
@@ -94,12 +99,18 @@ def main():
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0 or step == args.steps:
-            print(f"step {step} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
-                  f"{time.time() - start:.0f}s", flush=True)
+            print(
+                f"step {step} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
+                f"{time.time() - start:.0f}s",
+                flush=True,
+            )
         if step % 600 == 0 or step == args.steps:
             model.eval()
-            print("zero-shot accuracy (24 classes):", zero_shot_accuracy(model, tokenizer, mean, std, args.seed),
-                  flush=True)
+            print(
+                "zero-shot accuracy (24 classes):",
+                zero_shot_accuracy(model, tokenizer, mean, std, args.seed),
+                flush=True,
+            )
             model.train()
     model.eval()
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}

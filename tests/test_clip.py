@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import ueo
-from ueo.clip import WeightsUnavailableError
+from ueo import WeightsUnavailableError
 
 
 @pytest.mark.parametrize("fixture, norm", [("tiny_vit", torch.nn.LayerNorm), ("tiny_rn", torch.nn.BatchNorm2d)])
@@ -20,7 +20,7 @@ def test_tiny_configs_are_the_real_architectures(request, fixture, norm):
         x = transform(image)
         assert x.shape == (3, bundle.image_size, bundle.image_size)
     assert bundle.tokenizer(["a photo of a cat."]).shape == (1, 77)
-    assert bundle.name == fixture.replace("tiny_", "ueo-tiny-").replace("vit", "vit") and bundle.pretrained is None
+    assert bundle.name == {"tiny_vit": "ueo-tiny-vit", "tiny_rn": "ueo-tiny-rn"}[fixture] and bundle.pretrained is None
 
 
 def test_eval_transform_is_resize_and_center_crop(tiny_vit):
@@ -73,3 +73,24 @@ def test_download_failure_says_how_to_supply_weights(monkeypatch):
     monkeypatch.setattr(open_clip.factory, "_get_hf_config", offline)
     with pytest.raises(WeightsUnavailableError, match="Could not obtain"):
         ueo.load_clip("hf-hub:org/model", device="cpu")
+
+
+def test_random_weights_are_a_function_of_the_seed():
+    torch.manual_seed(123)  # the global RNG does not matter
+    a = ueo.load_clip("ueo-tiny-vit", device="cpu", seed=5).model.state_dict()
+    torch.manual_seed(456)
+    b = ueo.load_clip("ueo-tiny-vit", device="cpu", seed=5).model.state_dict()
+    c = ueo.load_clip("ueo-tiny-vit", device="cpu", seed=6).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["visual.conv1.weight"], c["visual.conv1.weight"])
+
+
+def test_a_model_that_needs_a_missing_package_says_so(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
+    with pytest.raises(ueo.ModelUnavailableError, match=r"needs the Python package 'transformers'.*pip install"):
+        ueo.load_clip("xlm-roberta-base-ViT-B-32", device="cpu")

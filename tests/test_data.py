@@ -22,7 +22,7 @@ def test_class_names_from_file_and_list(tmp_path):
     f.write_text("cat\nhot_dog\n  zebra  \n\n\n")
     assert parse_class_names(str(f)) == ["cat", "hot_dog", "zebra"]
     f.write_text("cat\n\nhot_dog\n")
-    with pytest.raises(DataError, match="classes.txt:2: empty line"):
+    with pytest.raises(DataError, match=r"classes\.txt:2: empty line"):
         parse_class_names(str(f))
     assert parse_class_names("cat, dog,bird") == ["cat", "dog", "bird"]
     f.write_text("cat\nHot_Dog\nhot dog\n")
@@ -84,8 +84,15 @@ def test_list_file_parsing_and_errors(tmp_path):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.text(alphabet="abc xyz_-.", min_size=1, max_size=12).map(str.strip).filter(bool),
-                          st.integers(-1, 40)), min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.tuples(
+            st.text(alphabet="abc xyz_-.", min_size=1, max_size=12).map(str.strip).filter(bool), st.integers(-1, 40)
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_list_parsing_roundtrip(tmp_path_factory, entries):
     root = tmp_path_factory.mktemp("lists")
     lst = root / "l.txt"

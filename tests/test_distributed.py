@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import ueo
-from conftest import CLASSES, GeneratedImages
+from helpers import CLASSES, GeneratedImages
 
 SETTINGS = dict(epochs=2, batch_size=8, lr_prompt=0.05, lr_norm=0.05, seed=3, eval_train=False)
 
@@ -22,8 +22,7 @@ def run(bundle):
 
 def worker(rank, world, folder, weights):
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                                         world_size=world)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
         result = run(ueo.load_clip("ueo-tiny-vit", pretrained=weights, device="cpu"))
         if rank == 0:
@@ -43,14 +42,24 @@ def test_two_processes_match_one(tmp_path, tiny_vit_weights):
     adapted = load_file(str(tmp_path / "adapted.safetensors"))
     for name, value in single.adapted.tensors.items():
         assert torch.allclose(adapted[name], value, atol=1e-5), name
-    assert not torch.allclose(adapted["prompt.ctx"], ueo.fit(
-        ueo.load_clip("ueo-tiny-vit", pretrained=weights, device="cpu"), CLASSES,
-        GeneratedImages(4, [0]), method="zeroshot").adapted.tensors["prompt.ctx"])
+    assert not torch.allclose(
+        adapted["prompt.ctx"],
+        ueo.fit(
+            ueo.load_clip("ueo-tiny-vit", pretrained=weights, device="cpu"),
+            CLASSES,
+            GeneratedImages(4, [0]),
+            method="zeroshot",
+        ).adapted.tensors["prompt.ctx"],
+    )
     other = json.loads((tmp_path / "result.json").read_text())
     assert [h["loss"] for h in other["history"]] == pytest.approx([h["loss"] for h in single.history], abs=1e-5)
     for a, b in zip(other["evaluations"], single.evaluations):
         assert (a["epoch"], a["split"], a["num_known_samples"], a["num_unknown_samples"]) == (
-            b["epoch"], b["split"], b["num_known_samples"], b["num_unknown_samples"])
+            b["epoch"],
+            b["split"],
+            b["num_known_samples"],
+            b["num_unknown_samples"],
+        )
         assert a["pacc"] == pytest.approx(b["pacc"]) and a["auroc"] == pytest.approx(b["auroc"], abs=1e-6)
 
 
@@ -62,24 +71,43 @@ def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_
     import sys
     import time
 
+    from ueo import AdaptedState
     from ueo.cli import main
-    from ueo.tuning import AdaptedState
 
     data = GeneratedImages(24, [0, 1, 2], seed=30)
     for i, (image, label) in enumerate(data):
         folder = tmp_path / "data" / ["cat", "hot_dog", "zebra"][label]
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{i}.png")
-    common = ["--model", "ueo-tiny-vit", "--pretrained", tiny_vit_weights, "--device", "cpu", "--data",
-              str(tmp_path / "data"), "--classes", "cat,hot dog", "--epochs", "30", "--batch-size", "8",
-              "--lr-prompt", "0.05", "--lr-norm", "0.05", "--quiet"]
+    common = [
+        "--model",
+        "ueo-tiny-vit",
+        "--pretrained",
+        tiny_vit_weights,
+        "--device",
+        "cpu",
+        "--data",
+        str(tmp_path / "data"),
+        "--classes",
+        "cat,hot dog",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "8",
+        "--lr-prompt",
+        "0.05",
+        "--lr-norm",
+        "0.05",
+        "--quiet",
+    ]
     assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0
 
     run_dir = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ueo"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([*torchrun, "fit", *common, "--out", str(run_dir)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*torchrun, "fit", *common, "--out", str(run_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 180
     while not (run_dir / "checkpoint.safetensors").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -87,8 +115,9 @@ def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_
     _, err = process.communicate(timeout=180)
     assert process.returncode != 0 and not (run_dir / "metrics.json").exists(), err.decode()[-3000:]
 
-    done = subprocess.run([*torchrun, "fit", "--resume", str(run_dir), "--quiet"], env=env, capture_output=True,
-                          timeout=300)
+    done = subprocess.run(
+        [*torchrun, "fit", "--resume", str(run_dir), "--quiet"], env=env, capture_output=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     single = AdaptedState.load(tmp_path / "single" / "adapted.safetensors").tensors
     ddp = AdaptedState.load(run_dir / "adapted.safetensors").tensors

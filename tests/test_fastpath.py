@@ -8,9 +8,9 @@ import torch
 from torchvision.transforms import RandomResizedCrop
 
 import ueo
-from ueo.fastpath import CachedViews, augment, build_cache, center_views, crop_box, crop_boxes
-
-from conftest import CLASSES
+from helpers import CLASSES
+from ueo import ViewSpec
+from ueo.fastpath import CachedViews, ImageCache, augment, build_cache, center_views, crop_box, crop_boxes
 
 SETTINGS = dict(method="oracle", epochs=2, batch_size=8, lr_prompt=0.05, lr_norm=0.05, seed=5, eval_train=False)
 
@@ -19,8 +19,8 @@ def test_crop_box_follows_torchvision_rule():
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):
         h, w = np.random.default_rng(_).integers(20, 300, size=2)
-        top, left, ch, cw, flip = crop_box(generator, int(h), int(w))
-        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+        top, left, ch, cw, _ = crop_box(generator, int(h), int(w))
+        assert top >= 0 and top + ch <= h and left >= 0 and left + cw <= w
         assert ch * cw >= 0.45 * h * w or ch == h or cw == w  # scale >= 0.5, up to rounding; or the fallback
     # the same draws as torchvision's RandomResizedCrop.get_params with the same RNG stream
     image = torch.zeros(3, 90, 120)
@@ -35,20 +35,20 @@ def test_batched_views_equal_one_by_one(generated):
     cache = build_cache(data, max_side=64)
     assert all(max(size) <= 64 for size in cache.sizes) and cache.labels == data.labels
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    spec = ViewSpec(32, mean, std)
     indices = [3, 0, 7, 7, 9]
     boxes = crop_boxes(cache, indices, seed=1, epoch=4)
-    batch = augment(cache, indices, boxes, 32, mean, std, "cpu")
-    single = CachedViews(cache, 32, mean, std, seed=1)
+    batch = augment(cache, indices, boxes, spec, "cpu")
+    single = CachedViews(cache, spec, seed=1)
     single.set_epoch(4)
     assert torch.allclose(batch, torch.stack([single[i][0] for i in indices]), atol=1e-6)
-    eval_batch = center_views(cache, indices, 32, mean, std, "cpu")
-    plain_eval = CachedViews(cache, 32, mean, std, seed=1, train=False)
+    eval_batch = center_views(cache, indices, spec, "cpu")
+    plain_eval = CachedViews(cache, spec, seed=1, train=False)
     assert torch.allclose(eval_batch, torch.stack([plain_eval[i][0] for i in indices]), atol=1e-6)
     # a uniform grey image stays that grey through crop, resize and normalisation
     grey = torch.full((3, 40, 50), 128, dtype=torch.uint8)
-    from ueo.fastpath import ImageCache
     flat = ImageCache(grey.reshape(-1), [0], [(40, 50)], [0])
-    view = augment(flat, [0], crop_boxes(flat, [0], 0, 0), 16, mean, std, "cpu")
+    view = augment(flat, [0], crop_boxes(flat, [0], 0, 0), ViewSpec(16, mean, std), "cpu")
     expected = (128 / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     assert torch.allclose(view[0], expected.expand(3, 16, 16), atol=1e-5)
 
@@ -58,10 +58,8 @@ def test_fast_fit_equals_plain_fit_on_the_same_draws(tiny_vit, generated):
     test = generated(8, [0, 1, 6], seed=4)
     fast = ueo.fit(tiny_vit, CLASSES, data, test=test, fast=True, **SETTINGS)
     cache = build_cache(data, max_side=2 * tiny_vit.image_size)
-    cfg = tiny_vit.model.visual.preprocess_cfg
-    plain_data = CachedViews(cache, tiny_vit.image_size, cfg["mean"], cfg["std"], seed=SETTINGS["seed"])
-    plain_test = CachedViews(build_cache(test, max_side=2 * tiny_vit.image_size), tiny_vit.image_size,
-                             cfg["mean"], cfg["std"], seed=0, train=False)
+    plain_data = CachedViews(cache, tiny_vit.views, seed=SETTINGS["seed"])
+    plain_test = CachedViews(build_cache(test, max_side=2 * tiny_vit.image_size), tiny_vit.views, seed=0, train=False)
     plain = ueo.fit(tiny_vit, CLASSES, plain_data, test=plain_test, fast=False, **SETTINGS)
     assert len(fast.history) == len(plain.history) == 2 * math.ceil(20 / 8)
     assert [h["loss"] for h in fast.history] == pytest.approx([h["loss"] for h in plain.history], abs=1e-5)

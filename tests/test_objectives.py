@@ -9,7 +9,7 @@ P = [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1.0, 0.0, 0.0]]
 W = [0.5, 0.25, 1.0]
 
 
-def h(p):  # SPEC §3, written independently in plain Python
+def h(p):  # docs/method.md, written independently in plain Python
     return -sum(q * math.log(q + 1e-5) for q in p)
 
 
@@ -40,7 +40,8 @@ def test_infomax_and_entropy_hand_computed():
 def test_ueo_with_equal_weights_is_infomax():
     probs = torch.softmax(torch.randn(9, 5, dtype=torch.float64), dim=-1)
     assert ueo_loss(probs, torch.full((9,), 0.37, dtype=torch.float64)).item() == pytest.approx(
-        infomax_loss(probs).item(), rel=1e-12)
+        infomax_loss(probs).item(), rel=1e-12
+    )
 
 
 def test_ueo_weights_direct_conditional_and_marginal_terms():

@@ -32,7 +32,9 @@ def test_otsu_hand_computed():
 def test_otsu_matches_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        values = np.round(np.r_[rng.normal(0.2, 0.05, rng.integers(1, 30)), rng.normal(0.6, 0.1, rng.integers(1, 30))], 2)
+        values = np.round(
+            np.r_[rng.normal(0.2, 0.05, rng.integers(1, 30)), rng.normal(0.6, 0.1, rng.integers(1, 30))], 2
+        )
         if len(np.unique(values)) > 1:
             assert otsu_threshold(values) == pytest.approx(brute_force_otsu(values))
 

@@ -2,9 +2,8 @@ import pytest
 import torch
 
 import ueo
+from helpers import CLASSES
 from ueo.prompts import PromptLearner, prompt_text
-
-from conftest import CLASSES
 
 
 def reference_features(bundle, names):
@@ -40,7 +39,7 @@ def test_prompt_layout_truncation_and_chunks(tiny_vit):
     full = tiny_vit.tokenizer([prompt_text(n) for n in CLASSES])
     longest_end = int(full.argmax(dim=-1).max())
     assert learner.tokens.shape == (len(CLASSES), longest_end + 1)
-    assert torch.equal(learner.tokens, full[:, :longest_end + 1])
+    assert torch.equal(learner.tokens, full[:, : longest_end + 1])
     # the context is initialised from the embeddings of "a photo of a"
     assert torch.equal(learner.ctx.data, tiny_vit.model.token_embedding(full[0, 1:5]))
     chunked = PromptLearner(tiny_vit, CLASSES, chunk_size=3)

@@ -36,9 +36,16 @@ def test_scenario_classes_match_the_spec_table():
         protocols.scenario_classes("office31", "xda")
 
 
-@pytest.mark.parametrize("scenario, keep", [
-    ("cda", lambda y: y < 300), ("pda", lambda y: y < 250), ("oda", lambda y: y < 330),
-    ("opda", lambda y: y < 250 or 300 <= y < 330), ("csda", lambda y: True)])
+@pytest.mark.parametrize(
+    "scenario, keep",
+    [
+        ("cda", lambda y: y < 300),
+        ("pda", lambda y: y < 250),
+        ("oda", lambda y: y < 330),
+        ("opda", lambda y: y < 250 or 300 <= y < 330),
+        ("csda", lambda y: True),
+    ],
+)
 def test_domainnet_sketch_sizes_match_the_official_lists(tmp_path, scenario, keep):
     split = protocols.build_split("domainnet", "sketch", scenario, tmp_path, LISTS, check_files=False)
     assert len(split.train) == count(LISTS / "sketch_train.txt", keep)
@@ -48,11 +55,30 @@ def test_domainnet_sketch_sizes_match_the_official_lists(tmp_path, scenario, kee
 
 def test_splits_command_writes_lists_and_sizes(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["splits", "--benchmark", "domainnet", "--domain", "sketch", "--root", str(tmp_path),
-                 "--lists", str(LISTS), "--out", str(out), "--no-check"]) == 0
+    assert (
+        main(
+            [
+                "splits",
+                "--benchmark",
+                "domainnet",
+                "--domain",
+                "sketch",
+                "--root",
+                str(tmp_path),
+                "--lists",
+                str(LISTS),
+                "--out",
+                str(out),
+                "--no-check",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "48,212" in printed and "20,916" in printed
-    assert (out / "sketch_cda_train.txt").read_text().splitlines()[0] == "sketch/aircraft_carrier/sketch_001_000040.jpg 0"
+    assert (out / "sketch_cda_train.txt").read_text().splitlines()[
+        0
+    ] == "sketch/aircraft_carrier/sketch_001_000040.jpg 0"
     assert len((out / "sketch_test.txt").read_text().splitlines()) == 20_916
 
 

@@ -8,10 +8,28 @@ from ueo import report
 
 def write_run(folder, method, seed, pacc, auroc):
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({
-        "run": {"benchmark": "office31", "domain": "amazon", "scenario": "opda", "method": method, "seed": seed},
-        "adapted": {"pacc": pacc, "auroc": auroc, "hm": 2 * pacc * auroc / (pacc + auroc), "gacc": pacc,
-                    "fpr95": None, "aupr_in": 0.5, "aupr_out": 0.5}}))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "run": {
+                    "benchmark": "office31",
+                    "domain": "amazon",
+                    "scenario": "opda",
+                    "method": method,
+                    "seed": seed,
+                },
+                "adapted": {
+                    "pacc": pacc,
+                    "auroc": auroc,
+                    "hm": 2 * pacc * auroc / (pacc + auroc),
+                    "gacc": pacc,
+                    "fpr95": None,
+                    "aupr_in": 0.5,
+                    "aupr_out": 0.5,
+                },
+            }
+        )
+    )
 
 
 def test_table_mean_and_std_over_seeds(tmp_path):
@@ -35,5 +53,10 @@ def test_plots_are_written(tmp_path):
     report.plot_roc(labels, scores, 2, tmp_path / "roc.png")
     report.plot_scores(labels, scores, 2, 0.45, tmp_path / "scores.png")
     report.plot_confusion(labels, np.array([0, 1, 0, 1, 1, 1]), ["a", "b"], tmp_path / "confusion.png")
-    for name in ("roc.png", "scores.png", "confusion.png"):
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    for name, aspect in (("roc.png", 1.0), ("scores.png", 6 / 3.5), ("confusion.png", 1.0)):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.width >= 300
+            assert abs(image.width / image.height - aspect) < 0.35, name  # the figure's shape, labels included
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 20, name  # drawn, not blank

@@ -1,6 +1,5 @@
 """Bad input never ends in a traceback or a lost result (issue: robustness)."""
 
-import csv
 import io
 import json
 import os
@@ -14,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import read_csv
+from ueo import AdaptedState
 from ueo.cli import main
 from ueo.data import ImageFiles, check_images, read_folder
-from ueo.tuning import AdaptedState
 
 
 @pytest.fixture
@@ -25,8 +25,27 @@ def weights(tiny_vit_weights):
 
 
 def fit_args(weights, data, out, *extra):
-    return ["fit", "--model", "ueo-tiny-vit", "--pretrained", weights, "--device", "cpu", "--data", str(data),
-            "--classes", "cat,dog", "--epochs", "1", "--batch-size", "4", "--out", str(out), "--quiet", *extra]
+    return [
+        "fit",
+        "--model",
+        "ueo-tiny-vit",
+        "--pretrained",
+        weights,
+        "--device",
+        "cpu",
+        "--data",
+        str(data),
+        "--classes",
+        "cat,dog",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def good_images(folder, n=4):
@@ -64,7 +83,12 @@ def test_awkward_images_are_converted_or_skipped(tmp_path, monkeypatch):
     images = read_folder(tmp_path, ["cat"])
     warnings = []
     kept, skipped = check_images(images, warn=warnings.append)
-    assert sorted(os.path.basename(r["path"]) for r in skipped) == ["empty.jpg", "huge.png", "text.jpg", "truncated.jpg"]
+    assert sorted(os.path.basename(r["path"]) for r in skipped) == [
+        "empty.jpg",
+        "huge.png",
+        "text.jpg",
+        "truncated.jpg",
+    ]
     assert len(warnings) == 4 and all(w.startswith("warning: skipping") for w in warnings)
     loaded = {p.name: ImageFiles(kept)[i][0] for i, p in enumerate(kept.paths)}
     assert set(loaded) == {"alpha.png", "palette.png", "sixteen.png", "grey.png", "cmyk.jpg", "rotated.jpg"}
@@ -82,7 +106,7 @@ def test_fit_skips_bad_files_and_strict_stops(tmp_path, weights, capsys, monkeyp
     good_images(tmp_path / "data")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)
     assert main(fit_args(weights, tmp_path / "data", tmp_path / "run")) == 0
-    rows = list(csv.DictReader(open(tmp_path / "run" / "skipped.csv")))
+    rows = read_csv(tmp_path / "run" / "skipped.csv")
     assert len(rows) == 4 and all(r["set"] == "adaptation" and r["reason"] for r in rows)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["num_skipped"] == 4 and metrics["num_adaptation_images"] == 14
@@ -91,9 +115,15 @@ def test_fit_skips_bad_files_and_strict_stops(tmp_path, weights, capsys, monkeyp
     assert "unreadable image" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"cat\ncat\n", "duplicates"), (b"cat\n\ndog\n", "empty line"), (b"cat\n\xff\xfe\n", "not UTF-8"),
-    (("cat\n" + " ".join(["long"] * 90) + "\n").encode(), "does not fit")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"cat\ncat\n", "duplicates"),
+        (b"cat\n\ndog\n", "empty line"),
+        (b"cat\n\xff\xfe\n", "not UTF-8"),
+        (("cat\n" + " ".join(["long"] * 90) + "\n").encode(), "does not fit"),
+    ],
+)
 def test_bad_class_lists_exit_2_before_compute(tmp_path, weights, capsys, content, message):
     good_images(tmp_path / "data")
     (tmp_path / "classes.txt").write_bytes(content)
@@ -126,15 +156,45 @@ def test_domainnet_list_label_out_of_range(tmp_path, capsys):
     lists.mkdir()
     (lists / "sketch_train.txt").write_text("sketch/a/1.jpg 0\nsketch/a/2.jpg 345\n")
     (lists / "sketch_test.txt").write_text("sketch/a/1.jpg 0\n")
-    assert main(["splits", "--benchmark", "domainnet", "--domain", "sketch", "--root", str(tmp_path),
-                 "--lists", str(lists), "--out", str(tmp_path / "o"), "--no-check"]) == 2
+    assert (
+        main(
+            [
+                "splits",
+                "--benchmark",
+                "domainnet",
+                "--domain",
+                "sketch",
+                "--root",
+                str(tmp_path),
+                "--lists",
+                str(lists),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-check",
+            ]
+        )
+        == 2
+    )
     assert "sketch_train.txt:2: label 345 is out of range (0..344" in capsys.readouterr().err
 
 
 def test_non_finite_loss_exits_3_and_keeps_a_state(tmp_path, weights, capsys):
     good_images(tmp_path / "data")
-    code = main(fit_args(weights, tmp_path / "data", tmp_path / "run", "--lr-prompt", "1e38", "--lr-norm", "1e38",
-                         "--epochs", "3", "--method", "entropy"))
+    code = main(
+        fit_args(
+            weights,
+            tmp_path / "data",
+            tmp_path / "run",
+            "--lr-prompt",
+            "1e38",
+            "--lr-norm",
+            "1e38",
+            "--epochs",
+            "3",
+            "--method",
+            "entropy",
+        )
+    )
     err = capsys.readouterr().err
     assert code == 3 and "at step" in err
     state = AdaptedState.load(tmp_path / "run" / "adapted.safetensors")
@@ -147,12 +207,40 @@ def test_tampered_state_is_refused(tmp_path, weights, capsys):
     state = AdaptedState.load(tmp_path / "run" / "adapted.safetensors")
     state.tensors.pop(next(k for k in state.tensors if k.startswith("visual.")))
     state.save(tmp_path / "tampered.safetensors")
-    assert main(["eval", "--adapted", str(tmp_path / "tampered.safetensors"), "--test", str(tmp_path / "data"),
-                 "--out", str(tmp_path / "e"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--adapted",
+                str(tmp_path / "tampered.safetensors"),
+                "--test",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "e"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "does not fit tune='both', rule='official'" in capsys.readouterr().err
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
-    assert main(["predict", "--adapted", str(tmp_path / "junk.safetensors"), "--data", str(tmp_path / "data"),
-                 "--out", str(tmp_path / "p"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--adapted",
+                str(tmp_path / "junk.safetensors"),
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "p"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
 
 
 def test_sigint_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, weights):
@@ -177,6 +265,8 @@ def test_sigint_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, weigh
     resumed = AdaptedState.load(run_dir / "adapted.safetensors").tensors
     for name, value in full.items():
         assert torch.allclose(resumed[name], value, atol=1e-6), name
-    full_history = list(csv.DictReader(open(tmp_path / "full" / "history.csv")))
-    resumed_history = list(csv.DictReader(open(run_dir / "history.csv")))
-    assert [float(r["loss"]) for r in resumed_history] == pytest.approx([float(r["loss"]) for r in full_history], abs=1e-6)
+    full_history = read_csv(tmp_path / "full" / "history.csv")
+    resumed_history = read_csv(run_dir / "history.csv")
+    assert [float(r["loss"]) for r in resumed_history] == pytest.approx(
+        [float(r["loss"]) for r in full_history], abs=1e-6
+    )

@@ -24,7 +24,7 @@ def toy():
 
 def zero_shot_pacc(bundle, style):
     data = tw.ToyImages(style, range(tw.NUM_KNOWN), 10, offset=70_000)
-    metrics, _ = ueo.evaluate(bundle, tw.CLASS_NAMES[:tw.NUM_KNOWN], data)
+    metrics, _ = ueo.evaluate(bundle, tw.CLASS_NAMES[: tw.NUM_KNOWN], data)
     return metrics["pacc"]
 
 
@@ -37,7 +37,7 @@ def test_ueo_improves_pacc_and_auroc_over_zero_shot(toy):
     """Regression guard: a sign error, a wrong weight or a broken gradient loses these margins.
     Measured over seeds 0-2 (README): PACC +31.0 to +33.5 points, AUROC +8.6 to +10.1 points."""
     train, test = tw.scenario("opda", per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
-    names = tw.CLASS_NAMES[:tw.NUM_KNOWN]
+    names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
     zero = ueo.fit(toy, names, train, test=test, method="zeroshot", eval_train=False).metrics["adapted"]
     for seed in (0, 1, 2):
         adapted = ueo.fit(toy, names, train, test=test, method="ueo", seed=seed, **DEMO_SETTINGS).metrics["adapted"]
@@ -53,8 +53,19 @@ def test_demo_command_writes_its_outputs(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--scenarios", "opda", "--epochs", "1", "--quiet"]) == 0
     table = json.loads((tmp_path / "demo.json").read_text())
     assert list(table) == ["opda"] and list(table["opda"]) == ["zeroshot", "entropy", "infomax", "ueo"]
-    for row in table["opda"].values():
-        assert 0 <= row["pacc"] <= 1 and 0 <= row["auroc"] <= 1 and 0 <= row["hm"] <= 1
+    for method, row in table["opda"].items():  # the table holds what each run wrote
+        run = json.loads((tmp_path / "opda" / method / "seed0" / "metrics.json").read_text())
+        assert (row["pacc"], row["auroc"], row["hm"]) == (
+            run["adapted"]["pacc"],
+            run["adapted"]["auroc"],
+            run["adapted"]["hm"],
+        )
+    # zero-shot, computed independently of the demo
+    _, test = tw.scenario("opda", per_class=1, test_per_class=TEST_PER_CLASS)
+    zero = ueo.evaluate(
+        ueo.load_clip("ueo-toy-rn", pretrained="toyworld", device="cpu"), tw.CLASS_NAMES[: tw.NUM_KNOWN], test
+    )[0]
+    assert table["opda"]["zeroshot"]["pacc"] == pytest.approx(zero["pacc"], abs=1e-9)
     assert (tmp_path / "table.md").is_file() and (tmp_path / "opda" / "ueo" / "seed0" / "roc.png").is_file()
     assert (tmp_path / "opda" / "infomax" / "seed0" / "adapted.safetensors").is_file()
     assert "opda       ueo  PACC" in capsys.readouterr().out

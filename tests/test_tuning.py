@@ -2,9 +2,17 @@ import pytest
 import torch
 
 import ueo
+from ueo import IncompatibleError
 from ueo.prompts import PromptLearner
-from ueo.tuning import (AdaptedState, adapted_state, applied, apply_adapted_state, configure_tuning,
-                        count_parameters, tunable_parameters)
+from ueo.state import AdaptedState
+from ueo.tuning import (
+    adapted_state,
+    applied,
+    apply_adapted_state,
+    configure_tuning,
+    count_parameters,
+    tunable_parameters,
+)
 
 
 def test_official_rule_counts_match_the_reference():
@@ -13,6 +21,7 @@ def test_official_rule_counts_match_the_reference():
     assert count_parameters(tunable_parameters(vit)) == 39_936
     assert count_parameters(tunable_parameters(rn)) == 45_568
     rn_all = tunable_parameters(rn, "all-norms")
+    assert count_parameters(rn_all) == 53_248  # + the four downsample BatchNorms (docs/method.md)
     extra = set(rn_all) - set(tunable_parameters(rn))
     assert extra and all("downsample.1" in name for name in extra)
     assert not any("attnpool" in n or "downsample" in n for n in tunable_parameters(rn))
@@ -40,7 +49,6 @@ def test_configure_tuning_freezes_all_else(tiny_rn, tune):
     assert ("prompt.ctx" in selected) == (tune != "norm")
     assert (len(selected) > 1) == (tune != "prompt")
     assert not tiny_rn.model.training and not tiny_rn.model.visual.bn1.training
-    tiny_rn.model.requires_grad_(False)
 
 
 def test_adapted_state_roundtrip_and_refusals(tmp_path, tiny_vit):
@@ -63,6 +71,5 @@ def test_adapted_state_roundtrip_and_refusals(tmp_path, tiny_vit):
     with pytest.raises(ValueError, match="Shape mismatch"):
         apply_adapted_state(tiny_vit.model, learner, {"visual.ln_pre.weight": torch.zeros(3)})
     (tmp_path / "other.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(Exception):
+    with pytest.raises(IncompatibleError, match="not a readable ueo adapted state"):
         AdaptedState.load(tmp_path / "other.safetensors")
-    tiny_vit.model.requires_grad_(False)

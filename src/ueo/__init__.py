@@ -1,16 +1,85 @@
-"""ueo: adapt CLIP to an unlabeled image collection with Universal Entropy Optimization (ICML 2024)."""
+"""ueo: adapt CLIP to an unlabeled image collection with Universal Entropy Optimization (ICML 2024).
+
+The public API is re-exported here. Names are imported when first used, so that ``import ueo`` (and
+``ueo --help``) does not pay for PyTorch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .clip import ClipBundle, WeightsUnavailableError, load_clip  # noqa: E402
-from .engine import FitConfig, FitResult, Outputs, evaluate, fit  # noqa: E402
-from .metrics import compute_metrics, open_set_metrics  # noqa: E402
-from .objectives import entropy, entropy_loss, infomax_loss, mcm_scores, ueo_loss  # noqa: E402
-from .prompts import PromptLearner  # noqa: E402
-from .tuning import AdaptedState, configure_tuning, tunable_parameters  # noqa: E402
+# public name -> the module that defines it
+_PUBLIC = {
+    "ClipBundle": "clip",
+    "load_clip": "clip",
+    "FitConfig": "config",
+    "FitResult": "config",
+    "METHODS": "config",
+    "RULES": "config",
+    "UeoError": "errors",
+    "DataError": "errors",
+    "ConfigError": "errors",
+    "IncompatibleError": "errors",
+    "ModelUnavailableError": "errors",
+    "WeightsUnavailableError": "errors",
+    "DivergedError": "errors",
+    "TrainingInterrupted": "errors",
+    "Outputs": "inference",
+    "evaluate": "inference",
+    "fit": "training",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "compute_metrics": "metrics",
+    "open_set_metrics": "metrics",
+    "entropy": "objectives",
+    "entropy_loss": "objectives",
+    "infomax_loss": "objectives",
+    "mcm_scores": "objectives",
+    "ueo_loss": "objectives",
+    "PromptLearner": "prompts",
+    "AdaptedState": "state",
+    "configure_tuning": "tuning",
+    "tunable_parameters": "tuning",
+    "ViewSpec": "views",
+}
+__all__ = ["__version__", *_PUBLIC]
 
-__all__ = [
-    "__version__", "ClipBundle", "WeightsUnavailableError", "load_clip", "FitConfig", "FitResult", "Outputs",
-    "evaluate", "fit", "compute_metrics", "open_set_metrics", "entropy", "entropy_loss", "infomax_loss",
-    "mcm_scores", "ueo_loss", "PromptLearner", "AdaptedState", "configure_tuning", "tunable_parameters",
-]
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ueo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time the names load on first use
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .clip import ClipBundle, load_clip
+    from .config import METHODS, RULES, FitConfig, FitResult
+    from .errors import (
+        ConfigError,
+        DataError,
+        DivergedError,
+        IncompatibleError,
+        ModelUnavailableError,
+        TrainingInterrupted,
+        UeoError,
+        WeightsUnavailableError,
+    )
+    from .inference import Outputs, evaluate
+    from .metrics import compute_metrics, open_set_metrics
+    from .objectives import entropy, entropy_loss, infomax_loss, mcm_scores, ueo_loss
+    from .prompts import PromptLearner
+    from .state import AdaptedState
+    from .training import fit
+    from .tuning import configure_tuning, tunable_parameters
+    from .views import ViewSpec

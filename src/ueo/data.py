@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageOps
 
+from .errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """Bad input data (missing files, malformed lists, unusable class names): the message says what and where."""
 
 
 def fold(name: str) -> str:
@@ -34,7 +32,7 @@ def fold(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).lower()
 
 
-def parse_class_names(spec: str) -> List[str]:
+def parse_class_names(spec: str) -> list[str]:
     """Class names from a file (one per line) or a comma-separated list; refuses duplicates and blanks."""
     path = Path(spec)
     if path.is_file():
@@ -46,19 +44,22 @@ def parse_class_names(spec: str) -> List[str]:
         while names and not names[-1]:  # trailing blank lines are harmless
             names.pop()
         if "" in names:  # a blank line inside would shift every later class index
-            raise DataError(f"{spec}:{names.index('') + 1}: empty line in the class list (one name a line, "
-                            "in label order).")
+            raise DataError(
+                f"{spec}:{names.index('') + 1}: empty line in the class list (one name a line, in label order)."
+            )
         where = [f"{spec}:{i + 1}" for i in range(len(names))]
     elif "," in spec or (spec.strip() and os.sep not in spec and not spec.endswith(".txt")):
         names = [n.strip() for n in spec.split(",")]
-        where = [f"--classes item {i + 1}" for i in range(len(names))]
+        where = [f"item {i + 1} of {spec!r}" for i in range(len(names))]
         if any(not n for n in names):
-            raise DataError(f"--classes {spec!r} has an empty name.")
+            raise DataError(f"The class list {spec!r} has an empty name.")
     else:
-        raise DataError(f"--classes {spec!r}: no such file (give a file with one name a line, or a,b,c).")
+        raise DataError(
+            f"{spec!r}: no such file (give a file with one class name a line, or names separated by commas)."
+        )
     if not names:
         raise DataError(f"{spec}: no class names.")
-    seen: Dict[str, str] = {}
+    seen: dict[str, str] = {}
     for name, loc in zip(names, where):
         key = fold(name)
         if key in seen:
@@ -71,22 +72,27 @@ def parse_class_names(spec: str) -> List[str]:
 class ImageList:
     """Paths (absolute) with integer labels; ``labeled`` tells whether the labels are real."""
 
-    paths: List[Path]
-    labels: List[int]
+    paths: list[Path]
+    labels: list[int]
     labeled: bool
-    unknown_names: Dict[int, str] = field(default_factory=dict)  # label -> folder name, for unknown folders
+    unknown_names: dict[int, str] = field(default_factory=dict)  # label -> folder name, for unknown folders
 
     def __len__(self):
         return len(self.paths)
 
-    def subset(self, keep: Sequence[int]) -> "ImageList":
+    def subset(self, keep: Sequence[int]) -> ImageList:
         keep = list(keep)
-        return ImageList([self.paths[i] for i in keep], [self.labels[i] for i in keep], self.labeled,
-                         dict(self.unknown_names))
+        return ImageList(
+            [self.paths[i] for i in keep], [self.labels[i] for i in keep], self.labeled, dict(self.unknown_names)
+        )
 
 
-def read_list_file(path: str | os.PathLike, root: str | os.PathLike | None = None,
-                   num_classes: Optional[int] = None, check_files: bool = True) -> ImageList:
+def read_list_file(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    check_files: bool = True,
+) -> ImageList:
     """Parse a list file ("relative/path label" per line). ``root`` defaults to the list file's folder.
 
     num_classes: when given, labels must lie in [0, num_classes) (or be -1).
@@ -140,7 +146,7 @@ def _is_int(text: str) -> bool:
         return False
 
 
-def scan_folder(folder: str | os.PathLike) -> List[Path]:
+def scan_folder(folder: str | os.PathLike) -> list[Path]:
     """Every image file under ``folder`` (recursive, sorted by path)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -151,7 +157,7 @@ def scan_folder(folder: str | os.PathLike) -> List[Path]:
     return found
 
 
-def read_folder(folder: str | os.PathLike, class_names: Optional[Sequence[str]] = None) -> ImageList:
+def read_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = None) -> ImageList:
     """Images under ``folder``; labeled by first-level sub-folder when any sub-folder matches a class name."""
     folder = Path(folder)
     paths = scan_folder(folder)
@@ -159,7 +165,7 @@ def read_folder(folder: str | os.PathLike, class_names: Optional[Sequence[str]] 
     tops = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in paths]
     if not index or not any(t is not None and fold(t) in index for t in tops):
         return ImageList(paths, [-1] * len(paths), labeled=False)
-    unknown: Dict[str, int] = {}
+    unknown: dict[str, int] = {}
     labels = []
     for top in tops:
         key = fold(top) if top is not None else None
@@ -171,8 +177,9 @@ def read_folder(folder: str | os.PathLike, class_names: Optional[Sequence[str]] 
     return ImageList(paths, labels, labeled=True, unknown_names={v: k for k, v in unknown.items()})
 
 
-def read_images(spec: str | os.PathLike, class_names: Optional[Sequence[str]] = None,
-                root: str | os.PathLike | None = None) -> ImageList:
+def read_images(
+    spec: str | os.PathLike, class_names: Sequence[str] | None = None, root: str | os.PathLike | None = None
+) -> ImageList:
     """A folder or a list file (see module docstring)."""
     spec = Path(spec)
     if spec.is_dir():
@@ -208,17 +215,25 @@ def _load_image(path: Path) -> Image.Image:
         return image
 
 
-def check_images(images: ImageList, strict: bool = False, warn: Callable[[str], None] = print,
-                 threads: int = 8) -> Tuple[ImageList, List[Dict[str, str]]]:
+def check_images(
+    images: ImageList, strict: bool = False, warn: Callable[[str], None] = print, threads: int = 8
+) -> tuple[ImageList, list[dict[str, str]]]:
     """Decode every image once; return (the readable ones, [{"path", "reason"}] of the skipped ones).
 
     strict: raise DataError at the first unreadable file instead of skipping it.
     """
+
     def problem(path):
         try:
             load_image(path)
             return None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as error:
             return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -228,7 +243,7 @@ def check_images(images: ImageList, strict: bool = False, warn: Callable[[str], 
         if reason is None:
             continue
         if strict:
-            raise DataError(f"{path}: unreadable image ({reason}); remove it or run without --strict to skip it.")
+            raise DataError(f"{path}: unreadable image ({reason}).")
         warn(f"warning: skipping {path}: {reason}")
         skipped.append({"path": str(path), "reason": reason})
     keep = [i for i, reason in enumerate(problems) if reason is None]

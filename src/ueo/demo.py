@@ -9,9 +9,8 @@ for real CLIPs: it barely moves a model this small), 10 epochs, batch 64, everyt
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence
-
 
 from . import toyworld as tw
 
@@ -22,31 +21,59 @@ PER_CLASS, TEST_PER_CLASS = 48, 50
 KEYS = ("pacc", "auroc", "hm", "gacc", "fpr95")
 
 
-def run_scenario(bundle, scenario: str, methods: Sequence[str] = DEMO_METHODS, seeds: Sequence[int] = (0,),
-                 out: Path | None = None, progress: bool = False, settings: Dict | None = None) -> Dict[str, Dict]:
+def run_scenario(
+    bundle,
+    scenario: str,
+    methods: Sequence[str] = DEMO_METHODS,
+    seeds: Sequence[int] = (0,),
+    out: Path | None = None,
+    progress: bool = False,
+    settings: dict | None = None,
+) -> dict[str, dict]:
     """{method: {metric: mean over seeds, metric_std: ..., "seeds": [...per seed...]}} on one toy scenario."""
     from . import report
-    from .engine import fit
+    from .training import fit
 
     train, test = tw.scenario(scenario, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
-    names = tw.CLASS_NAMES[:tw.NUM_KNOWN]
+    names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
     results = {}
     for method in methods:
         per_seed = []
         for seed in seeds:
-            result = fit(bundle, names, train, test=test, method=method, seed=seed, progress=progress,
-                         **(settings or DEMO_SETTINGS))
+            result = fit(
+                bundle,
+                names,
+                train,
+                test=test,
+                method=method,
+                seed=seed,
+                progress=progress,
+                **(settings or DEMO_SETTINGS),
+            )
             per_seed.append({k: result.metrics["adapted"][k] for k in KEYS})
             if out is not None:
                 run_dir = out / scenario / method / f"seed{seed}"
                 result.adapted.save(run_dir / "adapted.safetensors")
-                report.write_csv(run_dir / "history.csv", result.history,
-                                 ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
-                report.write_json(run_dir / "metrics.json", {
-                    "run": {"benchmark": "toyworld", "domain": tw.TARGET_STYLE, "scenario": scenario,
-                            "method": method, "seed": seed, "model": "ueo-toy-rn", "pretrained": "toyworld"},
-                    "zeroshot": result.metrics["zeroshot"], "adapted": result.metrics["adapted"],
-                    "evaluations": result.evaluations})
+                report.write_csv(
+                    run_dir / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"]
+                )
+                report.write_json(
+                    run_dir / "metrics.json",
+                    {
+                        "run": {
+                            "benchmark": "toyworld",
+                            "domain": tw.TARGET_STYLE,
+                            "scenario": scenario,
+                            "method": method,
+                            "seed": seed,
+                            "model": "ueo-toy-rn",
+                            "pretrained": "toyworld",
+                        },
+                        "zeroshot": result.metrics["zeroshot"],
+                        "adapted": result.metrics["adapted"],
+                        "evaluations": result.evaluations,
+                    },
+                )
                 if method == "ueo" and seed == seeds[0]:
                     outputs = result.outputs["test"]
                     labels, scores = outputs.labels.numpy(), outputs.scores.numpy()
@@ -63,18 +90,25 @@ def run_scenario(bundle, scenario: str, methods: Sequence[str] = DEMO_METHODS, s
     return results
 
 
-def format_table(table: Dict[str, Dict[str, Dict]]) -> str:
+def format_table(table: dict[str, dict[str, dict]]) -> str:
     lines = ["| scenario | method | PACC | AUROC | HM |", "|---|---|---|---|---|"]
     for scenario, methods in table.items():
         for method, row in methods.items():
-            cells = [f"{100 * row[k]:.1f} ± {100 * row[k + '_std']:.1f}" if row[k] is not None else "-"
-                     for k in ("pacc", "auroc", "hm")]
+            cells = [
+                f"{100 * row[k]:.1f} ± {100 * row[k + '_std']:.1f}" if row[k] is not None else "-"
+                for k in ("pacc", "auroc", "hm")
+            ]
             lines.append(f"| {scenario} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out="demo-out", quiet: bool = False, seeds: Sequence[int] = (0,), epochs: int | None = None,
-             scenarios: Sequence[str] = DEMO_SCENARIOS) -> int:
+def run_demo(
+    out="demo-out",
+    quiet: bool = False,
+    seeds: Sequence[int] = (0,),
+    epochs: int | None = None,
+    scenarios: Sequence[str] = DEMO_SCENARIOS,
+) -> int:
     import torch
 
     from . import report
@@ -85,8 +119,11 @@ def run_demo(out="demo-out", quiet: bool = False, seeds: Sequence[int] = (0,), e
     settings = {**DEMO_SETTINGS, **({"epochs": epochs} if epochs is not None else {})}
     out = Path(out)
     bundle = load_clip("ueo-toy-rn", pretrained="toyworld", device="cuda" if torch.cuda.is_available() else "cpu")
-    print("ueo demo: the shipped toy CLIP adapts to the unseen 'painting' style of the toy world "
-          f"({tw.NUM_KNOWN} known classes, unknown shapes in the open scenarios; seeds {list(seeds)}).", flush=True)
+    print(
+        "ueo demo: the shipped toy CLIP adapts to the unseen 'painting' style of the toy world "
+        f"({tw.NUM_KNOWN} known classes, unknown shapes in the open scenarios; seeds {list(seeds)}).",
+        flush=True,
+    )
     table = {}
     for scenario in scenarios:
         table[scenario] = run_scenario(bundle, scenario, seeds=seeds, out=out, progress=not quiet, settings=settings)

@@ -1,4 +1,5 @@
-"""Atomic file output: write to a temporary file in the same folder, then rename over the target."""
+"""ueo's own files: atomic writes (a temporary file in the same folder, renamed over the target) and
+safetensors files with a format tag in their metadata (adapted states, checkpoints)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import IncompatibleError
 
 
 @contextlib.contextmanager
@@ -30,3 +33,29 @@ def atomic_path(path: str | os.PathLike):
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_tagged(path, tensors: dict, metadata: dict[str, str], file_format: str) -> None:
+    """A safetensors file of ``tensors`` whose metadata carries ``format: file_format``, written atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": file_format, **metadata}
+        )
+
+
+def read_tagged(path, file_format: str, what: str) -> tuple[dict[str, str], dict]:
+    """(metadata, tensors) of a safetensors file written by :func:`write_tagged` with ``file_format``.
+    Raises IncompatibleError, naming ``what`` was expected, for damaged files and other formats."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != file_format:
+                raise IncompatibleError(f"{path} is not a {what} (no {file_format!r} format tag).")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except (SafetensorError, OSError) as error:
+        raise IncompatibleError(f"{path} is not a readable {what} ({error}).") from None
+    return metadata, tensors

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §5). Pure numpy; one convention throughout.
+"""Evaluation metrics (docs/metrics.md). Pure numpy; one convention throughout.
 
 Convention:
   * labels 0..num_known-1 are known classes; any other label (>= num_known, or -1) is unknown.
@@ -22,8 +22,6 @@ At a threshold t (accept as known when score >= t), as in open-set domain adapta
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import numpy as np
 
 
@@ -32,8 +30,9 @@ def _arrays(labels, predictions, scores):
     predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if not (len(labels) == len(predictions) == len(scores)):
-        raise ValueError(f"labels, predictions and scores differ in length: "
-                         f"{len(labels)}, {len(predictions)}, {len(scores)}.")
+        raise ValueError(
+            f"labels, predictions and scores differ in length: {len(labels)}, {len(predictions)}, {len(scores)}."
+        )
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores contain NaN or infinite values.")
     return labels, predictions, scores
@@ -44,14 +43,14 @@ def known_mask(labels, num_known: int) -> np.ndarray:
     return (labels >= 0) & (labels < num_known)
 
 
-def harmonic_mean(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def harmonic_mean(a: float | None, b: float | None) -> float | None:
     """2ab / (a + b); None when either is None; 0 when both are 0."""
     if a is None or b is None:
         return None
     return 0.0 if a + b == 0 else 2.0 * a * b / (a + b)
 
 
-def auroc(is_positive, scores) -> Optional[float]:
+def auroc(is_positive, scores) -> float | None:
     """Area under the ROC curve (rank statistic, ties = 1/2). None when a class is missing."""
     is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -77,7 +76,7 @@ def _curve(is_positive, scores):
     return tps, fps
 
 
-def average_precision(is_positive, scores) -> Optional[float]:
+def average_precision(is_positive, scores) -> float | None:
     """sum_n (R_n - R_{n-1}) P_n over distinct thresholds. None without positives or negatives."""
     is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
     if is_positive.all() or not is_positive.any():
@@ -88,7 +87,7 @@ def average_precision(is_positive, scores) -> Optional[float]:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def fpr_at_tpr(is_positive, scores, tpr: float = 0.95) -> Optional[float]:
+def fpr_at_tpr(is_positive, scores, tpr: float = 0.95) -> float | None:
     """False-positive rate at the highest threshold whose true-positive rate reaches ``tpr``."""
     is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
     if is_positive.all() or not is_positive.any():
@@ -98,14 +97,14 @@ def fpr_at_tpr(is_positive, scores, tpr: float = 0.95) -> Optional[float]:
     return float(fps[reached] / fps[-1])
 
 
-def _per_class_mean(correct: np.ndarray, labels: np.ndarray) -> Optional[float]:
+def _per_class_mean(correct: np.ndarray, labels: np.ndarray) -> float | None:
     if len(labels) == 0:
         return None
     classes = np.unique(labels)
     return float(np.mean([correct[labels == c].mean() for c in classes]))
 
 
-def compute_metrics(labels, predictions, scores, num_known: int) -> Dict[str, Optional[float]]:
+def compute_metrics(labels, predictions, scores, num_known: int) -> dict[str, float | None]:
     """gacc, pacc, auroc, fpr95, aupr_in, aupr_out, hm (fractions; None when undefined) + sample counts."""
     labels, predictions, scores = _arrays(labels, predictions, scores)
     known = known_mask(labels, num_known)
@@ -124,17 +123,21 @@ def compute_metrics(labels, predictions, scores, num_known: int) -> Dict[str, Op
     return result
 
 
-def open_set_metrics(labels, predictions, scores, num_known: int, threshold: float) -> Dict[str, Optional[float]]:
+def open_set_metrics(labels, predictions, scores, num_known: int, threshold: float) -> dict[str, float | None]:
     """known_acc (OS*), unknown_recall (UNK) and h_score when accepting samples with score >= threshold."""
     labels, predictions, scores = _arrays(labels, predictions, scores)
     known = known_mask(labels, num_known)
     accepted = scores >= threshold
     known_acc = _per_class_mean(accepted[known] & (predictions[known] == labels[known]), labels[known])
     unknown_recall = float((~accepted[~known]).mean()) if (~known).any() else None
-    return {"threshold": float(threshold), "known_acc": known_acc, "unknown_recall": unknown_recall,
-            "h_score": harmonic_mean(known_acc, unknown_recall)}
+    return {
+        "threshold": float(threshold),
+        "known_acc": known_acc,
+        "unknown_recall": unknown_recall,
+        "h_score": harmonic_mean(known_acc, unknown_recall),
+    }
 
 
-def h_score(known_acc: Optional[float], unknown_recall: Optional[float]) -> Optional[float]:
+def h_score(known_acc: float | None, unknown_recall: float | None) -> float | None:
     """H-score: harmonic mean of known accuracy (OS*) and unknown recall (UNK)."""
     return harmonic_mean(known_acc, unknown_recall)

@@ -1,4 +1,4 @@
-"""Training objectives and confidence scores (SPEC §3). Pure functions on tensors.
+"""Training objectives and confidence scores (docs/method.md). Pure functions on tensors.
 
 Inputs are probabilities ``probs`` [B, K] (rows sum to 1) over the K known classes, computed with the
 training logits 100 * cos(f(x), t_k). Entropy uses log(p + 1e-5), as the reference does.
@@ -51,5 +51,8 @@ def mcm_scores(logits: torch.Tensor) -> torch.Tensor:
 def oracle_weights(labels: torch.Tensor, num_known: int) -> torch.Tensor:
     """Oracle weights (needs labels): 1 for known-class samples (0 <= y < K), 1e-3 otherwise."""
     known = (labels >= 0) & (labels < num_known)
-    return torch.where(known, torch.ones_like(labels, dtype=torch.float32),
-                       torch.full_like(labels, ORACLE_UNKNOWN_WEIGHT, dtype=torch.float32))
+    return torch.where(
+        known,
+        torch.ones_like(labels, dtype=torch.float32),
+        torch.full_like(labels, ORACLE_UNKNOWN_WEIGHT, dtype=torch.float32),
+    )

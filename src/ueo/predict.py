@@ -10,9 +10,11 @@ A sample is accepted as its top-1 known class when score >= threshold, else pred
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from .errors import ConfigError, DataError
 
 UNKNOWN = "unknown"
 
@@ -21,7 +23,7 @@ def otsu_threshold(scores) -> float:
     """Exact Otsu threshold of 1-D scores (midpoint of the best split between distinct values)."""
     values = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
     if len(values) == 0:
-        raise ValueError("No scores to choose a threshold from.")
+        raise DataError("No scores to choose a threshold from.")
     if values[0] == values[-1]:
         return float(values[0])
     n = len(values)
@@ -40,23 +42,23 @@ def threshold_at_tpr(known_scores, tpr: float = 0.95) -> float:
     """Highest threshold accepting at least ``tpr`` of the known samples (score >= threshold)."""
     values = np.sort(np.asarray(known_scores, dtype=np.float64).reshape(-1))[::-1]
     if len(values) == 0:
-        raise ValueError("--tpr needs labeled known-class samples.")
+        raise DataError("A threshold at a TPR needs labeled known-class samples.")
     if not 0 < tpr <= 1:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}.")
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}.")
     needed = int(np.ceil(tpr * len(values) - 1e-9))
     return float(values[max(needed, 1) - 1])
 
 
-def parse_threshold(spec: str) -> Optional[float]:
+def parse_threshold(spec: str) -> float | None:
     """'auto' -> None (decide from the scores), else a float."""
     if str(spec).lower() == "auto":
         return None
     try:
         return float(spec)
     except ValueError:
-        raise ValueError(f"--threshold must be 'auto' or a number, got {spec!r}.") from None
+        raise ConfigError(f"A threshold must be 'auto' or a number, got {spec!r}.") from None
 
 
-def decide(predictions, scores, class_names: Sequence[str], threshold: float) -> List[str]:
+def decide(predictions, scores, class_names: Sequence[str], threshold: float) -> list[str]:
     """Class name of the top-1 known class, or "unknown" when score < threshold."""
     return [class_names[int(p)] if s >= threshold else UNKNOWN for p, s in zip(predictions, scores)]

@@ -4,22 +4,22 @@ Prompts are "<sot> [V1]..[Vm] {name}. <eot>": m context vectors shared by all cl
 the word embeddings of ``init`` ("a photo of a", m = 4), class name last with '_' replaced by ' '.
 Only the context learns; the text tower stays frozen.
 
-Speed without changing the result (SPEC §2): the text transformer's mask is causal, so every token
+Speed without changing the result: the text transformer's mask is causal, so every token
 after the longest prompt's end token influences nothing that is read; all prompts are cut to that
 length (77 -> ~10 tokens). Classes are encoded in chunks to bound memory when K is large.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-
-DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4)
+from .config import DEFAULT_INIT
+from .errors import ConfigError, DataError
 
 
 def prompt_text(name: str, init: str = DEFAULT_INIT) -> str:
@@ -44,7 +44,7 @@ def encode_embedded_text(model: nn.Module, embedded: torch.Tensor, tokens: torch
 
 def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Normalised text features of tokenized texts [N, 77], cut after the longest <eot> (exact, faster)."""
-    tokens = tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+    tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
     return encode_embedded_text(model, model.token_embedding(tokens), tokens)
 
 
@@ -62,7 +62,7 @@ class PromptLearner(nn.Module):
     def __init__(self, bundle, class_names: Sequence[str], init: str = DEFAULT_INIT, chunk_size: int = 512):
         super().__init__()
         if not class_names:
-            raise ValueError("class_names is empty: give at least one known class.")
+            raise DataError("class_names is empty: give at least one known class.")
         model = bundle.model
         self.class_names = list(class_names)
         self.init = init
@@ -72,22 +72,24 @@ class PromptLearner(nn.Module):
 
         n_ctx = len(bundle.tokenizer([init])[0].nonzero()) - 2  # minus <sot> and <eot>
         if n_ctx < 1:
-            raise ValueError(f"init={init!r} gives no context tokens.")
+            raise ConfigError(f"init={init!r} gives no context tokens.")
         tokens = bundle.tokenizer([prompt_text(n, init) for n in self.class_names]).to(device)
         end = tokens.argmax(dim=-1)  # <eot> has the largest id (open_clip's 'argmax' pooling)
         context_length = tokens.shape[1]
         if int(end.max()) >= context_length - 1:  # the tokenizer cut it: the name did not fit
             longest = self.class_names[int(end.argmax())]
-            raise ValueError(f"The prompt for class {longest!r} does not fit the text context of "
-                             f"{context_length} tokens; shorten the class name.")
+            raise DataError(
+                f"The prompt for class {longest!r} does not fit the text context of "
+                f"{context_length} tokens; shorten the class name."
+            )
         self.n_ctx = n_ctx
         length = int(end.max()) + 1
         self.register_buffer("tokens", tokens[:, :length].clone(), persistent=False)
         with torch.no_grad():
             embedded = model.token_embedding(self.tokens)  # [K, L, W]
-        self.register_buffer("token_prefix", embedded[:, :1].clone(), persistent=False)          # <sot>
-        self.register_buffer("token_suffix", embedded[:, 1 + n_ctx:].clone(), persistent=False)  # name . <eot>
-        self.ctx = nn.Parameter(embedded[0, 1:1 + n_ctx].clone().float())                        # [m, W]
+        self.register_buffer("token_prefix", embedded[:, :1].clone(), persistent=False)  # <sot>
+        self.register_buffer("token_suffix", embedded[:, 1 + n_ctx :].clone(), persistent=False)  # name . <eot>
+        self.ctx = nn.Parameter(embedded[0, 1 : 1 + n_ctx].clone().float())  # [m, W]
 
     @property
     def clip(self) -> nn.Module:

@@ -1,4 +1,4 @@
-"""The paper's benchmarks and class-shift protocols (SPEC §6).
+"""The paper's benchmarks and class-shift protocols (docs/protocols.md).
 
 Class orders are the official lists in ``resources/classes`` (alphabetical, case-INSENSITIVE); the first
 K classes are the known (prompted) ones. Labels in every list keep the official index, so a label >= K
@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -34,9 +33,9 @@ SCENARIOS = ("cda", "pda", "oda", "opda", "csda")
 class Benchmark:
     name: str
     class_file: str
-    domains: Tuple[str, ...]
+    domains: tuple[str, ...]
     known: int
-    scenarios: Dict[str, Tuple[range, ...]]  # training classes per scenario (csda: all classes)
+    scenarios: dict[str, tuple[range, ...]]  # training classes per scenario (csda: all classes)
     layout: str  # folder layout under the root, "{domain}" and "{cls}" filled in
     split_lists: bool  # official lists are "<domain>_train/_test.txt" (else "<domain>_list.txt")
 
@@ -45,20 +44,48 @@ def _ranges(*pairs):
     return tuple(range(a, b + 1) for a, b in pairs)
 
 
-BENCHMARKS: Dict[str, Benchmark] = {
-    "office31": Benchmark("office31", "office31.txt", ("amazon", "dslr", "webcam"), 25,
-                          {"cda": _ranges((0, 24)), "pda": _ranges((0, 19)), "oda": _ranges((0, 27)),
-                           "opda": _ranges((0, 14), (25, 27))}, "{domain}/images/{cls}", False),
-    "officehome": Benchmark("officehome", "officehome.txt", ("Art", "Clipart", "Product", "RealWorld"), 50,
-                            {"cda": _ranges((0, 49)), "pda": _ranges((0, 34)), "oda": _ranges((0, 59)),
-                             "opda": _ranges((0, 34), (50, 59))}, "{domain}/{cls}", False),
-    "visda": Benchmark("visda", "visda_c.txt", ("train", "validation"), 8,
-                       {"cda": _ranges((0, 7)), "pda": _ranges((0, 5)), "oda": _ranges((0, 9)),
-                        "opda": _ranges((0, 5), (8, 9))}, "{domain}/{cls}", False),
-    "domainnet": Benchmark("domainnet", "domainnet.txt",
-                           ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"), 300,
-                           {"cda": _ranges((0, 299)), "pda": _ranges((0, 249)), "oda": _ranges((0, 329)),
-                            "opda": _ranges((0, 249), (300, 329))}, "{domain}/{cls}", True),
+BENCHMARKS: dict[str, Benchmark] = {
+    "office31": Benchmark(
+        "office31",
+        "office31.txt",
+        ("amazon", "dslr", "webcam"),
+        25,
+        {"cda": _ranges((0, 24)), "pda": _ranges((0, 19)), "oda": _ranges((0, 27)), "opda": _ranges((0, 14), (25, 27))},
+        "{domain}/images/{cls}",
+        False,
+    ),
+    "officehome": Benchmark(
+        "officehome",
+        "officehome.txt",
+        ("Art", "Clipart", "Product", "RealWorld"),
+        50,
+        {"cda": _ranges((0, 49)), "pda": _ranges((0, 34)), "oda": _ranges((0, 59)), "opda": _ranges((0, 34), (50, 59))},
+        "{domain}/{cls}",
+        False,
+    ),
+    "visda": Benchmark(
+        "visda",
+        "visda_c.txt",
+        ("train", "validation"),
+        8,
+        {"cda": _ranges((0, 7)), "pda": _ranges((0, 5)), "oda": _ranges((0, 9)), "opda": _ranges((0, 5), (8, 9))},
+        "{domain}/{cls}",
+        False,
+    ),
+    "domainnet": Benchmark(
+        "domainnet",
+        "domainnet.txt",
+        ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+        300,
+        {
+            "cda": _ranges((0, 299)),
+            "pda": _ranges((0, 249)),
+            "oda": _ranges((0, 329)),
+            "opda": _ranges((0, 249), (300, 329)),
+        },
+        "{domain}/{cls}",
+        True,
+    ),
 }
 
 
@@ -68,13 +95,19 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
-def class_names(benchmark: str) -> List[str]:
+def class_names(benchmark: str) -> list[str]:
     """The official class order of a benchmark (all classes, known first)."""
-    text = resources.files("ueo").joinpath("resources", "classes", get_benchmark(benchmark).class_file).read_text()
+    text = (
+        resources.files("ueo")
+        .joinpath("resources")
+        .joinpath("classes")
+        .joinpath(get_benchmark(benchmark).class_file)
+        .read_text(encoding="utf-8")
+    )
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def scenario_classes(benchmark: str, scenario: str) -> Tuple[int, List[int]]:
+def scenario_classes(benchmark: str, scenario: str) -> tuple[int, list[int]]:
     """(number of known classes K, the adaptation set's classes) of a scenario."""
     bench = get_benchmark(benchmark)
     if scenario not in SCENARIOS:
@@ -114,14 +147,16 @@ def _from_folders(bench: Benchmark, domain: str, root: Path) -> ImageList:
         paths += files
         labels += [label] * len(files)
     if unmatched:
-        raise DataError(f"{class_parent}: folder(s) {unmatched[:5]} match no class of {bench.name} "
-                        f"(names are compared ignoring case and '_').")
+        raise DataError(
+            f"{class_parent}: folder(s) {unmatched[:5]} match no class of {bench.name} "
+            f"(names are compared ignoring case and '_')."
+        )
     if not paths:
         raise DataError(f"No image found under {class_parent}.")
     return ImageList(paths, labels, labeled=True)
 
 
-def _seeded_split(images: ImageList, fraction: float, seed: int) -> Tuple[ImageList, ImageList]:
+def _seeded_split(images: ImageList, fraction: float, seed: int) -> tuple[ImageList, ImageList]:
     rng = np.random.default_rng(seed)
     train, test = [], []
     labels = np.asarray(images.labels)
@@ -134,8 +169,9 @@ def _seeded_split(images: ImageList, fraction: float, seed: int) -> Tuple[ImageL
     return images.subset(sorted(train)), images.subset(sorted(test))
 
 
-def domain_images(benchmark: str, domain: str, root, lists=None, check_files: bool = True,
-                  warn=print) -> Tuple[ImageList, ImageList]:
+def domain_images(
+    benchmark: str, domain: str, root, lists=None, check_files: bool = True, warn=print
+) -> tuple[ImageList, ImageList]:
     """(adaptation pool, test set) of one domain, all classes, official labels."""
     bench = get_benchmark(benchmark)
     match = [d for d in bench.domains if _compact(d) == _compact(domain)]
@@ -154,14 +190,18 @@ def domain_images(benchmark: str, domain: str, root, lists=None, check_files: bo
             raise DataError(f"No list file '{domain}{suffix}.txt' in {lists}.")
 
         if bench.split_lists:
-            return (read_list_file(find("_train"), root, num_classes, check_files),
-                    read_list_file(find("_test"), root, num_classes, check_files))
+            return (
+                read_list_file(find("_train"), root, num_classes, check_files),
+                read_list_file(find("_test"), root, num_classes, check_files),
+            )
         both = read_list_file(find("_list"), root, num_classes, check_files)
         return both, both
     images = _from_folders(bench, domain, root)
     if bench.split_lists:
-        warn(f"warning: no official lists given for {benchmark}; using a seeded 70/30 split of the folders. "
-             "Pass --lists DIR with the official <domain>_train.txt / <domain>_test.txt for comparable numbers.")
+        warn(
+            f"warning: no official lists given for {benchmark}; using a seeded 70/30 split of the folders. "
+            "Pass --lists DIR with the official <domain>_train.txt / <domain>_test.txt for comparable numbers."
+        )
         return _seeded_split(images, 0.7, seed=0)
     return images, images
 
@@ -173,13 +213,21 @@ class Split:
     benchmark: str
     domain: str
     scenario: str
-    known_classes: List[str]
+    known_classes: list[str]
     train: ImageList
     test: ImageList
 
 
-def build_split(benchmark: str, domain: str, scenario: str, root, lists=None, check_files: bool = True,
-                warn=print, images: Tuple[ImageList, ImageList] | None = None) -> Split:
+def build_split(
+    benchmark: str,
+    domain: str,
+    scenario: str,
+    root,
+    lists=None,
+    check_files: bool = True,
+    warn=print,
+    images: tuple[ImageList, ImageList] | None = None,
+) -> Split:
     """One scenario of one domain. ``images``: the domain's (pool, test) when already read."""
     num_known, train_classes = scenario_classes(benchmark, scenario)
     pool, test = images or domain_images(benchmark, domain, root, lists, check_files, warn)
@@ -197,4 +245,3 @@ def write_list(images: ImageList, root, path) -> None:
 
     lines = [f"{Path(os.path.relpath(p, root)).as_posix()} {label}" for p, label in zip(images.paths, images.labels)]
     write_text(path, "\n".join(lines) + "\n")
-

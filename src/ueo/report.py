@@ -7,8 +7,8 @@ import io
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ def _plain(value):
     return str(value)
 
 
-def write_csv(path, rows: Sequence[Dict], fieldnames: Sequence[str]) -> None:
+def write_csv(path, rows: Sequence[dict], fieldnames: Sequence[str]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -61,8 +61,11 @@ def plot_roc(labels, scores, num_known: int, path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(np.r_[0, fps / fps[-1]], np.r_[0, tps / tps[-1]], lw=2, label=f"AUROC {100 * auroc(known, scores):.1f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.set(xlabel="false-positive rate (unknown accepted)", ylabel="true-positive rate (known accepted)",
-           title="Known vs unknown")
+    ax.set(
+        xlabel="false-positive rate (unknown accepted)",
+        ylabel="true-positive rate (known accepted)",
+        title="Known vs unknown",
+    )
     ax.legend(loc="lower right")
     _save(fig, path)
     plt.close(fig)
@@ -105,7 +108,7 @@ def plot_confusion(labels, predictions, class_names: Sequence[str], path) -> Non
     plt.close(fig)
 
 
-def find_runs(paths: Iterable) -> List[Path]:
+def find_runs(paths: Iterable) -> list[Path]:
     """metrics.json files under each path (a run folder, or a folder of runs)."""
     found = []
     for path in map(Path, paths):
@@ -116,7 +119,7 @@ def find_runs(paths: Iterable) -> List[Path]:
     return found
 
 
-def collect(paths: Iterable) -> List[Dict]:
+def collect(paths: Iterable) -> list[dict]:
     """One row per run: its identity (benchmark, domain, scenario, method, seed) and adapted test metrics."""
     rows = []
     for path in find_runs(paths):
@@ -124,8 +127,14 @@ def collect(paths: Iterable) -> List[Dict]:
         if "adapted" not in data or not data["adapted"]:
             continue
         run = data.get("run", {})
-        rows.append({**{k: run.get(k, "-") for k in RUN_KEYS}, "seed": run.get("seed", "-"),
-                     **{m: data["adapted"].get(m) for m in TABLE_METRICS}, "path": str(path.parent)})
+        rows.append(
+            {
+                **{k: run.get(k, "-") for k in RUN_KEYS},
+                "seed": run.get("seed", "-"),
+                **{m: data["adapted"].get(m) for m in TABLE_METRICS},
+                "path": str(path.parent),
+            }
+        )
     return rows
 
 
@@ -136,7 +145,7 @@ def mean_std(values: Sequence[float]):
     return float(np.mean(values)), float(np.std(values))
 
 
-def summarise(rows: Sequence[Dict]) -> List[Dict]:
+def summarise(rows: Sequence[dict]) -> list[dict]:
     """Group by benchmark x domain x scenario x method: mean and std (over seeds) of each metric, in %."""
     groups = defaultdict(list)
     for row in rows:
@@ -145,8 +154,9 @@ def summarise(rows: Sequence[Dict]) -> List[Dict]:
     for key, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         entry = dict(zip(RUN_KEYS, key), runs=len(members))
         for metric in TABLE_METRICS:
-            entry[metric], entry[f"{metric}_std"] = mean_std([100 * r[metric] for r in members
-                                                              if r.get(metric) is not None])
+            entry[metric], entry[f"{metric}_std"] = mean_std(
+                [100 * r[metric] for r in members if r.get(metric) is not None]
+            )
         table.append(entry)
     return table
 
@@ -157,7 +167,7 @@ def _cell(mean, std) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def to_markdown(table: Sequence[Dict]) -> str:
+def to_markdown(table: Sequence[dict]) -> str:
     header = list(RUN_KEYS) + ["runs"] + [m.upper() for m in TABLE_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
@@ -167,5 +177,16 @@ def to_markdown(table: Sequence[Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv_fields() -> List[str]:
+def csv_fields() -> list[str]:
     return list(RUN_KEYS) + ["runs"] + [f for m in TABLE_METRICS for f in (m, f"{m}_std")]
+
+
+def write_tables(rows: Sequence[dict], path) -> str:
+    """The table of ``rows`` as Markdown at ``path`` (.md) and as CSV beside it; returns the Markdown."""
+    table = summarise(rows)
+    markdown = to_markdown(table)
+    path = Path(path)
+    md_path = path if path.suffix == ".md" else path.with_suffix(".md")
+    write_text(md_path, markdown)
+    write_csv(md_path.with_suffix(".csv"), table, csv_fields())
+    return markdown

@@ -11,39 +11,63 @@ unlike the known ones (no ring next to the circle). Images are 64 x 64 with a ra
   painting  brush strokes, blur, hue shift, sepia     (held out: the adaptation target)
 
 Every image is a pure function of (style, class, index, seed): the world is deterministic.
-Protocols (mirroring SPEC §6 with K = 16 known classes):
+Protocols (mirroring the benchmarks' class shifts, docs/protocols.md, with K = 16 known classes):
   cda: 0-15   pda: 0-11   oda: 0-19   opda: 0-11 + 16-19   test: 0-23
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 IMAGE_SIZE = 64
-SHAPES = ["circle", "square", "triangle", "star", "heart", "cross", "moon", "arrow",
-          "bar", "hourglass", "house", "bolt"]
+SHAPES = [
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "heart",
+    "cross",
+    "moon",
+    "arrow",
+    "bar",
+    "hourglass",
+    "house",
+    "bolt",
+]
 COLOURS = ["red", "blue"]
 CLASS_NAMES = [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
 NUM_KNOWN = 16
 STYLES = ["clean", "sketch", "noisy", "painting"]
 PRETRAIN_STYLES = ["clean", "sketch", "noisy"]
 TARGET_STYLE = "painting"
-SCENARIOS: Dict[str, List[int]] = {
+SCENARIOS: dict[str, list[int]] = {
     "cda": list(range(16)),
     "pda": list(range(12)),
     "oda": list(range(20)),
     "opda": list(range(12)) + list(range(16, 20)),
 }
 TEST_CLASSES = list(range(24))
-CAPTION_TEMPLATES = ["a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.", "a small {}.",
-                     "a big {}.", "the {}.", "a drawing of a {}."]
-STYLE_TEMPLATES = {"clean": "a clean render of a {}.", "sketch": "a sketch of a {}.",
-                   "noisy": "a noisy photo of a {}.", "painting": "a painting of a {}."}
+CAPTION_TEMPLATES = [
+    "a photo of a {}.",
+    "a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a small {}.",
+    "a big {}.",
+    "the {}.",
+    "a drawing of a {}.",
+]
+STYLE_TEMPLATES = {
+    "clean": "a clean render of a {}.",
+    "sketch": "a sketch of a {}.",
+    "noisy": "a noisy photo of a {}.",
+    "painting": "a painting of a {}.",
+}
 
 
 def _circle(n=36):
@@ -79,15 +103,28 @@ _POLYGONS = {
     "triangle": np.array([(0, -1), (0.87, 0.5), (-0.87, 0.5)]),
     "star": _star(),
     "heart": _heart(),
-    "cross": np.array([(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1),
-                       (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]),
+    "cross": np.array(
+        [
+            (-0.3, -1),
+            (0.3, -1),
+            (0.3, -0.3),
+            (1, -0.3),
+            (1, 0.3),
+            (0.3, 0.3),
+            (0.3, 1),
+            (-0.3, 1),
+            (-0.3, 0.3),
+            (-1, 0.3),
+            (-1, -0.3),
+            (-0.3, -0.3),
+        ]
+    ),
     "moon": _moon(),
     "arrow": np.array([(-1, -0.2), (0.2, -0.2), (0.2, -0.6), (1, 0), (0.2, 0.6), (0.2, 0.2), (-1, 0.2)]),
     "bar": np.array([(-1, -0.25), (1, -0.25), (1, 0.25), (-1, 0.25)]),
     "hourglass": np.array([(-0.7, -1), (0.7, -1), (0.1, 0), (0.7, 1), (-0.7, 1), (-0.1, 0)]),
     "house": np.array([(-0.7, 1), (-0.7, 0.05), (-0.95, 0.05), (0, -1), (0.95, 0.05), (0.7, 0.05), (0.7, 1)]),
-    "bolt": np.array([(-0.15, -1), (0.55, -1), (0.1, -0.2), (0.6, -0.2), (-0.35, 1), (-0.05, 0.1),
-                      (-0.5, 0.1)]),
+    "bolt": np.array([(-0.15, -1), (0.55, -1), (0.1, -0.2), (0.6, -0.2), (-0.35, 1), (-0.05, 0.1), (-0.5, 0.1)]),
 }
 
 
@@ -108,7 +145,7 @@ def _background(rng, style: str) -> Image.Image:
     if style == "noisy":
         if rng.random() < 0.5:
             small = rng.integers(60, 200, size=(rng.integers(3, 8), rng.integers(3, 8), 3)).astype(np.uint8)
-            return Image.fromarray(small).resize((s, s), Image.BICUBIC)
+            return Image.fromarray(small).resize((s, s), Image.Resampling.BICUBIC)
         period, angle = rng.uniform(5, 14), rng.uniform(0, math.pi)
         yy, xx = np.mgrid[0:s, 0:s]
         wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
@@ -122,8 +159,11 @@ def _background(rng, style: str) -> Image.Image:
         x0, y0 = rng.integers(-10, s + 10, size=2)
         angle, length = rng.uniform(0, math.pi), rng.uniform(15, 50)
         x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
-        draw.line([(int(x0), int(y0)), (int(x1), int(y1))], width=int(rng.integers(4, 10)),
-                  fill=tuple(int(v) for v in rng.integers(90, 220, size=3)))
+        draw.line(
+            [(int(x0), int(y0)), (int(x1), int(y1))],
+            width=int(rng.integers(4, 10)),
+            fill=tuple(int(v) for v in rng.integers(90, 220, size=3)),
+        )
     return image
 
 

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 import ueo
-from ueo.engine import (NonFiniteLoss, TrainingInterrupted, _Views, epoch_batches, load_checkpoint,
-                        save_checkpoint)
-
-from conftest import CLASSES
+from helpers import CLASSES
+from ueo import DivergedError, TrainingInterrupted, load_checkpoint, save_checkpoint
+from ueo.views import SeededViews, epoch_batches
 
 SETTINGS = dict(epochs=3, batch_size=8, lr_prompt=0.05, lr_norm=0.05, eval_train=False, seed=11)
 
@@ -23,7 +22,7 @@ def test_epoch_batches_cover_every_sample_once():
 def test_views_do_not_depend_on_access_order(generated):
     data = generated(6, [0, 1], seed=0)
     bundle_transform = ueo.load_clip("ueo-tiny-vit", device="cpu").train_transform
-    views = _Views(data, bundle_transform, seed=5)
+    views = SeededViews(data, bundle_transform, seed=5)
     views.epoch = 3
     forward = [views[i][0] for i in range(6)]
     torch.manual_seed(123)  # the global RNG does not matter
@@ -47,15 +46,24 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_rn, generated, tm
 
     path = tmp_path / "checkpoint.safetensors"
     with pytest.raises(TrainingInterrupted):
-        ueo.fit(tiny_rn, CLASSES, train, test=test, checkpoint=lambda c: save_checkpoint(path, c),
-                should_stop=stop, **SETTINGS)
+        ueo.fit(
+            tiny_rn,
+            CLASSES,
+            train,
+            test=test,
+            checkpoint=lambda c: save_checkpoint(path, c),
+            should_stop=stop,
+            **SETTINGS,
+        )
     saved = load_checkpoint(path)
     assert len(saved["meta"]["history"]) == (5 if stop_after == 5 else 6)
     resumed = ueo.fit(tiny_rn, CLASSES, train, test=test, resume=saved, **SETTINGS)
     for name, value in full.adapted.tensors.items():
         assert torch.allclose(resumed.adapted.tensors[name], value, atol=1e-6), name
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], abs=1e-6)
-    assert [(e["epoch"], e["split"]) for e in resumed.evaluations] == [(e["epoch"], e["split"]) for e in full.evaluations]
+    assert [(e["epoch"], e["split"]) for e in resumed.evaluations] == [
+        (e["epoch"], e["split"]) for e in full.evaluations
+    ]
     with pytest.raises(ValueError, match="different settings"):
         ueo.fit(tiny_rn, CLASSES, train, resume=saved, **{**SETTINGS, "lr_norm": 0.01})
     with pytest.raises(ValueError, match="other class names"):
@@ -77,7 +85,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tiny_vit):
     images = torch.randn(16, 3, 32, 32)
     images[9] = float("nan")
     data = [(images[i], -1) for i in range(16)]
-    with pytest.raises(NonFiniteLoss, match=r"at step \d+ \(epoch 1\)") as info:
+    with pytest.raises(DivergedError, match=r"at step \d+ \(epoch 1\)") as info:
         ueo.fit(tiny_vit, CLASSES, data, method="infomax", epochs=2, batch_size=4, eval_train=False)
     good = info.value.last_good.tensors
     initial = ueo.fit(tiny_vit, CLASSES, data[:8], method="zeroshot").adapted.tensors

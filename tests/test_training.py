@@ -1,31 +1,38 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 import ueo
+from helpers import CLASSES, snapshot
 from ueo.objectives import mcm_scores, ueo_loss
 from ueo.prompts import PromptLearner
 from ueo.tuning import tunable_parameters
 
-from conftest import CLASSES
-
 K = len(CLASSES)
-
-
-def snapshot(bundle):
-    return {n: p.detach().clone() for n, p in bundle.model.state_dict().items()}
 
 
 def test_end_to_end_adapts_exactly_the_chosen_parameters(tiny_vit, generated):
     train = generated(40, [0, 1, 2, 5, -1], seed=1)  # labels 5 and -1: unknown
     test = generated(30, [0, 1, 2, 3, 4, 5], seed=2)
-    before = snapshot(tiny_vit)
-    result = ueo.fit(tiny_vit, CLASSES, train, test=test, method="ueo", epochs=3, batch_size=16,
-                     lr_prompt=1e-2, lr_norm=1e-2, eval_every=2)
+    before = snapshot(tiny_vit.model)
+    result = ueo.fit(
+        tiny_vit,
+        CLASSES,
+        train,
+        test=test,
+        method="ueo",
+        epochs=3,
+        batch_size=16,
+        lr_prompt=1e-2,
+        lr_norm=1e-2,
+        eval_every=2,
+    )
     # the bundle is left as it was (fit restores only the tuned names: any other change would show here)
-    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit).items())
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit.model).items())
     assert not any(p.requires_grad for p in tiny_vit.model.parameters())
 
     norms = tunable_parameters(tiny_vit.model)
@@ -38,10 +45,23 @@ def test_end_to_end_adapts_exactly_the_chosen_parameters(tiny_vit, generated):
             assert not torch.equal(value, before[name]), name
 
     assert [(e["epoch"], e["split"]) for e in result.evaluations] == [
-        (0, "train"), (0, "test"), (2, "train"), (2, "test"), (3, "train"), (3, "test")]
+        (0, "train"),
+        (0, "test"),
+        (2, "train"),
+        (2, "test"),
+        (3, "train"),
+        (3, "test"),
+    ]
     for row in result.evaluations:
         for key in ("gacc", "pacc", "auroc", "fpr95", "aupr_in", "aupr_out", "hm"):
-            assert row[key] is not None and math.isfinite(row[key]) and 0 <= row[key] <= 1
+            assert row[key] is not None and math.isfinite(row[key])
+    # the last test evaluation against an independent computation from its raw outputs
+    out, last = result.outputs["test"], result.evaluations[-1]
+    labels, predictions, scores = out.labels.numpy(), out.predictions.numpy(), out.scores.numpy()
+    known = (labels >= 0) & (labels < K)
+    assert last["auroc"] == pytest.approx(roc_auc_score(known, scores))
+    per_class = [np.mean(predictions[labels == c] == c) for c in sorted(set(labels[known].tolist()))]
+    assert last["pacc"] == pytest.approx(np.mean(per_class))
     assert set(result.metrics) == {"zeroshot", "adapted"} and result.metrics["adapted"]["epoch"] == 3
     steps_per_epoch = math.ceil(40 / 16)  # last partial batch kept
     assert [h["step"] for h in result.history] == list(range(1, 3 * steps_per_epoch + 1))
@@ -57,15 +77,16 @@ def test_end_to_end_adapts_exactly_the_chosen_parameters(tiny_vit, generated):
     for key in ("gacc", "pacc", "auroc", "fpr95"):
         assert metrics[key] == pytest.approx(result.metrics["adapted"][key], abs=1e-6)
     assert torch.allclose(outputs.cosines, result.outputs["test"].cosines, atol=1e-5)
-    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit).items())
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit.model).items())
 
 
 @pytest.mark.parametrize("tune", ["prompt", "norm"])
 def test_tune_prompt_only_or_norm_only(tiny_rn, generated, tune):
     train = generated(16, [0, 1, -1], seed=3)
-    before = snapshot(tiny_rn)
-    result = ueo.fit(tiny_rn, CLASSES, train, method="infomax", tune=tune, epochs=1, batch_size=8,
-                     lr_prompt=1e-1, lr_norm=1e-1)
+    before = snapshot(tiny_rn.model)
+    result = ueo.fit(
+        tiny_rn, CLASSES, train, method="infomax", tune=tune, epochs=1, batch_size=8, lr_prompt=1e-1, lr_norm=1e-1
+    )
     names = set(result.adapted.tensors)
     if tune == "prompt":
         assert names == {"prompt.ctx"}
@@ -73,7 +94,7 @@ def test_tune_prompt_only_or_norm_only(tiny_rn, generated, tune):
     else:
         assert names == set(tunable_parameters(tiny_rn.model))
         assert any(not torch.equal(v, before[n]) for n, v in result.adapted.tensors.items())
-    after = snapshot(tiny_rn)
+    after = snapshot(tiny_rn.model)
     # BatchNorm stays in eval mode: running statistics untouched
     assert all(torch.equal(before[n], after[n]) for n in before if "running" in n or "num_batches" in n)
     # no test set: the adaptation set (it has some labels) is evaluated at epoch 0 and at the end
@@ -86,8 +107,7 @@ def test_one_step_equals_an_independent_gradient_step(tiny_vit):
     images = torch.randn(12, 3, 32, 32)  # tensors are used as given: no augmentation randomness
     data = [(images[i], -1) for i in range(12)]
     lr = 0.5
-    result = ueo.fit(tiny_vit, CLASSES, data, tune="prompt", epochs=1, batch_size=12, lr_prompt=lr,
-                     eval_train=False)
+    result = ueo.fit(tiny_vit, CLASSES, data, tune="prompt", epochs=1, batch_size=12, lr_prompt=lr, eval_train=False)
 
     learner = PromptLearner(tiny_vit, CLASSES)
     with torch.no_grad():
@@ -129,8 +149,9 @@ def test_methods_oracle_zeroshot_and_epoch_weights(tiny_vit, generated):
     assert torch.equal(zeroshot.adapted.tensors["prompt.ctx"], init)
 
     fixed = ueo.fit(tiny_vit, CLASSES, train, epochs=2, batch_size=8, lr_prompt=1.0, lr_norm=1.0, eval_train=False)
-    epoch = ueo.fit(tiny_vit, CLASSES, train, epochs=2, batch_size=8, lr_prompt=1.0, lr_norm=1.0, eval_train=False,
-                    weights="epoch")
+    epoch = ueo.fit(
+        tiny_vit, CLASSES, train, epochs=2, batch_size=8, lr_prompt=1.0, lr_norm=1.0, eval_train=False, weights="epoch"
+    )
     assert fixed.history[:2] == epoch.history[:2]  # same first epoch ...
     assert fixed.history[2]["loss"] != epoch.history[2]["loss"]  # ... then the weights are recomputed
     assert not torch.allclose(fixed.weights, epoch.weights)

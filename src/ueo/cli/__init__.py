@@ -1,0 +1,5 @@
+"""The command line: ``ueo COMMAND ...`` (see ``ueo --help``)."""
+
+from .main import main
+
+__all__ = ["main"]

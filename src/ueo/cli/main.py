@@ -1,0 +1,172 @@
+"""ueo: adapt CLIP to an unlabeled image collection (Universal Entropy Optimization).
+
+Commands: fit, eval, predict, splits, report, bench, demo.  `ueo COMMAND --help` shows each one's options.
+Exit codes: 0 done, 1 a bug in ueo (reported with its traceback), 2 bad input (data, class names,
+weights, options, states), 3 training diverged, 128+N stopped by signal N (a checkpoint was saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import DivergedError, TrainingInterrupted, UeoError
+from .options import SCENARIO_CHOICES, add_fit_options
+
+# command -> (module, function): imported only when the command runs, so that --help stays fast
+COMMANDS = {
+    "fit": ("fit", "cmd_fit"),
+    "bench": ("fit", "cmd_bench"),
+    "eval": ("apply", "cmd_eval"),
+    "predict": ("apply", "cmd_predict"),
+    "splits": ("apply", "cmd_splits"),
+    "report": ("apply", "cmd_report"),
+    "demo": ("apply", "cmd_demo"),
+}
+BUG_REPORT = "This is a bug in ueo, not a problem with your input: please report it with the traceback above."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="ueo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"ueo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "fit",
+        help="adapt CLIP to unlabeled images; write the adapted state, metrics, predictions",
+        description="Adapt a CLIP to unlabeled images (--data and --classes, or a --benchmark "
+        "protocol) and write the adapted state, metrics and predictions into --out.",
+    )
+    add_fit_options(p)
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue an interrupted run from DIR/checkpoint.safetensors with DIR/config.yaml",
+    )
+
+    for name, help_text in (
+        ("eval", "evaluate an adapted state on labeled test images"),
+        ("predict", "predict a class or 'unknown' for each image"),
+    ):
+        p = sub.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".", formatter_class=defaults
+        )
+        p.add_argument("--adapted", required=True, help="adapted.safetensors written by `ueo fit`")
+        p.add_argument(
+            "--test" if name == "eval" else "--data",
+            required=True,
+            help="folder or list file" + (" with labels" if name == "eval" else ""),
+        )
+        p.add_argument("--root", default=None, help="folder that list-file paths are relative to")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--threshold", default="auto", help="'auto' (Otsu on these images' scores) or a number")
+        p.add_argument("--model", default=None, help="override the model recorded in the state")
+        p.add_argument("--pretrained", default=None, help="override the weights recorded in the state")
+        p.add_argument("--device", default=None, help="cpu, cuda, ... (None: cuda when available)")
+        p.add_argument("--batch-size", type=int, default=256, help="images per batch")
+        p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+        p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+        p.add_argument("--quiet", action="store_true", help="logs only")
+
+    p = sub.add_parser(
+        "splits",
+        help="write the list files of every scenario of a benchmark domain",
+        description="Write the adaptation and test list files of every scenario of a benchmark "
+        "domain, and print their sizes.",
+        formatter_class=defaults,
+    )
+    p.add_argument("--benchmark", required=True, help="office31 | officehome | visda | domainnet")
+    p.add_argument("--domain", required=True, help="benchmark domain")
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--lists", default=None, help="folder with the official list files")
+    p.add_argument("--out", required=True, help="output folder for the list files")
+    p.add_argument("--no-check", action="store_true", help="do not check that the listed files exist")
+    p.add_argument("--quiet", action="store_true", help="logs only")
+
+    p = sub.add_parser(
+        "report",
+        help="one table across runs (mean ± std over seeds)",
+        description="Collect the metrics.json of runs into one table (mean ± std over seeds).",
+        formatter_class=defaults,
+    )
+    p.add_argument("runs", nargs="+", help="run folders, or folders holding runs")
+    p.add_argument("--out", default="table.md", help="table path (.md; a .csv is written beside it)")
+
+    p = sub.add_parser(
+        "bench",
+        help="run a protocol grid (domains x scenarios x methods x seeds) and report",
+        description="Run every domain x scenario x method x seed of a benchmark (runs already "
+        "done are skipped) and write the table.",
+    )
+    add_fit_options(p)
+    p.add_argument("--domains", nargs="+", default=None, help="domains (default: all of the benchmark)")
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        default=["cda", "pda", "oda", "opda"],
+        choices=SCENARIO_CHOICES,
+        help="scenarios (default: cda pda oda opda)",
+    )
+    p.add_argument("--methods", nargs="+", default=["zeroshot", "ueo"], help="methods (default: zeroshot ueo)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[2023], help="seeds (default: 2023)")
+
+    p = sub.add_parser(
+        "demo",
+        help="offline demo on the toy world: zero-shot, entropy, InfoMax and UEO",
+        description="Adapt the shipped toy CLIP to the unseen painting style of the toy world, "
+        "offline, with zero-shot, entropy minimisation, InfoMax and UEO.",
+        formatter_class=defaults,
+    )
+    p.add_argument("--out", default="demo-out", help="output folder (demo.json, tables, plots)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="adaptation seeds")
+    p.add_argument("--epochs", type=int, default=10, help="adaptation epochs")
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        default=["cda", "pda", "oda", "opda"],
+        choices=["cda", "pda", "oda", "opda"],
+        help="scenarios to run",
+    )
+    p.add_argument("--quiet", action="store_true", help="logs only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)  # open_clip logs on the root logger; ueo prints its own messages
+    module, function = COMMANDS[args.command]
+    prefix = f"ueo {args.command}:"
+    try:
+        command = getattr(importlib.import_module(f".{module}", __package__), function)
+        return command(args)
+    except DivergedError as error:
+        print(f"{prefix} training stopped: {error}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as error:
+        from ..distributed import is_main
+
+        if is_main():
+            print(f"{prefix} interrupted, {error}", file=sys.stderr)
+        return 128 + int(getattr(error, "signum", None) or 2)
+    except UeoError as error:
+        print(f"{prefix} error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"{prefix} {BUG_REPORT}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

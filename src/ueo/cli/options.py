@@ -1,0 +1,145 @@
+"""The options of `ueo fit` and `ueo bench`: their flags, their defaults (from FitConfig and the choice
+lists, never typed twice) and how they resolve: defaults < ``--config FILE.yaml`` < flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import METHODS, RULES, TUNE_CHOICES, WEIGHT_MODES, FitConfig
+from ..errors import ConfigError
+
+SCENARIO_CHOICES = ("cda", "pda", "oda", "opda", "csda")
+BENCHMARK_CHOICES = ("office31", "officehome", "visda", "domainnet")
+FAST_CHOICES = {"auto": None, "on": True, "off": False}
+
+# FitConfig fields that the command line sets (the others keep their defaults).
+ENGINE_KEYS = (
+    "method",
+    "tune",
+    "rule",
+    "epochs",
+    "batch_size",
+    "lr_prompt",
+    "lr_norm",
+    "trade",
+    "weights",
+    "seed",
+    "eval_every",
+    "eval_batch_size",
+    "num_workers",
+)
+
+# Options of the command line only (what data, which model, where outputs go), with their defaults.
+RUN_DEFAULTS: dict[str, Any] = {
+    "model": "ViT-B-16",
+    "pretrained": "openai",
+    "device": None,
+    "data": None,
+    "root": None,
+    "test": None,
+    "test_root": None,
+    "val": None,
+    "classes": None,
+    "benchmark": None,
+    "domain": None,
+    "scenario": None,
+    "lists": None,
+    "threshold": "auto",
+    "tpr": None,
+    "out": None,
+}
+_ENGINE_DEFAULTS = FitConfig()
+DEFAULTS: dict[str, Any] = {**RUN_DEFAULTS, **{k: getattr(_ENGINE_DEFAULTS, k) for k in ENGINE_KEYS}, "fast": "auto"}
+SHOWN_DEFAULTS = {"device": "cuda when available, else cpu", "root": "the list file's folder", "test_root": "--root"}
+
+# (flag, key, help, argparse keywords)
+FIT_OPTIONS = (
+    ("--model", "model", "open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path'", {}),
+    ("--pretrained", "pretrained", "weights tag or checkpoint file; 'none' for random weights (seeded by --seed)", {}),
+    ("--device", "device", "cpu, cuda, cuda:1, ...", {}),
+    ("--data", "data", "unlabeled images: a folder (recursive) or a list file", {}),
+    ("--root", "root", "folder that list-file paths are relative to", {}),
+    ("--test", "test", "labeled test images: a folder with class sub-folders, or a list file", {}),
+    ("--test-root", "test_root", "folder that --test list paths are relative to", {}),
+    ("--val", "val", "labeled validation images, for --tpr", {}),
+    ("--classes", "classes", "class names: a file (one a line) or a,b,c", {}),
+    ("--benchmark", "benchmark", "a benchmark instead of --data/--classes", {"choices": BENCHMARK_CHOICES}),
+    ("--domain", "domain", "benchmark domain", {}),
+    ("--scenario", "scenario", "class-shift scenario", {"choices": SCENARIO_CHOICES}),
+    ("--lists", "lists", "folder with the benchmark's official list files", {}),
+    ("--method", "method", "objective", {"choices": METHODS}),
+    ("--tune", "tune", "what learns", {"choices": TUNE_CHOICES}),
+    ("--rule", "rule", "which norm affines learn: official ('bn'/'ln' in the name) or all-norms", {"choices": RULES}),
+    ("--epochs", "epochs", "adaptation epochs", {"type": int}),
+    ("--batch-size", "batch_size", "images per step", {"type": int}),
+    ("--lr-prompt", "lr_prompt", "learning rate of the prompt context", {"type": float}),
+    ("--lr-norm", "lr_norm", "learning rate of the norm affines", {"type": float}),
+    ("--trade", "trade", "weight of the marginal-entropy term", {"type": float}),
+    ("--weights", "weights", "UEO weights: fixed (zero-shot, once) or epoch (recomputed)", {"choices": WEIGHT_MODES}),
+    ("--seed", "seed", "random seed", {"type": int}),
+    ("--eval-every", "eval_every", "evaluate every N epochs (0: zero-shot and last only)", {"type": int}),
+    ("--eval-batch-size", "eval_batch_size", "images per evaluation batch", {"type": int}),
+    ("--num-workers", "num_workers", "DataLoader worker processes", {"type": int}),
+    (
+        "--fast",
+        "fast",
+        "decode the images once and make the views on the device (auto: on CUDA)",
+        {"choices": tuple(FAST_CHOICES)},
+    ),
+    ("--threshold", "threshold", "unknown threshold: auto (Otsu on the adaptation set's scores) or a number", {}),
+    ("--tpr", "tpr", "choose the threshold that accepts this fraction of the known --val images", {"type": float}),
+    ("--out", "out", "output folder", {}),
+)
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """The options shared by `ueo fit` and `ueo bench`. Their argparse default is None, so that a flag
+    given on the command line can be told from a default (which a --config file may override)."""
+    for flag, key, help_text, extra in FIT_OPTIONS:
+        shown = SHOWN_DEFAULTS.get(key, DEFAULTS[key])
+        parser.add_argument(flag, dest=key, default=None, help=f"{help_text} (default: {shown})", **extra)
+    parser.add_argument("--config", default=None, help="YAML file with any of these options; flags override it")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    parser.add_argument(
+        "--strict", action="store_true", help="stop at the first unreadable image instead of skipping it"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; logs only")
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults < YAML config < flags given on the command line."""
+    config = dict(DEFAULTS)
+    if getattr(args, "config", None):
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"--config {args.config}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {args.config}: expected a mapping of option: value.")
+        unknown = [k for k in loaded if str(k).replace("-", "_") not in DEFAULTS]
+        if unknown:
+            raise ConfigError(f"--config {args.config}: unknown option(s) {unknown}.")
+        config.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    config.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    if isinstance(config.get("pretrained"), str) and config["pretrained"].lower() == "none":
+        config["pretrained"] = None
+    return config
+
+
+def fit_config(config: dict[str, Any], progress: bool) -> FitConfig:
+    """The library's FitConfig of a resolved command-line configuration (validated)."""
+    choice = {True: "on", False: "off"}.get(
+        config["fast"], str(config["fast"]).lower()
+    )  # YAML reads on/off as booleans
+    if choice not in FAST_CHOICES:
+        raise ConfigError(f"--fast must be auto, on or off, got {config['fast']!r}.")
+    try:
+        return FitConfig(**{k: config[k] for k in ENGINE_KEYS}, fast=FAST_CHOICES[choice], progress=progress).validate()
+    except ConfigError as error:  # the library names the setting; say the flag
+        message = str(error)
+        key = next((k for k in ENGINE_KEYS if message.startswith(f"{k} ")), None)
+        raise ConfigError(f"--{key.replace('_', '-')}{message[len(key) :]}" if key else message) from None

@@ -1,0 +1,142 @@
+"""What a run is: :class:`FitConfig` (every setting and its default, also for the command line) and
+:class:`FitResult`. Light on purpose (no torch import), so that ``ueo --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
+TUNE_CHOICES = ("prompt", "norm", "both")
+RULES = ("official", "all-norms")
+WEIGHT_MODES = ("fixed", "epoch")
+DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4 context vectors)
+
+
+@dataclass
+class FitConfig:
+    """Adaptation settings; the defaults are the reference recipe (docs/method.md).
+
+    method: "ueo" | "infomax" | "entropy" | "oracle" (needs labels on the adaptation set) | "zeroshot".
+    tune: what learns, "prompt" | "norm" | "both".  rule: which norm affines ("official" | "all-norms").
+    weights: UEO/oracle confidence weights. "fixed": the zero-shot MCM, computed once over the adaptation
+        set with the eval view (the reference); "epoch": recomputed with the current model every epoch.
+    logit_scale: training logits are logit_scale * cos (a fixed 100, not CLIP's learned scale).
+    trade: lambda, the weight of the marginal-entropy term.
+    eval_every: evaluate every N epochs (epoch 0 = zero-shot and the last epoch always); 0 = only those.
+    eval_train: also report metrics on the adaptation set (when it has labels).
+    amp: bf16 autocast; None = on for CUDA, off on the CPU. Tuned parameters always keep fp32 copies.
+    fast: decode the images once into a uint8 cache and make the views of whole batches on the device
+        (``ueo.fastpath``); None = on for CUDA when the datasets yield PIL images.
+    """
+
+    method: str = "ueo"
+    tune: str = "both"
+    rule: str = "official"
+    epochs: int = 50
+    batch_size: int = 64
+    lr_prompt: float = 1e-4
+    lr_norm: float = 1e-4
+    trade: float = 1.0
+    logit_scale: float = 100.0
+    weights: str = "fixed"
+    init: str = DEFAULT_INIT
+    seed: int = 2023
+    eval_every: int = 10
+    eval_train: bool = True
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    amp: bool | None = None
+    fast: bool | None = None
+    progress: bool = False
+
+    def validate(self) -> FitConfig:
+        """Check every field's type and range; raises ConfigError naming the field."""
+        for name, choices in (("method", METHODS), ("tune", TUNE_CHOICES), ("rule", RULES), ("weights", WEIGHT_MODES)):
+            if getattr(self, name) not in choices:
+                label = "tuning rule" if name == "rule" else name
+                raise ConfigError(f"Unknown {label} {getattr(self, name)!r}; choose one of {choices}.")
+        for name in ("epochs", "eval_every", "num_workers", "batch_size", "eval_batch_size", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+        for name in ("epochs", "eval_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed}.")
+        for name in ("lr_prompt", "lr_norm", "logit_scale", "trade"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+            if value < 0 and name != "trade":
+                raise ConfigError(f"{name} must be >= 0, got {value!r}.")
+        for name in ("eval_train", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        for name in ("amp", "fast"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name} must be true, false or None (automatic), got {getattr(self, name)!r}.")
+        if not isinstance(self.init, str) or not self.init.strip():
+            raise ConfigError(f"init must be a non-empty text, got {self.init!r}.")
+        return self
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(FitConfig)]
+
+
+# Settings that define the training trajectory: they must not change between an interrupted run and its
+# resumption.
+TRAJECTORY_KEYS = (
+    "method",
+    "tune",
+    "rule",
+    "epochs",
+    "batch_size",
+    "lr_prompt",
+    "lr_norm",
+    "trade",
+    "logit_scale",
+    "weights",
+    "init",
+    "seed",
+)
+
+
+@dataclass
+class FitResult:
+    """What :func:`ueo.fit` returns.
+
+    evaluations: one dict per evaluation {"epoch", "split" ("test" | "train"), metric: value}.
+    history: one dict per step {"step", "epoch", "loss", "lr_prompt", "lr_norm"}.
+    adapted: the learned state (apply it with ``evaluate(..., adapted=result.adapted)``).
+    tuned_parameters: {name: number of values} of what learned.
+    weights: the confidence weights used at the last epoch ([N]; None for infomax / entropy).
+    outputs: the last evaluation's raw outputs per split ("test"; "train" when the adaptation set was scored).
+    """
+
+    config: FitConfig
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    adapted: Any = None
+    tuned_parameters: dict[str, int] = field(default_factory=dict)
+    weights: Any = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        """{"zeroshot": metrics at epoch 0, "adapted": metrics at the last evaluation} on the test set
+        (on the adaptation set when no test set was given)."""
+        split = "test" if any(e["split"] == "test" for e in self.evaluations) else "train"
+        rows = [e for e in self.evaluations if e["split"] == split]
+        if not rows:
+            return {}
+        return {"zeroshot": rows[0], "adapted": rows[-1]}

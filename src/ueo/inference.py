@@ -1,0 +1,147 @@
+"""Scoring images: cosines to the known classes' text features, MCM scores, and :func:`evaluate`.
+
+Datasets are any PyTorch ``Dataset`` whose items are ``(image, label)``: ``image`` a PIL image (the
+model's views are applied) or a float tensor [3, S, S] already normalised (used as given); ``label`` an
+int, -1 (or None) when unknown or unlabeled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import DEFAULT_INIT
+from .distributed import gather_in_order, rank_indices, rank_world
+from .errors import ConfigError, DataError
+from .fastpath import CachedImages, build_cache, cache_side
+from .metrics import compute_metrics
+from .objectives import mcm_scores
+from .prompts import PromptLearner
+from .state import AdaptedState
+from .tuning import applied
+from .views import LoadedImages
+
+
+@dataclass
+class Outputs:
+    """Raw outputs of one evaluation pass, in dataset order. cosines: [N, K] raw cosine similarities."""
+
+    cosines: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.cosines.argmax(dim=-1)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """MCM: max softmax of raw cosines (temperature 1); higher = more likely known."""
+        return mcm_scores(self.cosines)
+
+    def metrics(self, num_known: int) -> dict[str, float | None]:
+        return compute_metrics(self.labels.numpy(), self.predictions.numpy(), self.scores.numpy(), num_known)
+
+
+def autocast(device: torch.device, amp: bool | None):
+    """bf16 autocast when ``amp`` (None: on CUDA only); the frozen weights compute in bf16."""
+    use = device.type == "cuda" if amp is None else amp
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def image_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised fp32 image features [B, D]."""
+    return F.normalize(model.encode_image(images).float(), dim=-1)
+
+
+def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers: int = 0, progress: bool = False):
+    """Where the views of ``dataset`` come from: the fast path (decoded once, views made on the device) when
+    ``fast`` (None: on CUDA with PIL images), else the plain path (PIL transforms in DataLoader workers)."""
+    device = bundle.device
+    use_fast = fast if fast is not None else device.type == "cuda"
+    if use_fast and torch.is_tensor(dataset[0][0]):
+        if fast:
+            raise ConfigError("fast=True needs datasets of PIL images (the fast path decodes and augments them).")
+        use_fast = False
+    if not use_fast:
+        return LoadedImages(dataset, bundle.views, seed=seed, num_workers=num_workers, pin_memory=device.type == "cuda")
+    cache = build_cache(dataset, cache_side(bundle.views), device, progress=progress)
+    return CachedImages(cache, bundle.views, seed, device)
+
+
+@torch.no_grad()
+def score(
+    model: torch.nn.Module,
+    text_features: torch.Tensor,
+    source,
+    batch_size: int,
+    amp: bool | None,
+    progress: bool = False,
+) -> Outputs:
+    """Raw cosines [N, K] and labels of every image of ``source`` (an image source of ``views`` or
+    ``fastpath``), in dataset order. Under torch.distributed each rank scores every world-th image and the
+    results are gathered: every image counted exactly once."""
+    device = text_features.device
+    mine = rank_indices(len(source))
+    cosines, labels = [], []
+    batches = tqdm(
+        source.eval_batches(mine, batch_size),
+        desc="evaluate",
+        unit="batch",
+        total=math.ceil(len(mine) / batch_size),
+        disable=not progress or rank_world()[0] > 0,
+        leave=False,
+    )
+    for images, batch_labels, _ in batches:
+        with autocast(device, amp):
+            feats = image_features(model, images.to(device, non_blocking=True))
+        cosines.append((feats @ text_features.float().T).float())
+        labels.append(batch_labels.to(device))
+    cos = torch.cat(cosines) if cosines else torch.zeros(0, text_features.shape[0], device=device)
+    lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    return Outputs(gather_in_order(cos, len(source)).cpu(), gather_in_order(lab, len(source)).cpu())
+
+
+def evaluate(
+    bundle,
+    class_names: Sequence[str] | None,
+    test,
+    adapted: AdaptedState | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    amp: bool | None = None,
+    progress: bool = False,
+    fast: bool | None = None,
+) -> tuple[dict, Outputs]:
+    """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on the dataset ``test``.
+
+    class_names default to the adapted state's. Returns (metrics dict, Outputs).
+    fast: decode once and make the eval views on the device (None: on CUDA with PIL images).
+    The bundle's model is left unchanged.
+    """
+    if adapted is not None:
+        adapted.check_compatible(bundle.name, bundle.pretrained)
+        adapted.check_fits(bundle.model)
+        class_names = class_names or adapted.class_names
+        init = adapted.init
+    else:
+        init = DEFAULT_INIT
+    if not class_names:
+        raise DataError("class_names are needed when no adapted state is given.")
+    if len(test) == 0:
+        raise DataError("The evaluation set is empty.")
+    learner = PromptLearner(bundle, class_names, init=init).to(bundle.device)
+    bundle.model.eval()
+    with applied(bundle.model, learner, adapted.tensors if adapted is not None else {}):
+        with torch.no_grad(), autocast(bundle.device, amp):
+            text = learner.text_features().float()
+        source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress)
+        out = score(bundle.model, text, source, batch_size, amp, progress)
+    return out.metrics(len(class_names)), out

@@ -1,0 +1,95 @@
+"""The adapted state: what adaptation learned (the context vectors and the tuned norm affines), with
+what is needed to re-apply it (class names, model, weights, tuning rule) and its provenance.
+
+Stored as safetensors (tensors) + JSON metadata; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import DEFAULT_INIT
+from .errors import IncompatibleError
+from .files import read_tagged, write_tagged
+from .tuning import tunable_parameters
+
+STATE_FORMAT = "ueo-adapted-state/1"
+
+
+@dataclass
+class AdaptedState:
+    """What adaptation changed, and what is needed to re-apply it.
+
+    tensors: {"prompt.ctx": [m, W], "visual.<norm>.weight"/"bias": ...} in fp32.
+    class_names, init: to rebuild the prompt learner. model, pretrained: the CLIP it belongs to.
+    tune, rule: what was tuned. info: free-form provenance (versions, method, ...).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    class_names: list[str]
+    model: str
+    pretrained: str | None
+    tune: str = "both"
+    rule: str = "official"
+    init: str = DEFAULT_INIT
+    info: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "class_names": json.dumps(self.class_names),
+            "model": self.model,
+            "pretrained": json.dumps(self.pretrained),
+            "tune": self.tune,
+            "rule": self.rule,
+            "init": self.init,
+            "info": json.dumps(self.info),
+        }
+
+    def save(self, path) -> None:
+        """Write a safetensors file (tensors + metadata; nothing pickled), atomically."""
+        write_tagged(path, self.tensors, self.metadata(), STATE_FORMAT)
+
+    @classmethod
+    def load(cls, path) -> AdaptedState:
+        meta, tensors = read_tagged(path, STATE_FORMAT, "ueo adapted state")
+        return cls(
+            tensors=tensors,
+            class_names=json.loads(meta["class_names"]),
+            model=meta["model"],
+            pretrained=json.loads(meta["pretrained"]),
+            tune=meta["tune"],
+            rule=meta["rule"],
+            init=meta["init"],
+            info=json.loads(meta.get("info", "{}")),
+        )
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Refuse a state whose tensors are not exactly what its tuning rule selects in ``model``."""
+        expected = set(tunable_parameters(model, self.rule)) if self.tune in ("norm", "both") else set()
+        if self.tune in ("prompt", "both"):
+            expected.add("prompt.ctx")
+        if set(self.tensors) != expected:
+            extra, missing = sorted(set(self.tensors) - expected), sorted(expected - set(self.tensors))
+            raise IncompatibleError(
+                f"This adapted state does not fit tune={self.tune!r}, rule={self.rule!r} on this model "
+                f"(unexpected: {extra[:3]}, missing: {missing[:3]})."
+            )
+
+    def check_compatible(self, model_name: str, pretrained: str | None) -> None:
+        """Refuse to apply a state to a CLIP other than the one it was adapted from."""
+
+        def same(a, b):  # a checkpoint file may live in another folder on another machine
+            return (a is None and b is None) or (
+                a is not None and b is not None and os.path.basename(str(a)) == os.path.basename(str(b))
+            )
+
+        if self.model != model_name or not same(self.pretrained, pretrained):
+            raise IncompatibleError(
+                f"This adapted state was made for model {self.model!r} (pretrained={self.pretrained!r}), "
+                f"not {model_name!r} (pretrained={pretrained!r}). Load that model to use it."
+            )

@@ -1,0 +1,319 @@
+"""fit: adapt a CLIP to an unlabeled image collection, and the training loop.
+
+The bundle's CLIP is never left modified: fit tunes it in place and restores the original values at
+the end; the result's ``adapted`` state re-applies what was learned (``evaluate(..., adapted=...)``).
+Under torch.distributed (torchrun) every rank calls fit with the same data: each global batch is split
+across the ranks, and the loss is computed over the whole global batch, as on one process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import open_clip
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import make_checkpoint, restore
+from .clip import ClipBundle
+from .config import FitConfig, FitResult, config_fields
+from .distributed import any_rank, average_gradients, gather_rows, rank_world
+from .errors import DataError, DivergedError, TrainingInterrupted
+from .inference import Outputs, autocast, image_features, image_source, score
+from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
+from .prompts import PromptLearner
+from .state import AdaptedState
+from .tuning import adapted_state, apply_adapted_state, configure_tuning
+from .views import epoch_batches
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine annealing from ``base`` to 0 over ``total`` steps, no warm-up (step counts from 0)."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def objective(config: FitConfig, probs: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The method's loss over a global batch of probabilities [B, K]."""
+    if config.method in ("ueo", "oracle"):
+        return ueo_loss(probs, weights, config.trade)
+    if config.method == "infomax":
+        return infomax_loss(probs, config.trade)
+    return entropy_loss(probs)
+
+
+@dataclass
+class Run:
+    """What the training loop works with: the model and its tuned parameters, the optimiser, the data,
+    the per-sample confidence weights, the results so far, and the caller's hooks."""
+
+    config: FitConfig
+    bundle: ClipBundle
+    class_names: list[str]
+    learner: PromptLearner
+    tuned: dict[str, torch.nn.Parameter]
+    sources: dict[str, Any]  # image sources: "train" and, when given, "test"
+    result: FitResult
+    weights: torch.Tensor | None = None  # [N] on the device, None for infomax / entropy
+    optimizer: torch.optim.Optimizer | None = None
+    save: Callable[[dict], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.learner.ctx.device
+
+    def text_features(self, grad: bool) -> torch.Tensor:
+        with torch.set_grad_enabled(grad), autocast(self.device, self.config.amp):
+            return self.learner.text_features().float()
+
+    def score(self, split: str) -> Outputs:
+        cfg = self.config
+        return score(
+            self.bundle.model,
+            self.text_features(False),
+            self.sources[split],
+            cfg.eval_batch_size,
+            cfg.amp,
+            cfg.progress,
+        )
+
+    def evaluate(self, epoch: int, need_train: bool = False) -> Outputs | None:
+        """Score the test set (and the adaptation set when asked for or when it has labels); record metrics.
+        Returns the adaptation set's outputs when it was scored."""
+        self.result.outputs.clear()  # outputs always belong to the latest evaluation
+        num_known = len(self.class_names)
+        train_out = None
+        if need_train or self.config.eval_train:
+            train_out = self.result.outputs["train"] = self.score("train")
+            if self.config.eval_train and bool((train_out.labels >= 0).any()):
+                self.result.evaluations.append({"epoch": epoch, "split": "train", **train_out.metrics(num_known)})
+        if "test" in self.sources:
+            out = self.result.outputs["test"] = self.score("test")
+            self.result.evaluations.append({"epoch": epoch, "split": "test", **out.metrics(num_known)})
+        return train_out
+
+    def probabilities(self, images: torch.Tensor, text: torch.Tensor, grad: bool) -> torch.Tensor:
+        """softmax(logit_scale * cos) [B, K] of a batch of views; ``grad``: through the image tower too."""
+        images = images.to(self.device, non_blocking=True)
+        if not len(images):  # a rank without a share of a small last batch still joins the collectives
+            return text.sum() * 0 + torch.zeros(0, text.shape[0], device=self.device)
+        with torch.set_grad_enabled(grad), autocast(self.device, self.config.amp):
+            feats = image_features(self.bundle.model, images)
+        return torch.softmax(self.config.logit_scale * feats @ text.T, dim=-1)
+
+    def state(self) -> AdaptedState:
+        info = {
+            "ueo_version": __version__,
+            "open_clip_version": open_clip.__version__,
+            "method": self.config.method,
+            "torch_version": torch.__version__,
+        }
+        return AdaptedState(
+            tensors=adapted_state(self.tuned),
+            class_names=list(self.class_names),
+            model=self.bundle.name,
+            pretrained=self.bundle.pretrained,
+            tune=self.config.tune,
+            rule=self.config.rule,
+            init=self.config.init,
+            info=info,
+        )
+
+    def checkpoint(self, epoch: int, done_in_epoch: int) -> None:
+        if self.save is not None:
+            lrs = [g["lr"] for g in self.optimizer.param_groups]
+            self.save(
+                make_checkpoint(
+                    self.tuned,
+                    self.weights,
+                    self.config,
+                    self.bundle.name,
+                    self.class_names,
+                    self.result,
+                    lrs,
+                    epoch,
+                    done_in_epoch,
+                )
+            )
+
+    def stop_requested(self) -> bool:
+        return self.should_stop is not None and any_rank(self.should_stop())
+
+
+def fit(
+    bundle,
+    class_names: Sequence[str],
+    train,
+    test=None,
+    config: FitConfig | None = None,
+    *,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **overrides,
+) -> FitResult:
+    """Adapt ``bundle``'s CLIP to the unlabeled dataset ``train`` for the known ``class_names``.
+
+    Any FitConfig field may be given as a keyword (``method="ueo", epochs=50, ...``), overriding ``config``.
+    Evaluates at epoch 0 (zero-shot), every ``eval_every`` epochs and at the end, on ``test`` and (when
+    it has labels and ``eval_train``) on the adaptation set itself. Returns a :class:`FitResult`.
+
+    checkpoint: called with a checkpoint (``ueo.checkpoint``) after every epoch and when stopping.
+    resume: a checkpoint from ``load_checkpoint``; training continues where it stopped.
+    should_stop: polled during training; when it returns True a checkpoint is made and
+        :class:`TrainingInterrupted` is raised.
+    Raises :class:`DivergedError` (holding the last good state) when the loss becomes NaN or infinite.
+    """
+    unknown = set(overrides) - set(config_fields())
+    if unknown:
+        raise TypeError(f"Unknown fit option(s): {sorted(unknown)}. Valid: {config_fields()}.")
+    cfg = replace(config or FitConfig(), **overrides).validate()
+    if len(train) == 0:
+        raise DataError("The adaptation set is empty.")
+    model, device = bundle.model, bundle.device
+    torch.manual_seed(cfg.seed)
+    learner = PromptLearner(bundle, class_names, init=cfg.init).to(device)
+    tuned = configure_tuning(model, learner, cfg.tune, cfg.rule)
+    originals = adapted_state(tuned)
+    result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()})
+    sources = {
+        name: image_source(bundle, data, cfg.fast, cfg.seed, cfg.num_workers, cfg.progress)
+        for name, data in (("train", train), ("test", test))
+        if data is not None
+    }
+    run = Run(cfg, bundle, list(class_names), learner, tuned, sources, result, save=checkpoint, should_stop=should_stop)
+    training = cfg.method != "zeroshot" and cfg.epochs > 0
+    try:
+        needs_weights = cfg.method in ("ueo", "oracle") and training
+        if resume is not None:
+            start = restore(resume, cfg, tuned, result, class_names, bundle.name)
+            weights = resume["tensors"].get("weights")
+        else:
+            start = (1, 0)
+            zero_shot_train = run.evaluate(0, need_train=needs_weights)
+            weights = confidence_weights(cfg, zero_shot_train, len(class_names)) if needs_weights else None
+        run.weights = weights.to(device) if weights is not None else None
+        if training:
+            train_loop(run, *start)
+        result.weights = run.weights.cpu() if run.weights is not None else None
+        result.adapted = run.state()
+    finally:
+        apply_adapted_state(model, learner, originals)
+        model.requires_grad_(False)
+    return result
+
+
+def confidence_weights(config: FitConfig, outputs: Outputs, num_known: int) -> torch.Tensor:
+    """The per-sample weights of UEO (the zero-shot MCM scores) or of the oracle (from the labels)."""
+    if config.method == "oracle":
+        if bool((outputs.labels < 0).any()):
+            raise DataError(
+                "method 'oracle' needs a label for every adaptation image (found label -1); "
+                "it is an upper bound for experiments with labeled data."
+            )
+        return oracle_weights(outputs.labels, num_known)
+    return outputs.scores
+
+
+def optimizer_for(run: Run) -> torch.optim.SGD:
+    """SGD without momentum or weight decay: one group for the context, one for the norm affines."""
+    cfg, tuned = run.config, run.tuned
+    groups = []
+    if "prompt.ctx" in tuned:
+        groups.append(
+            {"params": [tuned["prompt.ctx"]], "lr": cfg.lr_prompt, "base_lr": cfg.lr_prompt, "name": "prompt"}
+        )
+    norms = [p for n, p in tuned.items() if n != "prompt.ctx"]
+    if norms:
+        groups.append({"params": norms, "lr": cfg.lr_norm, "base_lr": cfg.lr_norm, "name": "norm"})
+    return torch.optim.SGD(groups, lr=cfg.lr_prompt, momentum=0.0, weight_decay=0.0)
+
+
+def train_loop(run: Run, first_epoch: int, skip: int) -> None:
+    """Epochs ``first_epoch``..``epochs`` (skipping the first ``skip`` steps of the first one)."""
+    cfg, result, device = run.config, run.result, run.device
+    rank, world = rank_world()
+    run.optimizer = optimizer = optimizer_for(run)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    tune_norm = any(n != "prompt.ctx" for n in run.tuned)
+    fixed_text = None if "prompt.ctx" in run.tuned else run.text_features(False)
+    num_samples = len(run.sources["train"])
+    steps_per_epoch = math.ceil(num_samples / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if cfg.weights == "epoch" and cfg.method == "ueo" and epoch > 1 and not (epoch == first_epoch and skip):
+            run.weights = run.score("train").scores.to(device)
+        last_good = run.state()
+        batches = epoch_batches(num_samples, cfg.batch_size, cfg.seed, epoch)  # global batches
+        shares = [batch[rank::world] for batch in batches]  # this rank's part of each
+        pending: list = []
+        bar = progress_bar(cfg, epoch, skip, num_samples, rank)
+        train_batches = run.sources["train"].train_batches(shares[skip:], epoch)
+        for position, (images, _, index) in enumerate(train_batches, start=skip):
+            step = (epoch - 1) * steps_per_epoch + position
+            for group in optimizer.param_groups:  # learning rate: cosine per step
+                group["lr"] = cosine_lr(group["base_lr"], step, total)
+            # forward: this rank's probabilities, then those of the whole global batch (with gradients)
+            text = fixed_text if fixed_text is not None else run.text_features(True)
+            probs = run.probabilities(images, text, grad=tune_norm)
+            counts = [len(batches[position][r::world]) for r in range(world)]
+            probs = gather_rows(probs, counts, differentiable=True)
+            weights = None if run.weights is None else gather_rows(run.weights[index.to(device)], counts, False)
+            loss = objective(cfg, probs, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(params)
+            optimizer.step()
+            # log without a host sync: losses are read back once an epoch
+            pending.append((step + 1, epoch, loss.detach(), {g["name"]: g["lr"] for g in optimizer.param_groups}))
+            bar.update(len(batches[position]))
+            if cfg.progress and rank == 0 and len(pending) % 10 == 1:  # an occasional sync, for the bar only
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            # stop poll: ranks agree every 10 steps (one tiny collective), a single process every step
+            if (world == 1 or position % 10 == 9) and position + 1 < len(batches) and run.stop_requested():
+                commit_losses(pending, result, last_good)
+                run.checkpoint(epoch, position + 1)
+                bar.close()
+                raise TrainingInterrupted(f"stopped at step {step + 1} (epoch {epoch}); a checkpoint was saved")
+        bar.close()
+        skip = 0
+        commit_losses(pending, result, last_good)
+        if epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
+            run.evaluate(epoch)
+        run.checkpoint(epoch + 1, 0)
+        if epoch < cfg.epochs and run.stop_requested():
+            raise TrainingInterrupted(f"stopped after epoch {epoch}; a checkpoint was saved")
+
+
+def progress_bar(cfg: FitConfig, epoch: int, skip: int, num_samples: int, rank: int):
+    return tqdm(
+        total=num_samples,
+        initial=min(skip * cfg.batch_size, num_samples),
+        unit="img",
+        unit_scale=True,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        disable=not cfg.progress or rank > 0,
+        leave=False,
+    )
+
+
+def commit_losses(pending: list, result: FitResult, last_good: AdaptedState) -> None:
+    """Move the steps' losses into the history (one host sync); stop on a non-finite loss."""
+    if not pending:
+        return
+    values = torch.stack([p[2] for p in pending]).float().cpu().tolist()
+    for (step, epoch, _, lrs), value in zip(pending, values):
+        if not math.isfinite(value):
+            raise DivergedError(
+                f"The loss became {value} at step {step} (epoch {epoch}); the adapted state "
+                f"from the start of epoch {epoch} is kept.",
+                last_good,
+            )
+        result.history.append(
+            {"step": step, "epoch": epoch, "loss": value, "lr_prompt": lrs.get("prompt"), "lr_norm": lrs.get("norm")}
+        )
+    pending.clear()

@@ -1,0 +1,173 @@
+"""What the model sees of an image: one description of the views, seeded per sample, batched per epoch.
+
+:class:`ViewSpec` is the single description of both views, used by the plain path (PIL transforms in
+DataLoader workers, here) and by the fast path (batched on the device, ``ueo.fastpath``):
+
+  train  RandomResizedCrop(size, scale 0.5-1, ratio 3/4-4/3) + horizontal flip (p 0.5), the reference's
+  eval   the model's own preprocessing (open_clip's: resize the shorter side, center crop, for CLIPs)
+
+both with the model's interpolation, mean and std. The random train view of sample i in epoch e draws
+from its own seed (seed, e, i): a view does not depend on the order, the worker or the process that
+makes it, so runs are identical whatever the number of workers or processes, and a resumed run sees
+the same views. The batches of an epoch are a permutation seeded by (seed, epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images [B, 3, S, S], labels [B], dataset indices [B]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """size: input side in pixels. mean/std: per-channel normalisation. interpolation: "bicubic" |
+    "bilinear". resize_mode: how the eval view fits the image ("shortest": resize the shorter side and
+    center crop; "longest": resize the longer side and pad; "squash": resize both sides).
+    crop_scale / crop_ratio / flip: the train view's RandomResizedCrop and flip probability."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> ViewSpec:
+        """The views of an open_clip model, from its preprocessing configuration."""
+        cfg = model.visual.preprocess_cfg
+        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+        return cls(
+            size=int(size),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode", "shortest"),
+            fill_color=int(cfg.get("fill_color", 0)),
+        )
+
+    @property
+    def pil_interpolation(self) -> T.InterpolationMode:
+        return T.InterpolationMode.BILINEAR if self.interpolation == "bilinear" else T.InterpolationMode.BICUBIC
+
+    def train_transform(self) -> Callable:
+        """PIL image -> normalised float tensor [3, S, S]: the train view."""
+        return T.Compose(
+            [
+                T.Lambda(_to_rgb),
+                T.RandomResizedCrop(
+                    self.size, scale=self.crop_scale, ratio=self.crop_ratio, interpolation=self.pil_interpolation
+                ),
+                T.RandomHorizontalFlip(p=self.flip),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def eval_transform(self) -> Callable:
+        """PIL image -> normalised float tensor [3, S, S]: the model's own eval preprocessing."""
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        cfg = PreprocessCfg(
+            size=self.size,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+            resize_mode=self.resize_mode,
+            fill_color=self.fill_color,
+        )
+        return image_transform_v2(cfg, is_train=False)
+
+
+def _to_rgb(image):
+    return image.convert("RGB")
+
+
+def view_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the train view of sample ``index`` in ``epoch``."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch: a permutation seeded by (seed, epoch), cut into batches of
+    ``batch_size`` (the last partial batch is kept)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples).tolist()
+    return [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
+
+
+def chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class SeededViews(torch.utils.data.Dataset):
+    """(image, label) items -> (view, label, index), applying ``transform`` to non-tensor images (tensors
+    are used as given). With ``seed`` set, sample i of epoch e is transformed under its own seed."""
+
+    def __init__(self, dataset, transform: Callable, seed: int | None = None):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise TypeError(f"Dataset items must be (image, label) pairs; item {index} is {type(item).__name__}.")
+        image, label = item[0], item[1]
+        if not torch.is_tensor(image):
+            if self.seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(view_seed(self.seed, self.epoch, index))
+                    image = self.transform(image)
+        return image, -1 if label is None else int(label), index
+
+
+def collate(items) -> Batch:
+    """default_collate, except that a rank's empty share of a small last batch gives empty tensors."""
+    if not items:
+        return empty_batch()
+    return torch.utils.data.default_collate(items)
+
+
+def empty_batch() -> Batch:
+    return torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+
+
+class LoadedImages:
+    """The plain image source: each view is made from the dataset's item by the PIL transforms, in
+    DataLoader workers. The fast path's ``CachedImages`` offers the same two methods."""
+
+    def __init__(self, dataset, spec: ViewSpec, seed: int = 0, num_workers: int = 0, pin_memory: bool = False):
+        self.dataset, self.seed = dataset, seed
+        self.loader_options = dict(num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate)
+        self.train_views = SeededViews(dataset, spec.train_transform(), seed=seed)
+        self.eval_views = SeededViews(dataset, spec.eval_transform())
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def train_batches(self, batches: Sequence[Sequence[int]], epoch: int) -> Iterator[Batch]:
+        """Train views of the given batches of dataset indices, in epoch ``epoch``."""
+        self.train_views.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):  # the usual PyTorch hook for datasets whose items depend on it
+            self.dataset.set_epoch(epoch)
+        return iter(torch.utils.data.DataLoader(self.train_views, batch_sampler=batches, **self.loader_options))
+
+    def eval_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
+        """Eval views of ``indices``, in that order, ``batch_size`` at a time."""
+        return iter(
+            torch.utils.data.DataLoader(
+                self.eval_views, batch_sampler=chunks(indices, batch_size), **self.loader_options
+            )
+        )
