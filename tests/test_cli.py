@@ -140,7 +140,8 @@ def test_predict_with_a_given_threshold(fitted, folder, tmp_path):
     rows = read_csv(tmp_path / "p" / "predictions.csv")
     assert len(rows) == 5 and all(r["prediction"] == "unknown" for r in rows)  # 3 classes: MCM < 0.9 here
     summary = json.loads((tmp_path / "p" / "metrics.json").read_text())
-    assert summary["threshold"] == 0.9 and summary["num_predicted_unknown"] == 5
+    assert summary["threshold"] == {"threshold": 0.9, "rule": "given", "source": "--threshold"}
+    assert summary["predictions"]["num_predicted_unknown"] == 5
 
 
 def test_clear_errors_exit_2(fitted, folder, tmp_path, capsys):

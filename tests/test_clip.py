@@ -94,3 +94,43 @@ def test_a_model_that_needs_a_missing_package_says_so(monkeypatch):
     )
     with pytest.raises(ueo.ModelUnavailableError, match=r"needs the Python package 'transformers'.*pip install"):
         ueo.load_clip("xlm-roberta-base-ViT-B-32", device="cpu")
+
+
+def test_offline_fails_fast_from_the_cache_only(monkeypatch):
+    """No network: the download is tried in Hugging Face's offline mode (the cache only, no retries)."""
+    from huggingface_hub import constants
+
+    seen = []
+
+    def download(*args, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(ueo.clip, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", download)
+    with pytest.raises(WeightsUnavailableError, match=r"no network \(huggingface.co cannot be reached\)") as info:
+        ueo.load_clip("RN50", pretrained="openai", device="cpu")
+    assert seen == [True] and constants.HF_HUB_OFFLINE is False  # offline only for that call
+    assert "open_clip_pytorch_model.bin of the Hugging Face repository timm/resnet50_clip.openai" in str(info.value)
+    assert "--pretrained /path/to/open_clip_pytorch_model.bin" in info.value.cli_advice
+
+
+def test_weights_that_are_not_a_checkpoint_are_clear_errors(tmp_path):
+    import pickle
+
+    marker = tmp_path / "the pickle ran"
+
+    class Evil:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    (tmp_path / "notes.txt").write_text("not weights")
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
+    for name in ("notes.txt", "evil.pt"):
+        with pytest.raises(WeightsUnavailableError, match="Is it an open_clip checkpoint"):
+            ueo.load_clip("ueo-tiny-vit", pretrained=str(tmp_path / name), device="cpu")
+    assert not marker.exists()  # the pickle was refused, not executed
+    with pytest.raises(WeightsUnavailableError, match="no such file"):
+        ueo.load_clip("ueo-tiny-vit", pretrained=str(tmp_path / "missing.safetensors"), device="cpu")
+    with pytest.raises(WeightsUnavailableError, match="Known tags: toyworld"):
+        ueo.load_clip("ueo-toy-rn", pretrained="no-such-tag", device="cpu")

@@ -50,7 +50,8 @@ def test_threshold_at_tpr():
 
 
 def test_parse_and_decide():
-    assert parse_threshold("auto") is None and parse_threshold("0.25") == 0.25
+    assert parse_threshold("auto") == "auto" and parse_threshold("FITTED") == "fitted"
+    assert parse_threshold("0.25") == 0.25
     with pytest.raises(ValueError, match="auto"):
         parse_threshold("high")
     assert decide([0, 1, 1], [0.9, 0.2, 0.5], ["cat", "dog"], 0.5) == ["cat", "unknown", "dog"]

@@ -36,7 +36,8 @@ def test_table_mean_and_std_over_seeds(tmp_path):
     write_run(tmp_path / "a", "ueo", 1, 0.60, 0.80)
     write_run(tmp_path / "b", "ueo", 2, 0.70, 0.90)
     write_run(tmp_path / "c", "zeroshot", 1, 0.50, 0.70)
-    rows = report.collect([tmp_path])
+    rows, left_out = report.collect([tmp_path])
+    assert left_out == []
     table = report.summarise(rows)
     ueo_row = next(r for r in table if r["method"] == "ueo")
     assert ueo_row["runs"] == 2

@@ -33,8 +33,10 @@ def make_checkpoint(
     learning_rates: list[float],
     epoch: int,
     done_in_epoch: int,
+    identity: dict,
 ) -> dict:
-    """The checkpoint of a run that is to continue at step ``done_in_epoch`` of ``epoch``."""
+    """The checkpoint of a run that is to continue at step ``done_in_epoch`` of ``epoch``. ``identity``
+    records the data the run is made of (at least the number of images of each set)."""
     tensors = {f"param/{k}": v for k, v in adapted_state(tuned).items()}
     if weights is not None:
         tensors["weights"] = weights.detach().cpu()
@@ -45,6 +47,7 @@ def make_checkpoint(
         "config": asdict(config),
         "model": model_name,
         "class_names": list(class_names),
+        "identity": identity,
         "history": result.history,
         "evaluations": result.evaluations,
         "lr": learning_rates,
@@ -58,22 +61,66 @@ def save_checkpoint(path, checkpoint: dict) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """{"tensors": {...}, "meta": {...}} of a checkpoint file."""
+    """{"tensors": {...}, "meta": {...}} of a checkpoint file, checked for damage (IncompatibleError)."""
     meta, tensors = read_tagged(path, CHECKPOINT_FORMAT, "ueo checkpoint")
-    return {"tensors": tensors, "meta": json.loads(meta["meta"])}
+    try:
+        checkpoint = {"tensors": tensors, "meta": json.loads(meta["meta"])}
+    except (KeyError, json.JSONDecodeError) as error:
+        raise IncompatibleError(f"{path}: damaged checkpoint (metadata {error}).") from None
+    problem = damage(checkpoint)
+    if problem:
+        raise IncompatibleError(f"{path}: damaged checkpoint ({problem}); it cannot be resumed.")
+    return checkpoint
 
 
-def restore(
-    checkpoint: dict,
-    config: FitConfig,
-    tuned: dict[str, torch.nn.Parameter],
-    result: FitResult,
-    class_names: Sequence[str],
-    model_name: str,
-) -> tuple:
-    """Copy a checkpoint's parameters, RNG state, history and evaluations into a run after checking that it
-    belongs to this run. Returns (epoch, steps already done in it)."""
-    meta, tensors = checkpoint["meta"], checkpoint["tensors"]
+_META_TYPES = {
+    "epoch": int,
+    "done_in_epoch": int,
+    "config": dict,
+    "class_names": list,
+    "history": list,
+    "evaluations": list,
+    "lr": list,
+}
+
+
+def damage(checkpoint: dict) -> str | None:
+    """What is wrong with a checkpoint's contents, or None: missing or mistyped metadata, non-finite or
+    out-of-range tensors."""
+    meta, tensors = checkpoint.get("meta"), checkpoint.get("tensors", {})
+    if not isinstance(meta, dict):
+        return "no metadata"
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if meta["epoch"] < 1 or meta["done_in_epoch"] < 0:
+        return f"epoch {meta['epoch']}, step {meta['done_in_epoch']} is not a position in a run"
+    if not all(isinstance(row, dict) and isinstance(row.get("loss"), (int, float)) for row in meta["history"]):
+        return "the history is not a list of steps with losses"
+    if not all(isinstance(row, dict) and "epoch" in row and "split" in row for row in meta["evaluations"]):
+        return "the evaluations are not a list of metric rows"
+    if not all(isinstance(n, str) for n in meta["class_names"]):
+        return "class_names are not texts"
+    params = {k: v for k, v in tensors.items() if k.startswith("param/")}
+    if not params:
+        return "no tuned parameters"
+    bad = [k for k, v in params.items() if not v.is_floating_point() or not torch.isfinite(v).all()]
+    if bad:
+        return f"non-finite values in {bad[:3]}"
+    rng = tensors.get("torch_rng")
+    if rng is not None and (rng.dtype != torch.uint8 or rng.numel() != torch.get_rng_state().numel()):
+        return "the random-number state is not one"
+    weights = tensors.get("weights")
+    if weights is not None and (weights.dim() != 1 or not torch.isfinite(weights).all() or (weights <= 0).any()):
+        return "the confidence weights are not positive finite numbers"
+    return None
+
+
+def check_resumable(
+    checkpoint: dict, config: FitConfig, class_names: Sequence[str], model_name: str, identity: dict
+) -> None:
+    """Refuse a checkpoint of another run: other trajectory settings, classes, model or data."""
+    meta = checkpoint["meta"]
     saved = meta["config"]
     changed = [k for k in TRAJECTORY_KEYS if saved.get(k) != getattr(config, k)]
     if changed:
@@ -83,11 +130,43 @@ def restore(
         )
     if meta["class_names"] != list(class_names):
         raise IncompatibleError("The checkpoint was made for other class names.")
-    params = {k[len("param/") :]: v for k, v in tensors.items() if k.startswith("param/")}
     if meta.get("model") not in (None, model_name):
         raise IncompatibleError(f"The checkpoint was made for model {meta['model']!r}, not {model_name!r}.")
+    saved_identity = meta.get("identity") or {}
+    different = sorted(k for k in set(saved_identity) | set(identity) if saved_identity.get(k) != identity.get(k))
+    if different:
+        raise IncompatibleError(
+            "The checkpoint was made for other data: "
+            + ", ".join(f"{k} {saved_identity.get(k)!r} (now {identity.get(k)!r})" for k in different)
+        )
+
+
+def restore(
+    checkpoint: dict,
+    config: FitConfig,
+    tuned: dict[str, torch.nn.Parameter],
+    result: FitResult,
+    class_names: Sequence[str],
+    model_name: str,
+    identity: dict,
+    steps_per_epoch: int,
+) -> tuple:
+    """Copy a checkpoint's parameters, RNG state, history and evaluations into a run after checking that it
+    belongs to this run. Returns (epoch, steps already done in it)."""
+    check_resumable(checkpoint, config, class_names, model_name, identity)
+    meta, tensors = checkpoint["meta"], checkpoint["tensors"]
+    epoch, done = meta["epoch"], meta["done_in_epoch"]
+    if epoch > config.epochs + 1 or done > steps_per_epoch or (epoch == config.epochs + 1 and done):
+        raise IncompatibleError(
+            f"The checkpoint's position (epoch {epoch}, step {done}) is not in this run "
+            f"({config.epochs} epochs of {steps_per_epoch} steps)."
+        )
+    params = {k[len("param/") :]: v for k, v in tensors.items() if k.startswith("param/")}
     if set(params) != set(tuned) or any(tuple(v.shape) != tuple(tuned[k].shape) for k, v in params.items()):
         raise IncompatibleError("The checkpoint's tuned parameters do not match this model and tuning rule.")
+    weights = tensors.get("weights")
+    if weights is not None and len(weights) != identity.get("adaptation_images", len(weights)):
+        raise IncompatibleError("The checkpoint's confidence weights do not match the adaptation set.")
     with torch.no_grad():
         for name, value in params.items():
             tuned[name].copy_(value.to(tuned[name].device, tuned[name].dtype))
@@ -95,4 +174,4 @@ def restore(
         torch.set_rng_state(tensors["torch_rng"])
     result.history[:] = meta["history"]
     result.evaluations[:] = meta["evaluations"]
-    return meta["epoch"], meta["done_in_epoch"]
+    return epoch, done

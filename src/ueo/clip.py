@@ -7,6 +7,7 @@ as ``ViT-B-16`` and ``RN50``; tests and CPU benchmarks use them with random weig
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,15 +69,77 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else 'no message'}"
 
 
-def _offline_message(model: str, pretrained: str | None, error: BaseException) -> str:
-    what = f"{model!r} with pretrained={pretrained!r}" if pretrained else repr(model)
+def weights_advice(model: str, weights_file: str, python: bool = True) -> str:
+    """How to supply the weights of ``model`` offline, in Python or command-line form."""
+    name = model.split(":")[-1]
+    if python:
+        give = f"load_clip({name!r}, pretrained='/path/to/{weights_file}')"
+        folder = "load_clip('local-dir:/path/to/folder')"
+    else:
+        give = f"--model {name} --pretrained /path/to/{weights_file}"
+        folder = "--model local-dir:/path/to/folder"
     return (
-        f"Could not obtain the weights for {what} ({_first_line(error)}).\n"
-        "Without network access, supply the weights yourself, for example:\n"
-        f"  - a checkpoint file: load_clip({model.split(':')[-1]!r}, pretrained='/path/to/open_clip_model.safetensors')\n"
-        "  - an open_clip folder: load_clip('local-dir:/path/to/folder') with open_clip_config.json and the weights\n"
-        "  - a filled Hugging Face cache: copy ~/.cache/huggingface from a machine that has it, then set HF_HUB_OFFLINE=1"
+        "Without network access, download the weights on a machine that has it, copy them here, and pass the file:\n"
+        f"  {give}\n"
+        f"or an open_clip folder (open_clip_config.json + weights): {folder}\n"
+        "or copy the Hugging Face cache (~/.cache/huggingface) from a machine that downloaded them, and set "
+        "HF_HUB_OFFLINE=1."
     )
+
+
+def _weights_source(model: str, pretrained: str | None) -> tuple[str, str, str | None]:
+    """(what the weights are, their file name, the host they come from) of a tag or an hf-hub: model."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    hub_host = urlparse(constants.ENDPOINT).hostname
+    if model.startswith("hf-hub:"):
+        repo = model[len("hf-hub:") :]
+        return f"the Hugging Face repository {repo}", "open_clip_model.safetensors", hub_host
+    cfg = open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained) or {}
+    if cfg.get("hf_hub"):  # "org/repo/" (open_clip's default file name) or "org/repo/file"
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        return f"the file {filename} of the Hugging Face repository {repo}", filename, hub_host
+    if cfg.get("url"):
+        return cfg["url"], os.path.basename(urlparse(cfg["url"]).path), urlparse(cfg["url"]).hostname
+    return "the weights", "open_clip_model.safetensors", None
+
+
+def _reachable(host: str | None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds."""
+    import socket
+
+    if not host:
+        return True
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Hugging Face Hub in offline mode (the cache only, no retries) while ``offline``."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def _unknown_weights(model: str, pretrained: str) -> str:
+    if os.sep in pretrained or "/" in pretrained or os.path.splitext(pretrained)[1]:
+        return f"pretrained={pretrained!r}: no such file."
+    known = list(open_clip.list_pretrained_tags_by_model(model.replace("/", "-")))
+    known += [tag for (name, tag) in SHIPPED_WEIGHTS if name == model]
+    listed = ", ".join(known) if known else "none (pass a checkpoint file)"
+    return f"pretrained={pretrained!r} is neither a file nor a known tag for {model!r}. Known tags: {listed}."
 
 
 def _is_local_file(pretrained: str | None) -> bool:
@@ -127,40 +190,53 @@ def load_clip(
     schema, _ = open_clip.factory.parse_model_name(model)
     shipped = SHIPPED_WEIGHTS.get((model, pretrained))
     checkpoint = str(shipped) if shipped is not None else pretrained
-    if (
-        schema is None
-        and checkpoint
-        and not _is_local_file(checkpoint)
-        and not open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained)
-    ):
-        known = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
-        raise WeightsUnavailableError(
-            f"pretrained={pretrained!r} is neither a file nor a known tag for {model!r}. "
-            f"Known tags: {', '.join(known) or 'none'}."
-        )
     if schema is None and model.replace("/", "-") not in open_clip.list_models():
         raise ConfigError(
             f"Unknown model {model!r}. Use an open_clip name (see open_clip.list_models()), "
             "'hf-hub:org/repo' or 'local-dir:/path'."
         )
+    is_tag = schema is None and bool(checkpoint) and not _is_local_file(checkpoint)
+    if is_tag and not open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained):
+        raise WeightsUnavailableError(_unknown_weights(model, pretrained))
     if schema is None:  # (hf-hub: configurations are read, with a download, when the model is built)
         _check_text_tower_packages(model)
+    offline = False
+    if is_tag or schema == "hf-hub":  # a download may be needed: fail fast when the network is not there
+        description, weights_file, host = _weights_source(model, pretrained)
+        offline = not _reachable(host)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _hub_offline(offline):
             torch.manual_seed(seed)  # random weights are a function of the seed alone
             clip_model = open_clip.create_model(model, pretrained=checkpoint if schema is None else None, device="cpu")
-        tokenizer = open_clip.get_tokenizer(model)
+            tokenizer = open_clip.get_tokenizer(model)
     except ImportError as error:
         raise _missing_package(model, error) from error
-    except (RuntimeError, OSError, ValueError) as error:
-        if schema is None and not pretrained:
-            raise
+    except Exception as error:
         if schema is None and _is_local_file(checkpoint):
             raise WeightsUnavailableError(
                 f"Could not load the checkpoint file {checkpoint} into {model!r} ({_first_line(error)}). "
-                "Is it a checkpoint of this architecture?"
+                "Is it an open_clip checkpoint (safetensors, or a PyTorch state dict) of this architecture?"
             ) from error
-        raise WeightsUnavailableError(_offline_message(model, pretrained, error)) from error
+        if schema == "local-dir":
+            raise WeightsUnavailableError(
+                f"Could not build {model!r} from its folder ({_first_line(error)}); it needs "
+                "open_clip_config.json and the weights file."
+            ) from error
+        if not (is_tag or schema == "hf-hub"):  # nothing to download: not the user's doing
+            raise
+        what = f"{model!r} with pretrained={pretrained!r}" if pretrained else repr(model)
+        cause = (
+            f"no network ({host} cannot be reached) and they are not in the Hugging Face cache"
+            if offline
+            else _first_line(error)
+        )
+        failure = WeightsUnavailableError(
+            f"Could not obtain the weights of {what}, {description}: {cause}.\n" + weights_advice(model, weights_file)
+        )
+        failure.cli_advice = f"Could not obtain the weights of {what}, {description}: {cause}.\n" + weights_advice(
+            model, weights_file, python=False
+        )
+        raise failure from error
     if not hasattr(clip_model, "token_embedding"):
         raise ModelUnavailableError(
             f"{model!r} has a custom text tower (e.g. a Hugging Face text model); ueo needs "

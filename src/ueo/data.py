@@ -1,18 +1,23 @@
-"""Image collections on disk: folders, list files, class names.
+"""Image collections on disk: folders, list files, class names, and reading images.
 
 Conventions
   * A list file has one image a line, "relative/path label" (the official format); the path is relative
-    to ``root`` and may contain spaces (the label is the last field). A line with a path only is unlabeled.
-  * A folder is scanned recursively for jpg, jpeg, png, bmp, webp, tif, tiff (case-insensitive), sorted.
-    When its first-level sub-folders are named after classes, they give the labels: a sub-folder that
-    matches a known class name gets that class's index, any other sub-folder is an unknown class
-    (label >= K). Matching is case-insensitive and treats '_' and ' ' alike.
+    to ``root`` (or absolute, inside ``root``) and may contain spaces (the label is the last field). A
+    line with a path only is unlabeled.
+  * A folder is scanned recursively for jpg, jpeg, png, bmp, webp, tif, tiff (case-insensitive), sorted,
+    following symbolic links (each real folder once). When its first-level sub-folders are named after
+    classes, they give the labels: a sub-folder that matches a known class name gets that class's index,
+    any other sub-folder is an unknown class (label >= K). Matching is case-insensitive and treats '_' and
+    ' ' alike.
   * Labels 0..K-1 are known classes; any other label is unknown; -1 means unlabeled.
+  * Text files (class lists, list files) are UTF-8; a byte-order mark is ignored.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +27,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
-from .errors import DataError
+from .errors import DataError, TrainingInterrupted
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DECODE_BUDGET_PIXELS = 100_000_000  # pixels being decoded at once, over all threads (bounds the memory)
 
 
 def fold(name: str) -> str:
@@ -32,15 +38,36 @@ def fold(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).lower()
 
 
-def parse_class_names(spec: str) -> list[str]:
-    """Class names from a file (one per line) or a comma-separated list; refuses duplicates and blanks."""
+def read_text(path: Path, what: str = "") -> str:
+    """A UTF-8 text file (a byte-order mark is dropped); DataError for other encodings."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        kind = "an image, not a text file" if Path(path).suffix.lower() in IMAGE_EXTENSIONS else "not UTF-8 text"
+        raise DataError(f"{path}: {kind} ({error.reason} at byte {error.start}){what}.") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not a text file.") from None
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    return os.sep in spec or "/" in spec or bool(re.search(r"\.[A-Za-z][A-Za-z0-9]{0,4}$", spec.strip()))
+
+
+def parse_class_names(spec: str | Sequence[str]) -> list[str]:
+    """Class names from a file (one a line), a comma-separated text, or a list of names; refuses
+    duplicates (ignoring case and '_') and blanks. A text that looks like a path must name a file."""
+    if isinstance(spec, (list, tuple)):
+        if not all(isinstance(n, str) for n in spec):
+            raise DataError(f"class names must be texts, got {list(spec)!r}.")
+        names, where = [n.strip() for n in spec], [f"item {i + 1}" for i in range(len(spec))]
+        if any(not n for n in names):
+            raise DataError(f"The class list {list(spec)!r} has an empty name.")
+        return _unique(names, where)
+    if not isinstance(spec, str):
+        raise DataError(f"class names must be a file, a,b,c or a list of names, got {spec!r}.")
     path = Path(spec)
     if path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(f"{spec}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
-        names = [line.strip() for line in text.splitlines()]
+        names = [line.strip() for line in read_text(path).splitlines()]
         while names and not names[-1]:  # trailing blank lines are harmless
             names.pop()
         if "" in names:  # a blank line inside would shift every later class index
@@ -48,7 +75,7 @@ def parse_class_names(spec: str) -> list[str]:
                 f"{spec}:{names.index('') + 1}: empty line in the class list (one name a line, in label order)."
             )
         where = [f"{spec}:{i + 1}" for i in range(len(names))]
-    elif "," in spec or (spec.strip() and os.sep not in spec and not spec.endswith(".txt")):
+    elif "," in spec or (spec.strip() and not _looks_like_a_path(spec)):
         names = [n.strip() for n in spec.split(",")]
         where = [f"item {i + 1} of {spec!r}" for i in range(len(names))]
         if any(not n for n in names):
@@ -59,6 +86,10 @@ def parse_class_names(spec: str) -> list[str]:
         )
     if not names:
         raise DataError(f"{spec}: no class names.")
+    return _unique(names, where)
+
+
+def _unique(names: list[str], where: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     for name, loc in zip(names, where):
         key = fold(name)
@@ -96,17 +127,15 @@ def read_list_file(
     """Parse a list file ("relative/path label" per line). ``root`` defaults to the list file's folder.
 
     num_classes: when given, labels must lie in [0, num_classes) (or be -1).
-    Raises DataError naming the file and line for malformed lines, bad labels, paths escaping the root
+    Raises DataError naming the file and line for malformed lines, bad labels, paths outside the root
     and missing files.
     """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"List file {path} does not exist.") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason}).") from None
+    if not path.exists():
+        raise DataError(f"List file {path} does not exist.")
+    lines = read_text(path, " (a list file has one 'path label' a line)").splitlines()
+    absolute_root = os.path.abspath(root)
     paths, labels, labeled = [], [], None
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -125,17 +154,24 @@ def read_list_file(
         if label < -1 or (num_classes is not None and label >= num_classes):
             allowed = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
             raise DataError(f"{path}:{number}: label {label} is out of range ({allowed}, or -1): {line!r}")
-        normal = os.path.normpath(relative)
-        if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        full = Path(os.path.normpath(relative if os.path.isabs(relative) else root / relative))
+        if os.path.commonpath([absolute_root, os.path.abspath(full)]) != absolute_root:
             raise DataError(f"{path}:{number}: path {relative!r} escapes the root folder {root}.")
-        full = root / normal
         if check_files and not full.is_file():
-            raise DataError(f"{path}:{number}: file not found: {full}")
+            raise DataError(f"{path}:{number}: {_missing(full, root, relative)}")
         paths.append(full)
         labels.append(label)
     if not paths:
         raise DataError(f"List file {path} has no image lines.")
     return ImageList(paths, labels, bool(labeled))
+
+
+def _missing(full: Path, root: Path, relative: str) -> str:
+    """Why a listed file is not there: a label that is not a number reads as part of the path."""
+    parts = relative.rsplit(maxsplit=1)
+    if len(parts) == 2 and (root / parts[0]).is_file():
+        return f"the label {parts[1]!r} is not a whole number (labels are class indices 0..K-1, or -1)."
+    return f"file not found: {full}"
 
 
 def _is_int(text: str) -> bool:
@@ -147,11 +183,22 @@ def _is_int(text: str) -> bool:
 
 
 def scan_folder(folder: str | os.PathLike) -> list[Path]:
-    """Every image file under ``folder`` (recursive, sorted by path)."""
+    """Every image file under ``folder`` (recursive, following links, each real folder once; sorted)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder.")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    found, visited = [], set()
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in visited:  # a link back to a folder already seen: a loop or a duplicate
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            Path(current) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".")
+        ]
+    found = sorted(p for p in found if p.is_file())
     if not found:
         raise DataError(f"No image ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}.")
     return found
@@ -165,43 +212,92 @@ def read_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = N
     tops = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in paths]
     if not index or not any(t is not None and fold(t) in index for t in tops):
         return ImageList(paths, [-1] * len(paths), labeled=False)
+    loose = [p for p, top in zip(paths, tops) if top is None]
+    if loose:
+        raise DataError(
+            f"{folder} has class folders, but {len(loose)} image(s) lie at its top level, outside any class "
+            f"folder (e.g. {loose[0].name}): move them into their class folder, or into a folder named after "
+            "what they are (a folder that matches no class name is an unknown class)."
+        )
     unknown: dict[str, int] = {}
     labels = []
     for top in tops:
-        key = fold(top) if top is not None else None
-        if key in index:
-            labels.append(index[key])
-        else:
-            name = top if top is not None else "(top level)"
-            labels.append(unknown.setdefault(name, len(index) + len(unknown)))
+        key = fold(top)
+        labels.append(index[key] if key in index else unknown.setdefault(top, len(index) + len(unknown)))
     return ImageList(paths, labels, labeled=True, unknown_names={v: k for k, v in unknown.items()})
 
 
 def read_images(
     spec: str | os.PathLike, class_names: Sequence[str] | None = None, root: str | os.PathLike | None = None
 ) -> ImageList:
-    """A folder or a list file (see module docstring)."""
+    """A folder or a list file (see the module's docstring)."""
     spec = Path(spec)
     if spec.is_dir():
         return read_folder(spec, class_names)
     if spec.is_file():
+        if spec.suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(f"{spec} is an image: give the folder that holds the images, or a list file.")
         return read_list_file(spec, root)
     raise DataError(f"{spec}: no such folder or list file.")
 
 
-def load_image(path: Path) -> Image.Image:
+class PixelBudget:
+    """At most ``limit`` pixels being decoded at once, over all threads (an image larger than the whole
+    budget decodes alone). Bounds the memory of parallel decoding whatever the image sizes."""
+
+    def __init__(self, limit: int = DECODE_BUDGET_PIXELS):
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._cond = threading.Condition()
+
+    def __call__(self, pixels: int):
+        return _Held(self, min(max(pixels, 1), self.limit))
+
+
+class _Held:
+    def __init__(self, budget: PixelBudget, amount: int):
+        self.budget, self.amount = budget, amount
+
+    def __enter__(self):
+        with self.budget._cond:
+            self.budget._cond.wait_for(lambda: self.budget.used + self.amount <= self.budget.limit)
+            self.budget.used += self.amount
+            self.budget.peak = max(self.budget.peak, self.budget.used)
+
+    def __exit__(self, *exc):
+        with self.budget._cond:
+            self.budget.used -= self.amount
+            self.budget._cond.notify_all()
+
+
+def image_pixels(path: Path) -> int:
+    """Width x height from the file's header (no decoding); 0 when the header cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except Exception:  # the decode that follows reports the problem
+        return 0
+
+
+def load_image(path: Path, max_side: int | None = None) -> Image.Image:
     """Open an image as RGB with its EXIF orientation applied (alpha over white, 16-bit scaled to 8).
 
+    max_side: a JPEG is decoded at a reduced scale whose longer side stays >= max_side (libjpeg's DCT
+    scaling: less memory and time for large photos). Other formats are decoded at full size.
     Raises OSError/ValueError/Image.DecompressionBombError for unreadable files and absurd sizes
     (more pixels than PIL.Image.MAX_IMAGE_PIXELS).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _load_image(path)
+        return _load_image(path, max_side)
 
 
-def _load_image(path: Path) -> Image.Image:
+def _load_image(path: Path, max_side: int | None) -> Image.Image:
     with Image.open(path) as image:
+        if max_side is not None and image.format == "JPEG":
+            w, h = image.size
+            scale = max_side / max(w, h)
+            if scale < 1:
+                image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
@@ -215,29 +311,44 @@ def _load_image(path: Path) -> Image.Image:
         return image
 
 
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else "unreadable"
+    return f"{type(error).__name__}: {text}"
+
+
 def check_images(
-    images: ImageList, strict: bool = False, warn: Callable[[str], None] = print, threads: int = 8
+    images: ImageList,
+    strict: bool = False,
+    warn: Callable[[str], None] = print,
+    threads: int = 8,
+    budget: PixelBudget | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[ImageList, list[dict[str, str]]]:
     """Decode every image once; return (the readable ones, [{"path", "reason"}] of the skipped ones).
 
     strict: raise DataError at the first unreadable file instead of skipping it.
+    budget: bounds the pixels decoded at once (default: DECODE_BUDGET_PIXELS).
+    should_stop: polled between images; when it returns True the check stops (TrainingInterrupted).
     """
+    budget = budget or PixelBudget()
 
     def problem(path):
-        try:
-            load_image(path)
+        if should_stop is not None and should_stop():
             return None
-        except (
-            OSError,
-            ValueError,
-            SyntaxError,
-            Image.DecompressionBombError,
-            Image.DecompressionBombWarning,
-        ) as error:
-            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
+        try:
+            with budget(image_pixels(path)):
+                load_image(path, max_side=1024)
+            return None
+        except UNREADABLE as error:
+            return describe(error)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         problems = list(pool.map(problem, images.paths))
+    if should_stop is not None and should_stop():
+        raise TrainingInterrupted("stopped while checking the images")
     skipped = []
     for path, reason in zip(images.paths, problems):
         if reason is None:
@@ -263,3 +374,18 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return load_image(self.images.paths[i]), self.images.labels[i]
+
+
+def fingerprint(images: ImageList) -> str:
+    """A short hash of what a list of images is: every path, size, modification time and label. Two runs
+    over the same files give the same fingerprint; a file added, removed, replaced or relabeled changes it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path, label in zip(images.paths, images.labels):
+        try:
+            stat = os.stat(path)
+            digest.update(f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+        except OSError:
+            digest.update(f"{os.path.abspath(path)}\tmissing\t{label}\n".encode())
+    return digest.hexdigest()[:16]

@@ -19,6 +19,7 @@ DEMO_SCENARIOS = ("cda", "pda", "oda", "opda")
 DEMO_SETTINGS = dict(epochs=10, batch_size=64, lr_prompt=1e-2, lr_norm=1e-2, eval_every=0, eval_train=False)
 PER_CLASS, TEST_PER_CLASS = 48, 50
 KEYS = ("pacc", "auroc", "hm", "gacc", "fpr95")
+DEMO_OUTPUTS = ("demo.json", "table.md", "table.csv", "table.html", "index.html", *DEMO_SCENARIOS)  # what a demo writes
 
 
 def run_scenario(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .config import DEFAULT_INIT
 from .distributed import gather_in_order, rank_indices, rank_world
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingInterrupted
 from .fastpath import CachedImages, build_cache, cache_side
 from .metrics import compute_metrics
 from .objectives import mcm_scores
@@ -84,12 +84,18 @@ def score(
     batch_size: int,
     amp: bool | None,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Outputs:
     """Raw cosines [N, K] and labels of every image of ``source`` (an image source of ``views`` or
     ``fastpath``), in dataset order. Under torch.distributed each rank scores every world-th image and the
-    results are gathered: every image counted exactly once."""
+    results are gathered: every image counted exactly once.
+
+    should_stop: polled between batches (under torch.distributed every 10 batches, at batches every rank
+    has; it must agree across ranks); when it returns True, TrainingInterrupted is raised."""
     device = text_features.device
     mine = rank_indices(len(source))
+    _, world = rank_world()
+    shared = len(source) // world // batch_size  # batches that every rank has
     cosines, labels = [], []
     batches = tqdm(
         source.eval_batches(mine, batch_size),
@@ -99,7 +105,9 @@ def score(
         disable=not progress or rank_world()[0] > 0,
         leave=False,
     )
-    for images, batch_labels, _ in batches:
+    for position, (images, batch_labels, _) in enumerate(batches):
+        if should_stop is not None and (world == 1 or (position % 10 == 9 and position < shared)) and should_stop():
+            raise TrainingInterrupted("stopped during an evaluation")
         with autocast(device, amp):
             feats = image_features(model, images.to(device, non_blocking=True))
         cosines.append((feats @ text_features.float().T).float())

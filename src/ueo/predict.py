@@ -4,7 +4,7 @@ A sample is accepted as its top-1 known class when score >= threshold, else pred
   auto   Otsu's rule on the (unlabeled) scores: the cut that maximises the between-group variance
          w0 * w1 * (mean0 - mean1)^2, computed exactly over the sorted scores; the threshold is the
          midpoint between the two scores that the cut separates. Needs no label.
-  FLOAT  a number given by the user.
+  FLOAT  a number given by the user. Scores lie in [1/K, 1] and, for CLIP cosines, sit just above 1/K.
   tpr    the highest threshold that accepts at least a fraction ``tpr`` of labeled KNOWN validation samples.
 """
 
@@ -49,14 +49,35 @@ def threshold_at_tpr(known_scores, tpr: float = 0.95) -> float:
     return float(values[max(needed, 1) - 1])
 
 
-def parse_threshold(spec: str) -> float | None:
-    """'auto' -> None (decide from the scores), else a float."""
-    if str(spec).lower() == "auto":
-        return None
+THRESHOLD_WORDS = ("auto", "fitted")
+
+
+def parse_threshold(spec) -> float | str:
+    """'auto' (Otsu on the scores at hand), 'fitted' (the one stored when the state was fitted), or a
+    finite number."""
+    if str(spec).lower() in THRESHOLD_WORDS:
+        return str(spec).lower()
     try:
-        return float(spec)
-    except ValueError:
-        raise ConfigError(f"A threshold must be 'auto' or a number, got {spec!r}.") from None
+        value = float(spec)
+    except (TypeError, ValueError):
+        raise ConfigError(f"A threshold must be 'auto', 'fitted' or a number, got {spec!r}.") from None
+    if not np.isfinite(value):
+        raise ConfigError(f"A threshold must be a finite number, got {spec!r}.")
+    return value
+
+
+def threshold_warning(value: float, num_known: int) -> str | None:
+    """Why a given threshold decides nothing useful, or None. MCM scores lie in [1/K, 1] and, for CLIP
+    cosines, sit just above 1/K."""
+    low = 1.0 / num_known
+    if value <= low:
+        return (
+            f"threshold {value:g} is at or below 1/K = {low:.4g}, the lowest score there is: every image is "
+            "accepted as a known class."
+        )
+    if value > 1:
+        return f"threshold {value:g} is above 1, the highest score there is: every image is 'unknown'."
+    return None
 
 
 def decide(predictions, scores, class_names: Sequence[str], threshold: float) -> list[str]:

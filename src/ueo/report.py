@@ -20,7 +20,8 @@ RUN_KEYS = ("benchmark", "domain", "scenario", "method")
 
 
 def write_json(path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
+    """JSON that any reader accepts: a NaN or an infinity is a bug, never written."""
+    write_text(path, json.dumps(data, indent=2, default=_plain, allow_nan=False) + "\n")
 
 
 def _plain(value):
@@ -119,23 +120,40 @@ def find_runs(paths: Iterable) -> list[Path]:
     return found
 
 
-def collect(paths: Iterable) -> list[dict]:
-    """One row per run: its identity (benchmark, domain, scenario, method, seed) and adapted test metrics."""
-    rows = []
+def collect(paths: Iterable) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(rows, left out): one row per run — what defines it (benchmark, domain, scenario, method, model,
+    weights, settings), its seed and its adapted test metrics — and (path, why) for each metrics.json that
+    gives no row (unreadable, or a run without labeled test images)."""
+    rows, left_out = [], []
     for path in find_runs(paths):
-        data = json.loads(path.read_text())
-        if "adapted" not in data or not data["adapted"]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            left_out.append((str(path), f"not a readable metrics.json: {error}"))
             continue
-        run = data.get("run", {})
+        adapted = data.get("adapted") if isinstance(data, dict) else None
+        if not isinstance(adapted, dict) or all(adapted.get(m) is None for m in TABLE_METRICS):
+            left_out.append((str(path), "no metrics: the run had no labeled test images"))
+            continue
+        run = data.get("run") if isinstance(data.get("run"), dict) else {}
+        settings = run.get("settings") if isinstance(run.get("settings"), dict) else {}
         rows.append(
             {
                 **{k: run.get(k, "-") for k in RUN_KEYS},
+                "model": _model_label(run.get("model"), run.get("pretrained")),
+                "settings": " ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "-",
                 "seed": run.get("seed", "-"),
-                **{m: data["adapted"].get(m) for m in TABLE_METRICS},
+                **{m: adapted.get(m) for m in TABLE_METRICS},
                 "path": str(path.parent),
             }
         )
-    return rows
+    return rows, left_out
+
+
+def _model_label(model, pretrained) -> str:
+    if not model:
+        return "-"
+    return f"{model} ({Path(str(pretrained)).name})" if pretrained else f"{model} (random weights)"
 
 
 def mean_std(values: Sequence[float]):
@@ -145,14 +163,18 @@ def mean_std(values: Sequence[float]):
     return float(np.mean(values)), float(np.std(values))
 
 
+GROUP_KEYS = (*RUN_KEYS, "model", "settings")
+
+
 def summarise(rows: Sequence[dict]) -> list[dict]:
-    """Group by benchmark x domain x scenario x method: mean and std (over seeds) of each metric, in %."""
+    """Group runs that differ only in their seed (same benchmark, domain, scenario, method, model, weights
+    and settings): mean and std over the seeds of each metric, in %."""
     groups = defaultdict(list)
     for row in rows:
-        groups[tuple(row[k] for k in RUN_KEYS)].append(row)
+        groups[tuple(row[k] for k in GROUP_KEYS)].append(row)
     table = []
     for key, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        entry = dict(zip(RUN_KEYS, key), runs=len(members))
+        entry = dict(zip(GROUP_KEYS, key), runs=len(members))
         for metric in TABLE_METRICS:
             entry[metric], entry[f"{metric}_std"] = mean_std(
                 [100 * r[metric] for r in members if r.get(metric) is not None]
@@ -161,24 +183,31 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     return table
 
 
-def _cell(mean, std) -> str:
+def _cell(mean, std, runs: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.1f}" if runs == 1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def _columns(table: Sequence[dict]) -> list[str]:
+    """The identity columns: model always, settings only when the runs differ in them."""
+    return ["model"] + (["settings"] if len({e["settings"] for e in table}) > 1 else [])
 
 
 def to_markdown(table: Sequence[dict]) -> str:
-    header = list(RUN_KEYS) + ["runs"] + [m.upper() for m in TABLE_METRICS]
+    extra = _columns(table)
+    header = [*RUN_KEYS, "runs", *(m.upper() for m in TABLE_METRICS), *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
         cells = [str(entry[k]) for k in RUN_KEYS] + [str(entry["runs"])]
-        cells += [_cell(entry[m], entry[f"{m}_std"]) for m in TABLE_METRICS]
+        cells += [_cell(entry[m], entry[f"{m}_std"], entry["runs"]) for m in TABLE_METRICS]
+        cells += [str(entry[k]) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_fields() -> list[str]:
-    return list(RUN_KEYS) + ["runs"] + [f for m in TABLE_METRICS for f in (m, f"{m}_std")]
+    return [*GROUP_KEYS, "runs", *(f for m in TABLE_METRICS for f in (m, f"{m}_std"))]
 
 
 def write_tables(rows: Sequence[dict], path) -> str:

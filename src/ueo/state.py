@@ -7,13 +7,15 @@ Stored as safetensors (tensors) + JSON metadata; nothing is pickled.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .config import DEFAULT_INIT
+from .config import DEFAULT_INIT, RULES, TUNE_CHOICES
+from .data import fold
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
 from .tuning import tunable_parameters
@@ -28,6 +30,8 @@ class AdaptedState:
     tensors: {"prompt.ctx": [m, W], "visual.<norm>.weight"/"bias": ...} in fp32.
     class_names, init: to rebuild the prompt learner. model, pretrained: the CLIP it belongs to.
     tune, rule: what was tuned. info: free-form provenance (versions, method, ...).
+    threshold: the "unknown" threshold chosen when the state was fitted, {"threshold", "rule", "source"}
+        (None for a state saved without one); predictions use it unless told otherwise.
     """
 
     tensors: dict[str, torch.Tensor]
@@ -38,6 +42,7 @@ class AdaptedState:
     rule: str = "official"
     init: str = DEFAULT_INIT
     info: dict[str, str] = field(default_factory=dict)
+    threshold: dict | None = None
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -48,6 +53,7 @@ class AdaptedState:
             "rule": self.rule,
             "init": self.init,
             "info": json.dumps(self.info),
+            "threshold": json.dumps(self.threshold),
         }
 
     def save(self, path) -> None:
@@ -56,17 +62,54 @@ class AdaptedState:
 
     @classmethod
     def load(cls, path) -> AdaptedState:
+        """Read and validate a state file; IncompatibleError names what is wrong with a damaged one."""
         meta, tensors = read_tagged(path, STATE_FORMAT, "ueo adapted state")
-        return cls(
-            tensors=tensors,
-            class_names=json.loads(meta["class_names"]),
-            model=meta["model"],
-            pretrained=json.loads(meta["pretrained"]),
-            tune=meta["tune"],
-            rule=meta["rule"],
-            init=meta["init"],
-            info=json.loads(meta.get("info", "{}")),
-        )
+        try:
+            state = cls(
+                tensors=tensors,
+                class_names=json.loads(meta["class_names"]),
+                model=meta["model"],
+                pretrained=json.loads(meta["pretrained"]),
+                tune=meta["tune"],
+                rule=meta["rule"],
+                init=meta["init"],
+                info=json.loads(meta.get("info", "{}")),
+                threshold=json.loads(meta.get("threshold", "null")),
+            )
+        except (KeyError, json.JSONDecodeError) as error:
+            raise IncompatibleError(f"{path}: damaged adapted state (metadata {error}).") from None
+        problem = state.problem()
+        if problem:
+            raise IncompatibleError(f"{path}: damaged adapted state ({problem}).")
+        return state
+
+    def problem(self) -> str | None:
+        """What makes this state unusable, or None."""
+        names = self.class_names
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            return f"class_names must be a non-empty list of names, got {names!r:.80}"
+        if len({fold(n) for n in names}) != len(names):
+            return "class_names holds duplicates"
+        if not isinstance(self.model, str) or not self.model:
+            return f"model must be a name, got {self.model!r}"
+        if self.pretrained is not None and not isinstance(self.pretrained, str):
+            return f"pretrained must be a tag, a file or null, got {self.pretrained!r}"
+        if self.tune not in TUNE_CHOICES or self.rule not in RULES:
+            return f"unknown tune={self.tune!r} or rule={self.rule!r}"
+        if not isinstance(self.init, str) or not self.init.strip():
+            return f"init must be a text, got {self.init!r}"
+        if not isinstance(self.info, dict):
+            return f"info must be a mapping, got {self.info!r:.80}"
+        if self.threshold is not None:
+            value = self.threshold.get("threshold") if isinstance(self.threshold, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"threshold must be {{'threshold': a number, 'rule': ...}}, got {self.threshold!r:.80}"
+        bad = [name for name, value in self.tensors.items() if not torch.isfinite(value).all()]
+        if bad:
+            return f"non-finite values in {bad[:3]}"
+        if self.tune in ("prompt", "both") and self.tensors.get("prompt.ctx", torch.zeros(0)).dim() != 2:
+            return "no prompt context [m, W]"
+        return None
 
     def check_fits(self, model: nn.Module) -> None:
         """Refuse a state whose tensors are not exactly what its tuning rule selects in ``model``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import open_clip
@@ -25,6 +25,7 @@ from .distributed import any_rank, average_gradients, gather_rows, rank_world
 from .errors import DataError, DivergedError, TrainingInterrupted
 from .inference import Outputs, autocast, image_features, image_source, score
 from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
+from .predict import otsu_threshold
 from .prompts import PromptLearner
 from .state import AdaptedState
 from .tuning import adapted_state, apply_adapted_state, configure_tuning
@@ -61,6 +62,7 @@ class Run:
     optimizer: torch.optim.Optimizer | None = None
     save: Callable[[dict], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    identity: dict = field(default_factory=dict)  # the data the run is made of, recorded in checkpoints
 
     @property
     def device(self) -> torch.device:
@@ -79,6 +81,7 @@ class Run:
             cfg.eval_batch_size,
             cfg.amp,
             cfg.progress,
+            should_stop=self.stop_requested if self.should_stop is not None else None,
         )
 
     def evaluate(self, epoch: int, need_train: bool = False) -> Outputs | None:
@@ -137,6 +140,7 @@ class Run:
                     lrs,
                     epoch,
                     done_in_epoch,
+                    self.identity,
                 )
             )
 
@@ -154,6 +158,7 @@ def fit(
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     should_stop: Callable[[], bool] | None = None,
+    identity: dict | None = None,
     **overrides,
 ) -> FitResult:
     """Adapt ``bundle``'s CLIP to the unlabeled dataset ``train`` for the known ``class_names``.
@@ -164,8 +169,11 @@ def fit(
 
     checkpoint: called with a checkpoint (``ueo.checkpoint``) after every epoch and when stopping.
     resume: a checkpoint from ``load_checkpoint``; training continues where it stopped.
-    should_stop: polled during training; when it returns True a checkpoint is made and
-        :class:`TrainingInterrupted` is raised.
+    should_stop: polled during training and evaluations; when it returns True a checkpoint is made (once
+        training has begun) and :class:`TrainingInterrupted` is raised.
+    identity: what the data is (e.g. a fingerprint of the files), recorded in checkpoints and checked on
+        resume, beside the number of images of each set.
+    The result's adapted state carries the threshold of Otsu's rule on the adaptation set's final scores.
     Raises :class:`DivergedError` (holding the last good state) when the loss becomes NaN or infinite.
     """
     unknown = set(overrides) - set(config_fields())
@@ -185,12 +193,29 @@ def fit(
         for name, data in (("train", train), ("test", test))
         if data is not None
     }
-    run = Run(cfg, bundle, list(class_names), learner, tuned, sources, result, save=checkpoint, should_stop=should_stop)
+    identity = {
+        "adaptation_images": len(train),
+        "test_images": len(test) if test is not None else 0,
+        **(identity or {}),
+    }
+    run = Run(
+        cfg,
+        bundle,
+        list(class_names),
+        learner,
+        tuned,
+        sources,
+        result,
+        save=checkpoint,
+        should_stop=should_stop,
+        identity=identity,
+    )
     training = cfg.method != "zeroshot" and cfg.epochs > 0
     try:
         needs_weights = cfg.method in ("ueo", "oracle") and training
         if resume is not None:
-            start = restore(resume, cfg, tuned, result, class_names, bundle.name)
+            steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+            start = restore(resume, cfg, tuned, result, class_names, bundle.name, identity, steps_per_epoch)
             weights = resume["tensors"].get("weights")
         else:
             start = (1, 0)
@@ -201,6 +226,14 @@ def fit(
             train_loop(run, *start)
         result.weights = run.weights.cpu() if run.weights is not None else None
         result.adapted = run.state()
+        train_out = result.outputs.get("train")
+        if train_out is None:  # the adaptation set was not scored by the last evaluation
+            train_out = run.score("train")
+        result.adapted.threshold = {
+            "threshold": otsu_threshold(train_out.scores.numpy()),
+            "rule": "otsu",
+            "source": f"the adaptation set ({len(train)} images)",
+        }
     finally:
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
@@ -283,7 +316,11 @@ def train_loop(run: Run, first_epoch: int, skip: int) -> None:
         skip = 0
         commit_losses(pending, result, last_good)
         if epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
-            run.evaluate(epoch)
+            try:
+                run.evaluate(epoch)
+            except TrainingInterrupted:  # resuming redoes this evaluation, then goes on
+                run.checkpoint(epoch, len(batches))
+                raise
         run.checkpoint(epoch + 1, 0)
         if epoch < cfg.epochs and run.stop_requested():
             raise TrainingInterrupted(f"stopped after epoch {epoch}; a checkpoint was saved")

@@ -11,14 +11,19 @@ from ..inference import evaluate
 from ..state import AdaptedState
 from .common import (
     about,
+    check_not_inside,
+    check_out,
     checked,
+    choose_threshold,
+    claim_out,
+    describe_threshold,
     labeled_images,
     load_bundle,
-    prepare_out,
     say,
-    sayer,
+    say_or_warn,
     summary_line,
-    threshold_from,
+    threshold_spec,
+    warn,
     write_predictions,
 )
 
@@ -38,17 +43,49 @@ def load_adapted(args):
     return state, load_bundle(model, pretrained, args.device)
 
 
-def cmd_eval(args) -> int:
-    out = prepare_out(args.out, args.overwrite)
+def apply_state(args, images_flag: str, labeled: bool):
+    """What eval and predict share: check everything, read the state and the images, score them, choose
+    the threshold. Returns (out, state, images, skipped, outputs, threshold)."""
+    threshold_spec(args.threshold, args.tpr)
+    if args.tpr is not None and not args.val:
+        raise ConfigError("--tpr needs labeled validation images: pass --val.")
+    spec = getattr(args, images_flag.lstrip("-"))
+    out = check_out(args.out, args.overwrite)
+    check_not_inside(out, {images_flag: spec, "--val": args.val})
     state, bundle = load_adapted(args)
-    images, skipped = checked(
-        labeled_images(args.test, state.class_names, args.root, "--test"), args.strict, sayer(args)
-    )
+    names = state.class_names
+    if labeled:
+        listed = labeled_images(spec, names, args.root, images_flag)
+    else:
+        with about(f"{images_flag} {spec}"):
+            listed = read_images(spec, names, args.root)
+    val = labeled_images(args.val, names, args.root, "--val") if args.val else None
+    images, skipped = checked(listed, args.strict)
+    claim_out(out, clear=args.overwrite)
     report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
-    metrics, outputs = evaluate(
+    _, outputs = evaluate(
         bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size, progress=not args.quiet
     )
-    threshold = threshold_from(args.threshold, outputs.scores.numpy(), "the test scores")
+    val_outputs = None
+    if val is not None and args.tpr is not None:
+        _, val_outputs = evaluate(
+            bundle, None, ImageFiles(checked(val, args.strict)[0]), adapted=state, batch_size=args.batch_size
+        )
+    threshold = choose_threshold(
+        args.threshold,
+        outputs.scores.numpy(),
+        f"these {len(images)} images' scores",
+        len(names),
+        fitted=state.threshold,
+        tpr=args.tpr,
+        val_outputs=val_outputs,
+    )
+    return out, state, images, skipped, outputs, threshold
+
+
+def cmd_eval(args) -> int:
+    out, state, images, skipped, outputs, threshold = apply_state(args, "--test", labeled=True)
+    metrics = outputs.metrics(len(state.class_names))
     predictions = write_predictions(
         out, images, outputs, state.class_names, threshold["threshold"], len(state.class_names)
     )
@@ -62,32 +99,21 @@ def cmd_eval(args) -> int:
             "source": str(args.adapted),
         },
     )
-    say(args.quiet, summary_line({"adapted": metrics}).splitlines()[1] + f"\noutputs in {out}")
+    say(summary_line({"adapted": metrics}))
+    say(f"{describe_threshold(threshold)}\noutputs in {out}")
     return 0
 
 
 def cmd_predict(args) -> int:
-    out = prepare_out(args.out, args.overwrite)
-    state, bundle = load_adapted(args)
-    with about(f"--data {args.data}"):
-        listed = read_images(args.data, state.class_names, args.root)
-    images, skipped = checked(listed, args.strict, sayer(args))
-    report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
-    _, outputs = evaluate(
-        bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size, progress=not args.quiet
-    )
-    chosen = threshold_from(args.threshold, outputs.scores.numpy(), "these images' scores")
-    threshold = chosen["threshold"]
-    summary = write_predictions(out, images, outputs, state.class_names, threshold, len(state.class_names))
-    summary["threshold_rule"] = chosen["rule"]
-    summary["num_skipped"] = len(skipped)
+    out, state, images, skipped, outputs, threshold = apply_state(args, "--data", labeled=False)
+    summary = write_predictions(out, images, outputs, state.class_names, threshold["threshold"], len(state.class_names))
+    result = {"predictions": summary, "threshold": threshold, "num_skipped": len(skipped), "source": str(args.adapted)}
     if images.labeled:
-        summary["metrics"] = outputs.metrics(len(state.class_names))
-    report.write_json(out / "metrics.json", summary)
+        result["metrics"] = outputs.metrics(len(state.class_names))
+    report.write_json(out / "metrics.json", result)
     say(
-        args.quiet,
-        f"{summary['num_images']} images, {summary['num_predicted_unknown']} predicted unknown "
-        f"(threshold {threshold:.4f}); wrote {out / 'predictions.csv'}",
+        f"{summary['num_images']} images, {summary['num_predicted_unknown']} predicted unknown; "
+        f"{describe_threshold(threshold)}\nwrote {out / 'predictions.csv'}"
     )
     return 0
 
@@ -96,7 +122,7 @@ def cmd_splits(args) -> int:
     out = Path(args.out)
     sizes = {}
     images = protocols.domain_images(
-        args.benchmark, args.domain, args.root, args.lists, check_files=not args.no_check, warn=sayer(args)
+        args.benchmark, args.domain, args.root, args.lists, check_files=not args.no_check, warn=say_or_warn
     )
     for scenario in protocols.SCENARIOS:
         split = protocols.build_split(args.benchmark, args.domain, scenario, args.root, images=images)
@@ -115,16 +141,43 @@ def cmd_splits(args) -> int:
     return 0
 
 
+TABLE_HEADER = "| benchmark | domain | scenario | method | runs |"
+
+
 def cmd_report(args) -> int:
-    rows = report.collect(args.runs)
+    path = Path(args.out)
+    if path.suffix.lower() not in (".md", ""):
+        raise ConfigError(f"--out {path}: the table is Markdown (.md), with a .csv beside it; name a .md file.")
+    md_path = path.with_suffix(".md")
+    for target in (md_path, md_path.with_suffix(".csv")):
+        if target.exists() and not args.overwrite and not _is_table(target):
+            raise ConfigError(
+                f"--out {path}: {target} exists and is not a table of `ueo report`; choose another "
+                "--out, or pass --overwrite to replace it."
+            )
+    rows, left_out = report.collect(args.runs)
+    for where, reason in left_out:
+        warn(f"left out: {where} ({reason})")
     if not rows:
-        raise ConfigError(f"No metrics.json with adapted metrics under {args.runs}.")
-    print(report.write_tables(rows, Path(args.out)), end="")
-    print(f"{len(rows)} runs; wrote {Path(args.out).with_suffix('.md')} and .csv")
+        raise ConfigError(f"No run with metrics under {' '.join(args.runs)}.")
+    print(report.write_tables(rows, md_path), end="")
+    print(f"{len(rows)} run{'s' * (len(rows) != 1)}; wrote {md_path} and {md_path.with_suffix('.csv')}")
     return 0
 
 
-def cmd_demo(args) -> int:
-    from ..demo import run_demo
+def _is_table(path: Path) -> bool:
+    try:
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(first) and (
+        first[0].startswith(TABLE_HEADER) or first[0].startswith("benchmark,domain,scenario,method")
+    )
 
-    return run_demo(args.out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios)
+
+def cmd_demo(args) -> int:
+    from ..demo import DEMO_OUTPUTS, run_demo
+
+    out = check_out(args.out, args.overwrite)
+    claim_out(out, clear=args.overwrite, names=DEMO_OUTPUTS)
+    return run_demo(out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios)

@@ -1,8 +1,12 @@
-"""Pieces that several commands share: messages, output folders, labeled inputs, predictions, thresholds."""
+"""Pieces that several commands share: messages, output folders, devices, labeled inputs, thresholds,
+predictions."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,17 +16,43 @@ from ..data import ImageList, check_images, read_images
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
 from ..metrics import known_mask, open_set_metrics
-from ..predict import decide, otsu_threshold, parse_threshold
+from ..predict import decide, otsu_threshold, parse_threshold, threshold_at_tpr, threshold_warning
+
+LOCK_NAME = ".ueo.lock"
+# Everything a run writes into its folder; --overwrite removes these first, so that no file of an earlier
+# run is left beside the new run's.
+RUN_OUTPUTS = (
+    "adapted.safetensors",
+    "checkpoint.safetensors",
+    "config.yaml",
+    "metrics.json",
+    "history.csv",
+    "predictions.csv",
+    "skipped.csv",
+    "roc.png",
+    "scores.png",
+    "confusion.png",
+    "loss.png",
+    "report.html",
+    "thumbs",
+)
+_held_locks: list = []  # open lock files, held until the process ends
 
 
-def say(quiet: bool, message: str) -> None:
-    """Print on rank 0 only; with --quiet, to stderr (stdout stays for results)."""
+def say(message: str) -> None:
+    """A message for the user (rank 0 only), on stdout."""
     if is_main():
-        print(message, file=sys.stderr if quiet else sys.stdout, flush=True)
+        print(message, flush=True)
 
 
-def sayer(args) -> Callable[[str], None]:
-    return lambda message: say(getattr(args, "quiet", False), message)
+def warn(message: str) -> None:
+    """A warning (rank 0 only), on stderr."""
+    if is_main():
+        print(message, file=sys.stderr, flush=True)
+
+
+def say_or_warn(message: str) -> None:
+    (warn if message.startswith("warning") else say)(message)
 
 
 @contextlib.contextmanager
@@ -35,31 +65,98 @@ def about(flag: str):
         raise
 
 
-def prepare_out(out, overwrite: bool, resumable: bool = False) -> Path:
-    """The output folder, created; an existing non-empty one only with ``overwrite``."""
+def check_out(out, overwrite: bool, resumable: bool = False) -> Path:
+    """The output folder, checked (nothing is written): an existing non-empty one only with ``overwrite``."""
     if not out:
         raise ConfigError("--out is required: the folder for the results.")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        hint = f" (or --resume {out})" if resumable else ""
-        raise ConfigError(f"--out {out} is not empty; pass --overwrite to write into it{hint}.")
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
+        hint = f" (or --resume {out} to continue an interrupted run)" if resumable else ""
+        raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace its outputs{hint}.")
+    return out
+
+
+def claim_out(out: Path, clear: bool, names: Sequence[str] = RUN_OUTPUTS) -> None:
+    """Create the output folder, lock it for this process, and (``clear``) remove an earlier run's outputs
+    (``names``: what the command writes there)."""
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
-    return out
+        lock_folder(out)
+        if clear:
+            clear_outputs(out, names)
+
+
+def lock_folder(out: Path) -> None:
+    """Hold an exclusive lock on ``out`` until this process ends: a second run into the same folder is
+    refused instead of mixing its files with ours. (A lock of the operating system: it goes with the
+    process, also when the process is killed.)"""
+    handle = open(out / LOCK_NAME, "a+")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"{out} is in use by another ueo run; wait for it to end, or choose another --out.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks.append(handle)
+
+
+def clear_outputs(out: Path, names: Sequence[str] = RUN_OUTPUTS) -> None:
+    for name in names:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def check_not_inside(out: Path, inputs: dict) -> None:
+    """Refuse an output folder inside an input folder: the run's own files would become images of the
+    next run over that folder."""
+    out_real = os.path.realpath(out)
+    for flag, value in inputs.items():
+        if value and Path(value).is_dir():
+            folder = os.path.realpath(value)
+            if os.path.commonpath([folder, out_real]) == folder:
+                raise ConfigError(
+                    f"--out {out} is inside {flag} {value}: its outputs would be read as images by "
+                    "the next run over that folder. Choose an --out outside it."
+                )
+
+
+def check_device(spec: str | None) -> str | None:
+    """A device the machine has: cpu, cuda, cuda:N (None: cuda when available)."""
+    if spec is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {spec!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: no CUDA device is available on this machine; use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {spec!r}: ueo runs on cpu or cuda.")
+    return spec
 
 
 def load_bundle(model: str, pretrained: str | None, device: str | None, seed: int = 0):
     from ..clip import load_clip
 
     try:
-        return load_clip(model, pretrained=pretrained, device=device, seed=seed)
+        return load_clip(model, pretrained=pretrained, device=check_device(device), seed=seed)
     except WeightsUnavailableError as error:
-        error.args = (
-            f"{error}\nOn the command line: --model NAME --pretrained /path/to/open_clip_model.safetensors, "
-            "or --model local-dir:/path/to/folder.",
-        )
+        advice = getattr(error, "cli_advice", None)  # the same advice, with flags instead of Python
+        if advice:
+            error.args = (advice,)
         raise
 
 
@@ -82,23 +179,61 @@ def labeled_images(spec, names: Sequence[str], root, flag: str) -> ImageList:
     return images
 
 
-def checked(images: ImageList, strict: bool, say_: Callable[[str], None]) -> tuple[ImageList, list[dict]]:
-    """Drop unreadable images (or stop at the first, with --strict)."""
+def checked(images: ImageList, strict: bool, should_stop: Callable[[], bool] | None = None):
+    """(readable images, skipped rows): unreadable images are dropped with a warning (or stop the run at the
+    first one, with --strict)."""
     try:
-        return check_images(images, strict=strict, warn=say_)
+        return check_images(images, strict=strict, warn=warn, should_stop=should_stop)
     except DataError as error:
         if strict:
             error.args = (f"{error} Remove it, or run without --strict to skip unreadable images.",)
         raise
 
 
-def threshold_from(spec, scores, source: str) -> dict:
-    """{"threshold", "rule"} from --threshold: a number, or 'auto' = Otsu on ``scores`` (described by ``source``)."""
+def threshold_spec(spec, tpr) -> None:
+    """Check --threshold and --tpr before any compute."""
     with about("--threshold"):
-        fixed = parse_threshold(spec)
-    if fixed is not None:
-        return {"threshold": fixed, "rule": "given"}
-    return {"threshold": otsu_threshold(scores), "rule": f"otsu on {source}"}
+        parse_threshold(spec)
+    if tpr is not None and (isinstance(tpr, bool) or not isinstance(tpr, (int, float)) or not 0 < tpr <= 1):
+        raise ConfigError(f"--tpr must be a fraction in (0, 1], got {tpr!r}.")
+
+
+def choose_threshold(
+    spec, scores, source: str, num_known: int, fitted: dict | None = None, tpr: float | None = None, val_outputs=None
+) -> dict:
+    """The threshold and why: --tpr on labeled validation outputs; else --threshold: a number, 'auto' (Otsu
+    on ``scores``, the images described by ``source``) or 'fitted' (the one stored in the adapted state;
+    Otsu on ``scores`` when the state has none). Warns when a number can decide nothing."""
+    if tpr is not None:
+        known = known_mask(val_outputs.labels.numpy(), num_known)
+        with about("--tpr"):
+            value = threshold_at_tpr(val_outputs.scores.numpy()[known], tpr)
+        return {
+            "threshold": value,
+            "rule": "tpr",
+            "source": f"accepts {tpr:g} of the {int(known.sum())} known --val images",
+        }
+    choice = parse_threshold(spec)
+    if choice == "fitted" and fitted is not None:
+        return {**fitted, "source": f"{fitted.get('source', 'the fit')}, stored in the adapted state"}
+    if choice in ("auto", "fitted"):
+        if choice == "fitted":
+            warn(
+                "warning: the adapted state holds no fitted threshold (saved by an older ueo); using Otsu's rule "
+                "on these images' scores, so decisions depend on which images are scored together."
+            )
+        return {"threshold": otsu_threshold(scores), "rule": "otsu", "source": source}
+    problem = threshold_warning(choice, num_known)
+    if problem:
+        warn(f"warning: {problem}")
+    return {"threshold": choice, "rule": "given", "source": "--threshold"}
+
+
+def describe_threshold(chosen: dict) -> str:
+    rule = {"otsu": "Otsu's rule on", "given": "given with", "tpr": "the threshold that"}.get(
+        chosen["rule"], chosen["rule"]
+    )
+    return f"threshold {chosen['threshold']:.4f}: {rule} {chosen['source']}"
 
 
 def write_predictions(
@@ -145,11 +280,15 @@ def write_predictions(
 
 
 def summary_line(metrics: dict) -> str:
+    zs, ad = metrics.get("zeroshot"), metrics.get("adapted")
+    if not ad or all(ad.get(k) is None for k in ("pacc", "auroc")):
+        return "no metrics: they need labeled test images (--test with class sub-folders or a labeled list file)"
+
     def pct(row, key):
         return "-" if not row or row.get(key) is None else f"{100 * row[key]:.1f}"
 
-    zs, ad = metrics.get("zeroshot"), metrics.get("adapted")
-    return (
-        f"zero-shot  PACC {pct(zs, 'pacc')}  AUROC {pct(zs, 'auroc')}  HM {pct(zs, 'hm')}\n"
-        f"adapted    PACC {pct(ad, 'pacc')}  AUROC {pct(ad, 'auroc')}  HM {pct(ad, 'hm')}"
-    )
+    lines = [f"zero-shot  PACC {pct(zs, 'pacc')}  AUROC {pct(zs, 'auroc')}  HM {pct(zs, 'hm')}"] if zs else []
+    lines.append(f"adapted    PACC {pct(ad, 'pacc')}  AUROC {pct(ad, 'auroc')}  HM {pct(ad, 'hm')}")
+    if ad.get("auroc") is None:
+        lines.append("(AUROC and HM need unknown-class images among the test images)")
+    return "\n".join(lines)

@@ -1,40 +1,82 @@
-"""`ueo fit` (one run) and `ueo bench` (a grid of runs over a benchmark)."""
+"""`ueo fit` (one run, resumable at every point) and `ueo bench` (a grid of runs over a benchmark)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .. import __version__, protocols, report
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..config import FitConfig
-from ..data import ImageFiles, ImageList, parse_class_names, read_images
+from ..data import ImageFiles, ImageList, fingerprint, parse_class_names, read_images
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
 from ..files import write_text
 from ..inference import evaluate
-from ..metrics import known_mask
-from ..predict import parse_threshold, threshold_at_tpr
+from ..predict import parse_threshold
 from ..prompts import PromptLearner
 from ..training import fit
 from .common import (
     about,
+    check_device,
+    check_not_inside,
+    check_out,
     checked,
+    choose_threshold,
+    claim_out,
+    describe_threshold,
     labeled_images,
     load_bundle,
-    prepare_out,
     require_known,
     say,
+    say_or_warn,
     summary_line,
-    threshold_from,
+    threshold_spec,
+    warn,
     write_predictions,
 )
-from .options import fit_config, resolve_config
+from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
+
+
+class StopRequest:
+    """SIGINT/SIGTERM become a request: the run stops at the next step (or batch of an evaluation, or image
+    of the check), saves a checkpoint and says how to resume. A second signal quits at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _heard(self, signum, frame):
+        self.signum = signum
+        warn(
+            "\nueo: heard the stop request; stopping at the next step and saving a checkpoint "
+            "(press ctrl-C again to quit at once)."
+        )
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _quit_now)
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {sig: signal.signal(sig, self._heard) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def check(self, phase: str) -> None:
+        if self():
+            raise TrainingInterrupted(f"stopped while {phase}")
+
+
+def _quit_now(signum, frame):
+    raise KeyboardInterrupt
 
 
 @dataclass
@@ -50,57 +92,113 @@ class FitJob:
     run: dict  # what the run is, for tables: benchmark, domain, scenario
     skipped: list[dict]
     bundle: object = None
+    identity: dict = field(default_factory=dict)
 
 
 def cmd_fit(args) -> int:
-    resume = None
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "checkpoint.safetensors").is_file() or not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: no checkpoint.safetensors and config.yaml there.")
-        if (run_dir / "metrics.json").is_file():
-            say(args.quiet, f"{run_dir} already holds a finished run (metrics.json); nothing to resume.")
-            return 0
-        args.config, args.out = str(run_dir / "config.yaml"), str(run_dir)
-        config = resolve_config(args)
-        with about(f"--resume {run_dir}"):
-            resume = load_checkpoint(run_dir / "checkpoint.safetensors")
-        out = run_dir
-        say(args.quiet, f"resuming {run_dir} at epoch {resume['meta']['epoch']}, step {len(resume['meta']['history'])}")
-    else:
-        config = resolve_config(args)
-        out = prepare_out(config["out"], args.overwrite, resumable=True)
+        return resume(args)
+    config = absolute_paths(resolve_config(args))
+    out = check_out(config["out"], args.overwrite, resumable=True)
     config["device"] = init_from_environment(config["device"])
-    with about(f"--resume {out}") if resume is not None else contextlib.nullcontext():
-        metrics = run_fit(config, out, args.quiet, strict=args.strict, resume=resume)
-    say(args.quiet, summary_line(metrics))
-    say(
-        args.quiet,
-        f"threshold {metrics['threshold']['threshold']:.4f} ({metrics['threshold']['rule']}); outputs in {out}",
-    )
+    metrics = run_fit(config, out, strict=args.strict, overwrite=args.overwrite, quiet=args.quiet)
+    say(summary_line(metrics))
+    say(f"{describe_threshold(metrics['threshold'])}\noutputs in {out}")
     return 0
 
 
-def run_fit(config: dict, out: Path, quiet: bool, strict: bool = False, resume: dict | None = None) -> dict:
+def resume(args) -> int:
+    """Continue the run in --resume DIR as it was configured (its config.yaml), from its checkpoint, or
+    from the start when it stopped before training began; a finished run is left as it is."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it a folder written by `ueo fit`?).")
+    changed = sorted(set(given_options(args)) - set(RESUME_OVERRIDES))
+    if args.config or args.overwrite or changed:
+        flags = (
+            [f"--{k.replace('_', '-')}" for k in changed]
+            + ["--config"] * bool(args.config)
+            + ["--overwrite"] * args.overwrite
+        )
+        raise ConfigError(
+            f"--resume continues {run_dir} as it was configured (its config.yaml, in its folder); "
+            f"{', '.join(flags)} cannot be given with it (only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES)})."
+        )
+    if (run_dir / "metrics.json").is_file():
+        say(f"{run_dir} already holds a finished run (metrics.json); nothing to resume.")
+        return 0
+    with about(f"--resume {run_dir}"):
+        config = resolve_config(args, config_file=run_dir / "config.yaml")
+        checkpoint = (
+            load_checkpoint(run_dir / "checkpoint.safetensors")
+            if (run_dir / "checkpoint.safetensors").is_file()
+            else None
+        )
+    config["device"] = init_from_environment(config["device"])
+    if checkpoint is None:
+        say(f"resuming {run_dir}: no checkpoint yet, starting its training from the beginning")
+    else:
+        meta = checkpoint["meta"]
+        say(f"resuming {run_dir} at epoch {meta['epoch']}, step {len(meta['history'])}")
+    metrics = run_fit(config, run_dir, strict=args.strict, checkpoint=checkpoint, quiet=args.quiet)
+    say(summary_line(metrics))
+    say(f"{describe_threshold(metrics['threshold'])}\noutputs in {run_dir}")
+    return 0
+
+
+def run_fit(
+    config: dict,
+    out: Path,
+    strict: bool = False,
+    checkpoint: dict | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict:
     """The whole fit job for a resolved config; rank 0 writes every output into ``out``; returns metrics.json.
 
-    Every check (options, class names, data, weights, prompts, image files) runs before any compute.
-    A checkpoint is written after every epoch and on SIGINT/SIGTERM (TrainingInterrupted is raised then).
+    Every check (options, class names, data, weights, prompts, image files, the checkpoint) runs before
+    anything is written. A checkpoint is written after every epoch; SIGINT/SIGTERM stop the run at any
+    phase with TrainingInterrupted, and ``ueo fit --resume`` finishes it with the same outputs.
     """
-    job = prepare(config, lambda m: say(quiet, m), strict, progress=not quiet and is_main())
-    if is_main():
-        write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        report.write_csv(out / "skipped.csv", job.skipped, ["set", "path", "reason"])
-    result = train(job, out, resume)
-    return write_outputs(job, result, out)
+    new = checkpoint is None and not (out / "config.yaml").is_file()
+    stop = StopRequest()
+    try:
+        with stop.installed():
+            job = prepare(config, strict, should_stop=stop, progress=not quiet)
+            if checkpoint is not None:
+                with about(f"--resume {out}"):
+                    check_resumable(checkpoint, job.settings, job.class_names, job.bundle.name, job.identity)
+            check_not_inside(out, {"--data": config["data"], "--test": config["test"], "--val": config["val"]})
+            stop.check("checking the inputs")
+            claim_out(out, clear=overwrite)
+            if is_main():
+                if new or overwrite:
+                    write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+                report.write_csv(out / "skipped.csv", job.skipped, ["set", "path", "reason"])
+            result = train(job, out, checkpoint, stop)
+            stop.check("writing the outputs")
+            return write_outputs(job, result, out, stop)
+    except TrainingInterrupted as error:
+        started = (out / "config.yaml").is_file()
+        hint = (
+            f"continue with `ueo fit --resume {out}`" if started else "nothing was written; run the same command again"
+        )
+        error.args = (f"{error}; {hint}",)
+        error.signum = stop.signum
+        raise
 
 
-def prepare(config: dict, say_: Callable[[str], None], strict: bool, progress: bool) -> FitJob:
+def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True) -> FitJob:
     """Check the options, read the class names and the data, load the model, check every image."""
-    settings = fit_config(config, progress)
-    with about("--threshold"):
-        parse_threshold(config["threshold"])
-    class_names, train_list, test_list, val_list, run = load_inputs(config, say_)
+    settings = fit_config(config, progress=progress and is_main())
+    threshold_spec(config["threshold"], config["tpr"])
+    if parse_threshold(config["threshold"]) == "fitted":
+        raise ConfigError(
+            "--threshold fitted is for `ueo eval` and `ueo predict`; fit chooses the threshold "
+            "(auto, a number, or --tpr with --val)."
+        )
+    check_device(config["device"])
+    class_names, train_list, test_list, val_list, run = load_inputs(config)
     if config["tpr"] is not None and val_list is None:
         raise ConfigError("--tpr needs labeled validation images: pass --val.")
     bundle = load_bundle(config["model"], config["pretrained"], config["device"], seed=settings.seed)
@@ -109,7 +207,7 @@ def prepare(config: dict, say_: Callable[[str], None], strict: bool, progress: b
     skipped, kept = [], {}
     for name, images in (("adaptation", train_list), ("test", test_list), ("validation", val_list)):
         if images is not None:
-            kept[name], bad = checked(images, strict, say_)
+            kept[name], bad = checked(images, strict, should_stop)
             skipped += [{**row, "set": name} for row in bad]
     job = FitJob(
         config,
@@ -122,7 +220,13 @@ def prepare(config: dict, say_: Callable[[str], None], strict: bool, progress: b
         skipped,
         bundle,
     )
-    say_(
+    job.identity = {
+        "adaptation_images": len(job.train),
+        "test_images": len(job.test) if job.test else 0,
+        "adaptation_files": fingerprint(job.train),
+        "test_files": fingerprint(job.test) if job.test else None,
+    }
+    say(
         f"{len(class_names)} known classes, {len(job.train)} adaptation images"
         + (f", {len(job.test)} test images" if job.test is not None else "")
         + (f"; skipped {len(skipped)} unreadable file(s), listed in skipped.csv" if skipped else "")
@@ -130,14 +234,14 @@ def prepare(config: dict, say_: Callable[[str], None], strict: bool, progress: b
     return job
 
 
-def load_inputs(config: dict, say_: Callable[[str], None]):
+def load_inputs(config: dict):
     """(known class names, adaptation images, test images or None, validation images or None, run identity)."""
     if config["benchmark"]:
         for key in ("domain", "scenario", "root"):
             if not config[key]:
                 raise ConfigError(f"--benchmark needs --{key}.")
         split = protocols.build_split(
-            config["benchmark"], config["domain"], config["scenario"], config["root"], config["lists"], warn=say_
+            config["benchmark"], config["domain"], config["scenario"], config["root"], config["lists"], warn=say_or_warn
         )
         run = {"benchmark": split.benchmark, "domain": split.domain, "scenario": split.scenario}
         return split.known_classes, split.train, split.test, optional_images(config, "val", split.known_classes), run
@@ -158,70 +262,42 @@ def optional_images(config: dict, key: str, names) -> ImageList | None:
     return labeled_images(config[key], names, config.get("test_root") or config.get("root"), f"--{key}")
 
 
-@contextlib.contextmanager
-def stop_on_signals():
-    """SIGINT/SIGTERM set a flag instead of killing the process: training stops at the next step, saves a
-    checkpoint, and raises TrainingInterrupted."""
-    stop: dict = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def train(job: FitJob, out: Path, resume: dict | None):
-    """fit, with checkpoints after every epoch and on SIGINT/SIGTERM; a diverged run keeps its last good state."""
+def train(job: FitJob, out: Path, checkpoint: dict | None, stop: StopRequest):
+    """fit, with checkpoints after every epoch and on a stop request; a diverged run keeps its last good state."""
     test = ImageFiles(job.test) if job.test is not None else None
-    with stop_on_signals() as stop:
-        try:
-            return fit(
-                job.bundle,
-                job.class_names,
-                ImageFiles(job.train),
-                test=test,
-                config=job.settings,
-                resume=resume,
-                should_stop=lambda: stop["signal"] is not None,
-                checkpoint=(lambda c: save_checkpoint(out / "checkpoint.safetensors", c)) if is_main() else None,
-            )
-        except DivergedError as error:
-            if is_main():
-                error.last_good.save(out / "adapted.safetensors")
-            error.args = (f"{error} Wrote it to {out / 'adapted.safetensors'}.",)
-            raise
-        except TrainingInterrupted as error:
-            error.args = (f"{error}: continue with `ueo fit --resume {out}`",)
-            error.signum = stop["signal"]
-            raise
-
-
-def choose_threshold(job: FitJob, adapted, train_scores) -> dict:
-    """The unknown threshold: --tpr on --val, else --threshold (a number, or Otsu on the adaptation set)."""
-    config = job.config
-    if config.get("tpr") is None:
-        return threshold_from(config["threshold"], train_scores, "the adaptation set")
-    _, out = evaluate(job.bundle, None, ImageFiles(job.val), adapted=adapted, batch_size=config["eval_batch_size"])
-    known = known_mask(out.labels.numpy(), len(adapted.class_names))
-    with about("--tpr"):
-        value = threshold_at_tpr(out.scores.numpy()[known], config["tpr"])
-    return {"threshold": value, "rule": f"tpr {config['tpr']} on --val"}
-
-
-def write_outputs(job: FitJob, result, out: Path) -> dict:
-    """adapted.safetensors, history.csv, predictions.csv (+ plots) and metrics.json; returns the metrics."""
-    config = job.config
-    train_out = result.outputs.get("train")
-    if train_out is None:  # only when the adaptation set was not scored during fit
-        _, train_out = evaluate(
-            job.bundle, None, ImageFiles(job.train), adapted=result.adapted, batch_size=config["eval_batch_size"]
+    try:
+        return fit(
+            job.bundle,
+            job.class_names,
+            ImageFiles(job.train),
+            test=test,
+            config=job.settings,
+            resume=checkpoint,
+            should_stop=stop,
+            identity=job.identity,
+            checkpoint=(lambda c: save_checkpoint(out / "checkpoint.safetensors", c)) if is_main() else None,
         )
-    threshold = choose_threshold(job, result.adapted, train_out.scores.numpy())
+    except DivergedError as error:
+        if is_main():
+            error.last_good.save(out / "adapted.safetensors")
+        error.args = (f"{error} Wrote it to {out / 'adapted.safetensors'}.",)
+        raise
+
+
+def write_outputs(job: FitJob, result, out: Path, stop: StopRequest) -> dict:
+    """adapted.safetensors, history.csv, predictions.csv (+ plots) and, last, metrics.json; returns the metrics."""
+    config, num_known = job.config, len(job.class_names)
+    if config["tpr"] is not None:
+        _, val_outputs = evaluate(
+            job.bundle, None, ImageFiles(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
+        )
+        threshold = choose_threshold(None, None, "", num_known, tpr=config["tpr"], val_outputs=val_outputs)
+    elif parse_threshold(config["threshold"]) == "auto":
+        threshold = result.adapted.threshold  # fit's Otsu cut of the adaptation set's final scores
+    else:
+        threshold = choose_threshold(config["threshold"], None, "", num_known)
+    result.adapted.threshold = threshold
+    stop.check("writing the outputs")
     metrics = {
         "run": {
             **job.run,
@@ -229,6 +305,10 @@ def write_outputs(job: FitJob, result, out: Path) -> dict:
             "seed": config["seed"],
             "model": config["model"],
             "pretrained": config["pretrained"],
+            "settings": {
+                k: config[k]
+                for k in ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights")
+            },
         },
         "zeroshot": result.metrics.get("zeroshot"),
         "adapted": result.metrics.get("adapted"),
@@ -243,21 +323,38 @@ def write_outputs(job: FitJob, result, out: Path) -> dict:
     if is_main():
         result.adapted.save(out / "adapted.safetensors")
         report.write_csv(out / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
-        target, outputs = (job.test, result.outputs["test"]) if job.test is not None else (job.train, train_out)
+        if job.test is not None:
+            outputs = result.outputs.get("test")
+            if outputs is None:  # a resumed run whose training had finished: score the test set again
+                _, outputs = evaluate(
+                    job.bundle, None, ImageFiles(job.test), adapted=result.adapted, batch_size=config["eval_batch_size"]
+                )
+            target = job.test
+        else:
+            target = job.train
+            outputs = result.outputs.get("train")
+            if outputs is None:
+                _, outputs = evaluate(
+                    job.bundle,
+                    None,
+                    ImageFiles(job.train),
+                    adapted=result.adapted,
+                    batch_size=config["eval_batch_size"],
+                )
+        stop.check("writing the outputs")
         metrics["predictions"] = write_predictions(
-            out, target, outputs, job.class_names, threshold["threshold"], len(job.class_names)
+            out, target, outputs, job.class_names, threshold["threshold"], num_known
         )
         report.write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def cmd_bench(args) -> int:
-    base = resolve_config(args)
+    base = absolute_paths(resolve_config(args))
     benchmark = base["benchmark"]
     if not benchmark:
         raise ConfigError("bench needs --benchmark (and --root).")
     out = Path(base["out"] or "bench")
-    out.mkdir(parents=True, exist_ok=True)
     domains = args.domains or list(protocols.get_benchmark(benchmark).domains)
     run_dirs = []
     for domain in domains:
@@ -267,9 +364,8 @@ def cmd_bench(args) -> int:
                     run_dir = out / benchmark / domain / scenario / method / f"seed{seed}"
                     run_dirs.append(run_dir)
                     if (run_dir / "metrics.json").is_file() and not args.overwrite:
-                        say(args.quiet, f"skip {run_dir} (done)")
+                        say(f"skip {run_dir} (done)")
                         continue
-                    run_dir.mkdir(parents=True, exist_ok=True)
                     config = {
                         **base,
                         "benchmark": benchmark,
@@ -279,8 +375,25 @@ def cmd_bench(args) -> int:
                         "seed": seed,
                         "out": str(run_dir),
                     }
-                    say(args.quiet, f"== {benchmark} {domain} {scenario} {method} seed {seed}")
-                    say(args.quiet, summary_line(run_fit(config, run_dir, args.quiet, strict=args.strict)))
-    print(report.write_tables(report.collect(run_dirs), out / "table.md"), end="")
+                    checkpoint = None
+                    if (run_dir / "checkpoint.safetensors").is_file() and not args.overwrite:
+                        with about(f"{run_dir}"):
+                            checkpoint = load_checkpoint(run_dir / "checkpoint.safetensors")
+                        say(f"== {benchmark} {domain} {scenario} {method} seed {seed} (resuming)")
+                    else:
+                        say(f"== {benchmark} {domain} {scenario} {method} seed {seed}")
+                    metrics = run_fit(
+                        config,
+                        run_dir,
+                        strict=args.strict,
+                        checkpoint=checkpoint,
+                        overwrite=checkpoint is None,
+                        quiet=args.quiet,
+                    )
+                    say(summary_line(metrics))
+    rows, left_out = report.collect(run_dirs)
+    print(report.write_tables(rows, out / "table.md"), end="")
+    for path, reason in left_out:
+        warn(f"left out of the table: {path} ({reason})")
     print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
     return 0

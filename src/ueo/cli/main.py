@@ -8,6 +8,7 @@ weights, options, states), 3 training diverged, 128+N stopped by signal N (a che
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -26,6 +27,21 @@ COMMANDS = {
     "splits": ("apply", "cmd_splits"),
     "report": ("apply", "cmd_report"),
     "demo": ("apply", "cmd_demo"),
+}
+# errno values that say the machine refused (not that ueo has a bug)
+ENVIRONMENT_ERRORS = {
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EDQUOT,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.ENOENT,
+    errno.EMFILE,
+    errno.EIO,
 }
 BUG_REPORT = "This is a bug in ueo, not a problem with your input: please report it with the traceback above."
 
@@ -67,7 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--root", default=None, help="folder that list-file paths are relative to")
         p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--threshold", default="auto", help="'auto' (Otsu on these images' scores) or a number")
+        p.add_argument(
+            "--threshold",
+            default="fitted",
+            help="'fitted' (the one chosen by `ueo fit`, stored in the state: the same decision for an "
+            "image whatever else is scored with it), 'auto' (Otsu on these images' scores) or a number "
+            "(scores lie in [1/K, 1] and sit just above 1/K)",
+        )
+        p.add_argument(
+            "--tpr",
+            type=float,
+            default=None,
+            help="instead, the threshold that accepts this fraction of the known --val images",
+        )
+        p.add_argument("--val", default=None, help="labeled validation images, for --tpr")
         p.add_argument("--model", default=None, help="override the model recorded in the state")
         p.add_argument("--pretrained", default=None, help="override the weights recorded in the state")
         p.add_argument("--device", default=None, help="cpu, cuda, ... (None: cuda when available)")
@@ -99,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", nargs="+", help="run folders, or folders holding runs")
     p.add_argument("--out", default="table.md", help="table path (.md; a .csv is written beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace files at --out that are not ueo tables")
 
     p = sub.add_parser(
         "bench",
@@ -126,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=defaults,
     )
     p.add_argument("--out", default="demo-out", help="output folder (demo.json, tables, plots)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo in --out")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="adaptation seeds")
     p.add_argument("--epochs", type=int, default=10, help="adaptation epochs")
     p.add_argument(
@@ -159,13 +190,30 @@ def main(argv: list[str] | None = None) -> int:
     except UeoError as error:
         print(f"{prefix} error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the file system refused (full disk, read-only, a path under a file, ...)
+        if error.errno not in ENVIRONMENT_ERRORS:
+            return bug(prefix)
+        where = f" {error.filename}" if error.filename else ""
+        print(
+            f"{prefix} error: cannot write or read{where}: {error.strerror or error}. Files written before are kept"
+            + ("; once this is fixed, `ueo fit --resume` finishes the run." if args.command == "fit" else "."),
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
-        print(f"{prefix} interrupted", file=sys.stderr)
+        print(
+            f"{prefix} interrupted at once; the files written before (and the last checkpoint) are kept",
+            file=sys.stderr,
+        )
         return 130
     except Exception:
-        traceback.print_exc()
-        print(f"{prefix} {BUG_REPORT}", file=sys.stderr)
-        return 1
+        return bug(prefix)
+
+
+def bug(prefix: str) -> int:
+    traceback.print_exc()
+    print(f"{prefix} {BUG_REPORT}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ lists, never typed twice) and how they resolve: defaults < ``--config FILE.yaml`
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -110,31 +111,100 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars; logs only")
 
 
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults < YAML config < flags given on the command line."""
+INT_KEYS = ("epochs", "batch_size", "seed", "eval_every", "eval_batch_size", "num_workers")
+FLOAT_KEYS = ("lr_prompt", "lr_norm", "trade", "tpr")
+PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out")
+# What a resumed run may change: how it runs, not what it computes.
+RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size")
+
+
+def read_config_file(path) -> dict[str, Any]:
+    """The options of a YAML file, with their types checked (see :func:`typed`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+        loaded = yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"--config {path}: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value.")
+    unknown = [k for k in loaded if str(k).replace("-", "_") not in DEFAULTS]
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown option(s) {unknown}.")
+    return {str(k).replace("-", "_"): typed(str(k).replace("-", "_"), v, f"--config {path}") for k, v in loaded.items()}
+
+
+def typed(key: str, value: Any, where: str) -> Any:
+    """A configuration value of the type its option takes. YAML reads 1e-2 as a text: numbers written
+    that way are read as the numbers they are."""
+
+    def wrong(kind):
+        return ConfigError(f"{where}: {key} must be {kind}, got {value!r}.")
+
+    if key in INT_KEYS:
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("a whole number")
+        return value
+    if key in FLOAT_KEYS:
+        if value is None and key == "tpr":
+            return None
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise wrong("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if key == "classes":
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        if not isinstance(value, str):
+            raise wrong("a file, a,b,c or a list of names")
+        return value
+    if key in ("threshold", "fast"):
+        if isinstance(value, (bool, int, float, str)):
+            return value
+        raise wrong("a text or a number")
+    if value is not None and not isinstance(value, str):
+        raise wrong("a text")
+    return value
+
+
+def resolve_config(args: argparse.Namespace, config_file=None) -> dict[str, Any]:
+    """Defaults < YAML config (``config_file``, else --config) < flags given on the command line."""
     config = dict(DEFAULTS)
-    if getattr(args, "config", None):
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"--config {args.config}: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {args.config}: expected a mapping of option: value.")
-        unknown = [k for k in loaded if str(k).replace("-", "_") not in DEFAULTS]
-        if unknown:
-            raise ConfigError(f"--config {args.config}: unknown option(s) {unknown}.")
-        config.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    config.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    config_file = config_file or getattr(args, "config", None)
+    if config_file:
+        config.update(read_config_file(config_file))
+    config.update(given_options(args))
     if isinstance(config.get("pretrained"), str) and config["pretrained"].lower() == "none":
         config["pretrained"] = None
     return config
 
 
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The fit options given as flags on the command line."""
+    return {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration with every file and folder as an absolute path, so that the run's config.yaml
+    means the same from any working directory."""
+    config = dict(config)
+    for key in PATH_KEYS:
+        if config.get(key):
+            config[key] = os.path.abspath(config[key])
+    for key in ("classes", "pretrained"):  # a file, or a list / a tag
+        if isinstance(config.get(key), str) and os.path.isfile(config[key]):
+            config[key] = os.path.abspath(config[key])
+    return config
+
+
 def fit_config(config: dict[str, Any], progress: bool) -> FitConfig:
     """The library's FitConfig of a resolved command-line configuration (validated)."""
-    choice = {True: "on", False: "off"}.get(
-        config["fast"], str(config["fast"]).lower()
-    )  # YAML reads on/off as booleans
+    choice = {True: "on", False: "off"}.get(config["fast"], str(config["fast"]).lower())  # YAML: on/off are booleans
     if choice not in FAST_CHOICES:
         raise ConfigError(f"--fast must be auto, on or off, got {config['fast']!r}.")
     try:
