@@ -18,7 +18,7 @@ test: install
 	$(PY) -m pytest
 
 demo: install
-	$(PY) -m ueo demo --out demo-out
+	$(PY) -m ueo demo --out demo-out --overwrite
 
 lint: install
 	$(PY) -m ruff check $(CODE)

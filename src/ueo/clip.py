@@ -72,6 +72,13 @@ def _first_line(error: BaseException) -> str:
 def weights_advice(model: str, weights_file: str, python: bool = True) -> str:
     """How to supply the weights of ``model`` offline, in Python or command-line form."""
     name = model.split(":")[-1]
+    if model.startswith("hf-hub:"):  # a whole repository: config + weights
+        folder = "load_clip('local-dir:/path/to/folder')" if python else "--model local-dir:/path/to/folder"
+        return (
+            "Without network access, download the repository's open_clip_config.json and weights on a machine "
+            f"that has it, copy the folder here and use {folder}, or copy the Hugging Face cache "
+            "(~/.cache/huggingface) from a machine that downloaded it and set HF_HUB_OFFLINE=1."
+        )
     if python:
         give = f"load_clip({name!r}, pretrained='/path/to/{weights_file}')"
         folder = "load_clip('local-dir:/path/to/folder')"

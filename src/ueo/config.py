@@ -14,6 +14,7 @@ METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
 TUNE_CHOICES = ("prompt", "norm", "both")
 RULES = ("official", "all-norms")
 WEIGHT_MODES = ("fixed", "epoch")
+FLOAT32_MAX = 3.4028234663852886e38  # settings are used in float32 arithmetic
 DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4 context vectors)
 
 
@@ -78,6 +79,8 @@ class FitConfig:
                 raise ConfigError(f"{name} must be a finite number, got {value!r}.")
             if value < 0 and name != "trade":
                 raise ConfigError(f"{name} must be >= 0, got {value!r}.")
+            if abs(value) > FLOAT32_MAX:
+                raise ConfigError(f"{name} must be at most {FLOAT32_MAX:.1e} (a float32), got {value!r}.")
         for name in ("eval_train", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")

@@ -167,10 +167,15 @@ def read_list_file(
 
 
 def _missing(full: Path, root: Path, relative: str) -> str:
-    """Why a listed file is not there: a label that is not a number reads as part of the path."""
-    parts = relative.rsplit(maxsplit=1)
-    if len(parts) == 2 and (root / parts[0]).is_file():
-        return f"the label {parts[1]!r} is not a whole number (labels are class indices 0..K-1, or -1)."
+    """Why a listed file is not there: a label that is not a number, or extra fields, read as part of the path."""
+    words = relative.split()
+    for cut in range(len(words) - 1, 0, -1):  # the longest start of the line that names a file
+        head = " ".join(words[:cut])
+        if (root / head).is_file() or (os.path.isabs(head) and os.path.isfile(head)):
+            rest = words[cut:]
+            if len(rest) == 1:
+                return f"the label {rest[0]!r} is not a whole number (labels are class indices 0..K-1, or -1)."
+            return f"after the path {head!r} come {len(rest)} fields ({' '.join(rest)!r}); a line is 'path label'."
     return f"file not found: {full}"
 
 
@@ -383,9 +388,10 @@ def fingerprint(images: ImageList) -> str:
 
     digest = hashlib.sha256()
     for path, label in zip(images.paths, images.labels):
+        name = os.fsencode(os.path.abspath(path))  # bytes: any file name, also one that is not UTF-8
         try:
             stat = os.stat(path)
-            digest.update(f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+            digest.update(name + f"\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
         except OSError:
-            digest.update(f"{os.path.abspath(path)}\tmissing\t{label}\n".encode())
+            digest.update(name + f"\tmissing\t{label}\n".encode())
     return digest.hexdigest()[:16]

@@ -33,7 +33,9 @@ class ModelUnavailableError(UeoError, RuntimeError):
 
 class WeightsUnavailableError(ModelUnavailableError):
     """Pretrained weights could not be obtained or read (typically: no network). The message says how to
-    supply them offline."""
+    supply them offline; ``cli_advice``, when set, says the same with command-line flags."""
+
+    cli_advice: str | None = None
 
 
 class DivergedError(UeoError, FloatingPointError):

@@ -31,8 +31,9 @@ def atomic_path(path: str | os.PathLike):
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8; a file name that is not UTF-8 (held by Python as surrogate escapes) keeps its original bytes."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_tagged(path, tensors: dict, metadata: dict[str, str], file_format: str) -> None:

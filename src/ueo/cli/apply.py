@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import protocols, report
+from ..config import FitConfig
 from ..data import ImageFiles, read_images
 from ..errors import ConfigError
 from ..inference import evaluate
@@ -26,6 +27,7 @@ from .common import (
     warn,
     write_predictions,
 )
+from .options import flag_names
 
 
 def load_adapted(args):
@@ -47,6 +49,8 @@ def apply_state(args, images_flag: str, labeled: bool):
     """What eval and predict share: check everything, read the state and the images, score them, choose
     the threshold. Returns (out, state, images, skipped, outputs, threshold)."""
     threshold_spec(args.threshold, args.tpr)
+    with flag_names({"eval_batch_size": "--batch-size"}):
+        FitConfig(eval_batch_size=args.batch_size).validate()
     if args.tpr is not None and not args.val:
         raise ConfigError("--tpr needs labeled validation images: pass --val.")
     spec = getattr(args, images_flag.lstrip("-"))
@@ -178,6 +182,9 @@ def _is_table(path: Path) -> bool:
 def cmd_demo(args) -> int:
     from ..demo import DEMO_OUTPUTS, run_demo
 
+    with flag_names({"epochs": "--epochs", "seed": "--seeds"}):
+        for seed in args.seeds:
+            FitConfig(epochs=args.epochs, seed=seed).validate()
     out = check_out(args.out, args.overwrite)
     claim_out(out, clear=args.overwrite, names=DEMO_OUTPUTS)
     return run_demo(out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios)

@@ -36,7 +36,7 @@ RUN_OUTPUTS = (
     "report.html",
     "thumbs",
 )
-_held_locks: list = []  # open lock files, held until the process ends
+_held_locks: list = []  # open lock files, held until the command ends (release_locks)
 
 
 def say(message: str) -> None:
@@ -89,7 +89,7 @@ def claim_out(out: Path, clear: bool, names: Sequence[str] = RUN_OUTPUTS) -> Non
 
 
 def lock_folder(out: Path) -> None:
-    """Hold an exclusive lock on ``out`` until this process ends: a second run into the same folder is
+    """Hold an exclusive lock on ``out`` until the command ends: a second run into the same folder is
     refused instead of mixing its files with ours. (A lock of the operating system: it goes with the
     process, also when the process is killed.)"""
     handle = open(out / LOCK_NAME, "a+")  # noqa: SIM115 (held open on purpose)
@@ -103,6 +103,11 @@ def lock_folder(out: Path) -> None:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _held_locks.append(handle)
+
+
+def release_locks() -> None:
+    while _held_locks:
+        _held_locks.pop().close()  # closing the file releases its lock
 
 
 def clear_outputs(out: Path, names: Sequence[str] = RUN_OUTPUTS) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -91,7 +92,7 @@ class FitJob:
     val: ImageList | None
     run: dict  # what the run is, for tables: benchmark, domain, scenario
     skipped: list[dict]
-    bundle: object = None
+    bundle: Any = None
     identity: dict = field(default_factory=dict)
 
 

@@ -208,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:
         return bug(prefix)
+    finally:
+        from .common import release_locks
+
+        release_locks()
 
 
 def bug(prefix: str) -> int:

@@ -4,6 +4,7 @@ lists, never typed twice) and how they resolve: defaults < ``--config FILE.yaml`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
 
 INT_KEYS = ("epochs", "batch_size", "seed", "eval_every", "eval_batch_size", "num_workers")
 FLOAT_KEYS = ("lr_prompt", "lr_norm", "trade", "tpr")
+REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weights")
 PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out")
 # What a resumed run may change: how it runs, not what it computes.
 RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size")
@@ -123,7 +125,12 @@ def read_config_file(path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
         loaded = yaml.safe_load(text) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"--config {path}: not valid YAML: {problem}{where}.") from None
+    except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"--config {path}: {error}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value.")
@@ -167,7 +174,7 @@ def typed(key: str, value: Any, where: str) -> Any:
         if isinstance(value, (bool, int, float, str)):
             return value
         raise wrong("a text or a number")
-    if value is not None and not isinstance(value, str):
+    if (value is None and key in REQUIRED_TEXTS) or (value is not None and not isinstance(value, str)):
         raise wrong("a text")
     return value
 
@@ -207,9 +214,20 @@ def fit_config(config: dict[str, Any], progress: bool) -> FitConfig:
     choice = {True: "on", False: "off"}.get(config["fast"], str(config["fast"]).lower())  # YAML: on/off are booleans
     if choice not in FAST_CHOICES:
         raise ConfigError(f"--fast must be auto, on or off, got {config['fast']!r}.")
-    try:
+    with flag_names(ENGINE_KEYS):
         return FitConfig(**{k: config[k] for k in ENGINE_KEYS}, fast=FAST_CHOICES[choice], progress=progress).validate()
-    except ConfigError as error:  # the library names the setting; say the flag
+
+
+@contextlib.contextmanager
+def flag_names(keys):
+    """The library names a setting ("batch_size must be ..."); on the command line, say its flag.
+    ``keys``: setting names (flag --setting-name), or {setting: flag}."""
+    flags = keys if isinstance(keys, dict) else {k: f"--{k.replace('_', '-')}" for k in keys}
+    try:
+        yield
+    except ConfigError as error:
         message = str(error)
-        key = next((k for k in ENGINE_KEYS if message.startswith(f"{k} ")), None)
-        raise ConfigError(f"--{key.replace('_', '-')}{message[len(key) :]}" if key else message) from None
+        key = next((k for k in flags if message.startswith(f"{k} ")), None)
+        if key:
+            error.args = (f"{flags[key]}{message[len(key) :]}",)
+        raise
