@@ -36,7 +36,7 @@ import ueo
 from ueo.data import ImageFiles, ImageList
 from ueo.files import write_text
 from ueo.inference import autocast, image_features
-from ueo.prompts import encode_embedded_text
+from ueo.prompts import TextTower
 
 
 def write_jpegs(folder: Path, n: int, min_side: int, max_side: int, seed: int = 0) -> ImageList:
@@ -110,8 +110,9 @@ def reference_step(bundle, names, device):
     ref = ueo.ClipBundle(model, bundle.tokenizer, bundle.name)
     learner = ueo.PromptLearner(ref, names).to(device)
     full = ref.tokenizer([f"a photo of a {n}." for n in names]).to(device)  # all 77 tokens, every step
+    tower = TextTower.of(model)
     with torch.no_grad():
-        embedded = model.token_embedding(full)
+        embedded = tower.embed(full)
     tuned = ueo.configure_tuning(model, learner, "both")
     optimizer = torch.optim.SGD(tuned.values(), lr=1e-4)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -119,7 +120,7 @@ def reference_step(bundle, names, device):
     def step(x, index, weights):
         ctx = learner.ctx.to(embedded.dtype).unsqueeze(0).expand(len(names), -1, -1)
         emb = torch.cat([embedded[:, :1], ctx, embedded[:, 1 + learner.n_ctx :]], dim=1)
-        text = encode_embedded_text(model, emb, full)
+        text = tower.encode(emb, full)  # all 77 tokens: the reference does not cut prompts
         feats = torch.nn.functional.normalize(
             model.encode_image(x.to(device, dtype, non_blocking=True)).float(), dim=-1
         )

@@ -12,7 +12,7 @@ from .errors import ConfigError
 
 METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
 TUNE_CHOICES = ("prompt", "norm", "both")
-RULES = ("official", "all-norms")
+RULES = ("auto", "official", "all-norms")
 WEIGHT_MODES = ("fixed", "epoch")
 FLOAT32_MAX = 3.4028234663852886e38  # settings are used in float32 arithmetic
 DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4 context vectors)
@@ -23,7 +23,9 @@ class FitConfig:
     """Adaptation settings; the defaults are the reference recipe (docs/method.md).
 
     method: "ueo" | "infomax" | "entropy" | "oracle" (needs labels on the adaptation set) | "zeroshot".
-    tune: what learns, "prompt" | "norm" | "both".  rule: which norm affines ("official" | "all-norms").
+    tune: what learns, "prompt" | "norm" | "both".
+    rule: which norm affines: "auto" ("official" where it selects something, else "all-norms"), "official"
+        (the reference's 'bn'/'ln' name rule) or "all-norms" (every normalisation module's affine).
     weights: UEO/oracle confidence weights. "fixed": the zero-shot MCM, computed once over the adaptation
         set with the eval view (the reference); "epoch": recomputed with the current model every epoch.
     logit_scale: training logits are logit_scale * cos (a fixed 100, not CLIP's learned scale).
@@ -37,7 +39,7 @@ class FitConfig:
 
     method: str = "ueo"
     tune: str = "both"
-    rule: str = "official"
+    rule: str = "auto"
     epochs: int = 50
     batch_size: int = 64
     lr_prompt: float = 1e-4
@@ -122,6 +124,7 @@ class FitResult:
     history: one dict per step {"step", "epoch", "loss", "lr_prompt", "lr_norm"}.
     adapted: the learned state (apply it with ``evaluate(..., adapted=result.adapted)``).
     tuned_parameters: {name: number of values} of what learned.
+    rule: the norm rule that was applied ("official" or "all-norms"; what "auto" chose).
     weights: the confidence weights used at the last epoch ([N]; None for infomax / entropy).
     outputs: the last evaluation's raw outputs per split ("test"; "train" when the adaptation set was scored).
     """
@@ -131,6 +134,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     adapted: Any = None
     tuned_parameters: dict[str, int] = field(default_factory=dict)
+    rule: str | None = None
     weights: Any = None
     outputs: dict[str, Any] = field(default_factory=dict)
 

@@ -175,13 +175,25 @@ def augment(cache: ImageCache, indices: Sequence[int], boxes: Sequence[Box], spe
 
 
 def center_views(cache: ImageCache, indices: Sequence[int], spec: ViewSpec, device) -> torch.Tensor:
-    """Eval views: resize the shorter side to the input size (bicubic, antialiased), center crop, normalise."""
+    """Eval views made like the model's own preprocessing (bicubic, antialiased), normalised:
+    "shortest": resize the shorter side to the input size, center crop; "squash": resize both sides;
+    "longest": resize the longer side, pad the rest with ``fill_color`` (centred)."""
     size = spec.size
     views = []
     for i in indices:
         image = cache.image(int(i)).to(device, non_blocking=True)
         h, w = image.shape[1:]
-        scale = size / min(h, w)
+        if spec.resize_mode == "squash":
+            views.append(_resize(image, size, size))
+            continue
+        scale = size / (max(h, w) if spec.resize_mode == "longest" else min(h, w))
+        if spec.resize_mode == "longest":
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            canvas = torch.full((3, size, size), spec.fill_color / 255.0, device=image.device)
+            top, left = (size - nh) // 2, (size - nw) // 2
+            canvas[:, top : top + nh, left : left + nw] = _resize(image, nh, nw)
+            views.append(canvas)
+            continue
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
         top, left = (nh - size) // 2, (nw - size) // 2
         views.append(_resize(image, nh, nw)[:, top : top + size, left : left + size])

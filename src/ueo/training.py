@@ -28,7 +28,7 @@ from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
 from .predict import otsu_threshold
 from .prompts import PromptLearner
 from .state import AdaptedState
-from .tuning import adapted_state, apply_adapted_state, configure_tuning
+from .tuning import adapted_state, apply_adapted_state, configure_tuning, resolve_rule
 from .views import epoch_batches
 
 
@@ -121,7 +121,7 @@ class Run:
             model=self.bundle.name,
             pretrained=self.bundle.pretrained,
             tune=self.config.tune,
-            rule=self.config.rule,
+            rule=self.result.rule,
             init=self.config.init,
             info=info,
         )
@@ -185,9 +185,10 @@ def fit(
     model, device = bundle.model, bundle.device
     torch.manual_seed(cfg.seed)
     learner = PromptLearner(bundle, class_names, init=cfg.init).to(device)
-    tuned = configure_tuning(model, learner, cfg.tune, cfg.rule)
+    rule = resolve_rule(model, cfg.rule)  # what "auto" stands for on this model
+    tuned = configure_tuning(model, learner, cfg.tune, rule)
     originals = adapted_state(tuned)
-    result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()})
+    result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()}, rule=rule)
     sources = {
         name: image_source(bundle, data, cfg.fast, cfg.seed, cfg.num_workers, cfg.progress)
         for name, data in (("train", train), ("test", test))

@@ -4,8 +4,10 @@ Rules for the image encoder (names are full model names, e.g. "visual.transforme
   "official":  every visual parameter whose name contains "bn" or "ln" (the reference's rule).
                ViT: ln_pre, ln_1/ln_2 of each block, ln_post. ModifiedResNet: bn1/bn2/bn3 of the stem and
                of each bottleneck; NOT the downsample BatchNorms ("downsample.1") nor the attention pool.
-  "all-norms": the affine weight/bias of every normalisation module (LayerNorm, BatchNorm, GroupNorm, ...),
-               which adds the ResNet downsample BatchNorms.
+  "all-norms": the affine weight/bias of every normalisation module (LayerNorm, BatchNorm, GroupNorm,
+               RMSNorm and the like of timm towers), which adds the ResNet downsample BatchNorms.
+  "auto":      "official" where it selects something, else "all-norms" (timm towers — ConvNeXt, Swin, EVA,
+               SigLIP, ... — name their norms "norm", which the official rule misses). The default.
 Everything else is frozen, and the model stays in eval mode: BatchNorm keeps using its running statistics.
 """
 
@@ -19,17 +21,32 @@ from torch import nn
 from .config import RULES, TUNE_CHOICES
 from .errors import ConfigError, IncompatibleError
 
-_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
 
 
-def tunable_parameters(model: nn.Module, rule: str = "official") -> dict[str, nn.Parameter]:
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer: torch's own, or a library's whose class is named like one (timm's RmsNorm,
+    LayerNorm2d, BatchNormAct2d, ...)."""
+    return isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower()
+
+
+def resolve_rule(model: nn.Module, rule: str) -> str:
+    """The rule that "auto" stands for on this model ("official" when it selects something); others as given."""
+    if rule == "auto":
+        return "official" if tunable_parameters(model, "official") else "all-norms"
+    return rule
+
+
+def tunable_parameters(model: nn.Module, rule: str = "auto") -> dict[str, nn.Parameter]:
     """{full name: parameter} of the image encoder's normalisation affines selected by ``rule``."""
+    if rule == "auto":
+        rule = resolve_rule(model, rule)
     if rule == "official":
         return {f"visual.{name}": p for name, p in model.visual.named_parameters() if "bn" in name or "ln" in name}
     if rule == "all-norms":
         selected = {}
         for module_name, module in model.visual.named_modules():
-            if isinstance(module, _NORM_TYPES):
+            if is_norm(module):
                 for param_name, p in module.named_parameters(recurse=False):
                     selected[f"visual.{module_name}.{param_name}"] = p
         return selected
@@ -37,7 +54,7 @@ def tunable_parameters(model: nn.Module, rule: str = "official") -> dict[str, nn
 
 
 def configure_tuning(
-    model: nn.Module, prompt_learner: nn.Module | None, tune: str = "both", rule: str = "official"
+    model: nn.Module, prompt_learner: nn.Module | None, tune: str = "both", rule: str = "auto"
 ) -> dict[str, nn.Parameter]:
     """Freeze everything, then enable gradients on what ``tune`` selects; returns {name: parameter}.
 
@@ -58,7 +75,12 @@ def configure_tuning(
     if tune in ("norm", "both"):
         norms = tunable_parameters(model, rule)
         if not norms:
-            raise ConfigError(f"Rule {rule!r} selects no parameter in this image encoder.")
+            others = {r: sum(p.numel() for p in tunable_parameters(model, r).values()) for r in RULES if r != rule}
+            working = ", ".join(f"rule {r!r} selects {n:,}" for r, n in others.items() if n)
+            raise ConfigError(
+                f"Rule {rule!r} selects no parameter in this image encoder (its normalisation layers "
+                f"are not named 'bn'/'ln'); {working or 'no rule selects any: use tune prompt'}."
+            )
         selected.update(norms)
     for p in selected.values():
         p.requires_grad_(True)

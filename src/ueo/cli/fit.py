@@ -21,6 +21,7 @@ from ..inference import evaluate
 from ..predict import parse_threshold
 from ..prompts import PromptLearner
 from ..training import fit
+from ..tuning import configure_tuning, resolve_rule
 from .common import (
     about,
     check_device,
@@ -204,7 +205,9 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True)
         raise ConfigError("--tpr needs labeled validation images: pass --val.")
     bundle = load_bundle(config["model"], config["pretrained"], config["device"], seed=settings.seed)
     with about("--classes"):
-        PromptLearner(bundle, class_names, init=settings.init)  # every prompt fits the text context
+        learner = PromptLearner(bundle, class_names, init=settings.init)  # every prompt fits the text context
+    with about("--rule"):
+        tuning = describe_tuning(bundle.model, learner, settings)
     skipped, kept = [], {}
     for name, images in (("adaptation", train_list), ("test", test_list), ("validation", val_list)):
         if images is not None:
@@ -227,12 +230,30 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True)
         "adaptation_files": fingerprint(job.train),
         "test_files": fingerprint(job.test) if job.test else None,
     }
+    say(tuning)
     say(
         f"{len(class_names)} known classes, {len(job.train)} adaptation images"
         + (f", {len(job.test)} test images" if job.test is not None else "")
         + (f"; skipped {len(skipped)} unreadable file(s), listed in skipped.csv" if skipped else "")
     )
     return job
+
+
+def describe_tuning(model, learner: PromptLearner, settings: FitConfig) -> str:
+    """What will learn, in a line; refuses a rule that selects nothing (saying which rule would)."""
+    try:
+        tuned = configure_tuning(model, learner, settings.tune, resolve_rule(model, settings.rule))
+    finally:
+        model.requires_grad_(False)
+    prompt = tuned.pop("prompt.ctx", None)
+    parts = [f"the prompt context ({prompt.numel():,} values)"] if prompt is not None else []
+    if tuned:
+        rule = resolve_rule(model, settings.rule)
+        chosen = f"rule {rule!r}" + (
+            " (auto: the official rule selects nothing here)" if settings.rule == "auto" and rule != "official" else ""
+        )
+        parts.append(f"the image encoder's norm affines by {chosen} ({sum(p.numel() for p in tuned.values()):,})")
+    return "tuning " + " and ".join(parts)
 
 
 def load_inputs(config: dict):
@@ -319,6 +340,15 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest) -> dict:
         "num_test_images": len(job.test) if job.test is not None else 0,
         "num_skipped": len(job.skipped),
         "tuned_parameters": sum(result.tuned_parameters.values()),
+        "tuning": {
+            "tune": config["tune"],
+            "rule": result.rule,
+            "requested_rule": config["rule"],
+            "parameters": {
+                "prompt": result.tuned_parameters.get("prompt.ctx", 0),
+                "norm": sum(n for k, n in result.tuned_parameters.items() if k != "prompt.ctx"),
+            },
+        },
         "ueo_version": __version__,
     }
     if is_main():
