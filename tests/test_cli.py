@@ -236,7 +236,7 @@ def test_report_and_bench(folder, tmp_path, capsys):
 
 
 def test_help_and_module_entry_point(capsys):
-    for command in ("fit", "eval", "predict", "splits", "report", "bench", "demo"):
+    for command in ("fit", "eval", "predict", "export", "splits", "report", "bench", "demo"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "ClipBundle": "clip",
     "load_clip": "clip",
+    "Classifier": "classifier",
+    "Prediction": "classifier",
+    "load_adapted": "classifier",
     "FitConfig": "config",
     "FitResult": "config",
     "METHODS": "config",
@@ -63,6 +66,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load on first use
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .classifier import Classifier, Prediction, load_adapted
     from .clip import ClipBundle, load_clip
     from .config import METHODS, RULES, FitConfig, FitResult
     from .errors import (

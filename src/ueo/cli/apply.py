@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import protocols, report
+from ..classifier import Classifier
 from ..config import FitConfig
 from ..data import ImageFiles, read_images
 from ..errors import ConfigError
@@ -30,7 +31,7 @@ from .common import (
 from .options import flag_names
 
 
-def load_adapted(args):
+def state_and_bundle(args):
     """(adapted state, bundle of the model it belongs to; --model/--pretrained override what it records)."""
     path = Path(args.adapted)
     if not path.is_file():
@@ -56,7 +57,7 @@ def apply_state(args, images_flag: str, labeled: bool):
     spec = getattr(args, images_flag.lstrip("-"))
     out = check_out(args.out, args.overwrite)
     check_not_inside(out, {images_flag: spec, "--val": args.val})
-    state, bundle = load_adapted(args)
+    state, bundle = state_and_bundle(args)
     names = state.class_names
     if labeled:
         listed = labeled_images(spec, names, args.root, images_flag)
@@ -118,6 +119,22 @@ def cmd_predict(args) -> int:
     say(
         f"{summary['num_images']} images, {summary['num_predicted_unknown']} predicted unknown; "
         f"{describe_threshold(threshold)}\nwrote {out / 'predictions.csv'}"
+    )
+    return 0
+
+
+EXPORT_OUTPUTS = ("open_clip_model.safetensors", "open_clip_config.json", "classifier.safetensors", "README.md")
+
+
+def cmd_export(args) -> int:
+    out = check_out(args.out, args.overwrite)
+    state, bundle = state_and_bundle(args)
+    classifier = Classifier(bundle, state)
+    claim_out(out, clear=args.overwrite, names=EXPORT_OUTPUTS)
+    classifier.export(out)
+    say(
+        f"wrote {', '.join(EXPORT_OUTPUTS)} to {out}: open_clip alone runs the adapted model "
+        f"({len(classifier.classes)} classes, threshold {classifier.threshold:.4f}); see {out / 'README.md'}"
     )
     return 0
 

@@ -1,6 +1,6 @@
 """ueo: adapt CLIP to an unlabeled image collection (Universal Entropy Optimization).
 
-Commands: fit, eval, predict, splits, report, bench, demo.  `ueo COMMAND --help` shows each one's options.
+Commands: fit, eval, predict, export, splits, report, bench, demo.  `ueo COMMAND --help` shows each one's options.
 Exit codes: 0 done, 1 a bug in ueo (reported with its traceback), 2 bad input (data, class names,
 weights, options, states), 3 training diverged, 128+N stopped by signal N (a checkpoint was saved).
 """
@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": ("fit", "cmd_bench"),
     "eval": ("apply", "cmd_eval"),
     "predict": ("apply", "cmd_predict"),
+    "export": ("apply", "cmd_export"),
     "splits": ("apply", "cmd_splits"),
     "report": ("apply", "cmd_report"),
     "demo": ("apply", "cmd_demo"),
@@ -104,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
         p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
         p.add_argument("--quiet", action="store_true", help="logs only")
+
+    p = sub.add_parser(
+        "export",
+        help="write the adapted model for open_clip alone (weights, classifier, README)",
+        description="Write what runs the adapted model with open_clip alone: the whole CLIP with the adapted "
+        "norms merged in, the known classes' text features with the threshold, and a README with the code.",
+        formatter_class=defaults,
+    )
+    p.add_argument("--adapted", required=True, help="adapted.safetensors written by `ueo fit`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=None, help="override the model recorded in the state")
+    p.add_argument("--pretrained", default=None, help="override the weights recorded in the state")
+    p.add_argument("--device", default="cpu", help="where to compute the text features")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
 
     p = sub.add_parser(
         "splits",

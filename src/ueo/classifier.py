@@ -1,0 +1,270 @@
+"""Use what was learned: a classifier object, and an export that plain open_clip loads.
+
+``load_adapted(path)`` gives a :class:`Classifier`: the CLIP with the adapted state applied, the known
+classes' text features (computed once) and the fitted threshold. It decides exactly as ``ueo predict``
+does (same loading, views and arithmetic), for each image on its own.
+
+``Classifier.export(folder)`` writes what is needed to run the adapted model with open_clip alone:
+``open_clip_model.safetensors`` (the whole CLIP with the adapted normalisation affines merged in) and
+``open_clip_config.json`` (open_clip's "local-dir:" layout), ``classifier.safetensors`` (the text features
+of the learned prompts, the class names, the threshold and the score rule) and a README with the lines of
+plain PyTorch + open_clip that reproduce the decisions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .data import load_image
+from .errors import ConfigError, IncompatibleError
+from .files import read_tagged, write_tagged, write_text
+from .inference import autocast, image_source, score
+from .objectives import mcm_scores
+from .predict import UNKNOWN, threshold_warning
+from .prompts import PromptLearner
+from .state import AdaptedState
+from .tuning import apply_adapted_state
+
+CLASSIFIER_FORMAT = "ueo-classifier/1"
+SCORE_RULE = (
+    "mcm: the score is the largest softmax of the raw cosines (temperature 1) to the known classes' "
+    "text features; an image is its top-1 class when score >= threshold, else 'unknown'"
+)
+
+
+@dataclass
+class Prediction:
+    """label: a class name or "unknown"; score: the MCM score; top1: the most similar known class."""
+
+    label: str
+    score: float
+    top1: str
+
+
+@dataclass
+class Scores:
+    """cosines [N, K]: raw cosine similarities to the known classes; probabilities [N, K]: their softmax
+    at temperature 1 (the MCM score is the row maximum)."""
+
+    cosines: torch.Tensor
+    probabilities: torch.Tensor
+
+
+class _Items(torch.utils.data.Dataset):
+    """(image, -1) items from PIL images or file paths (read with ueo's own loader)."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        return (load_image(Path(item)) if isinstance(item, (str, os.PathLike)) else item), -1
+
+
+class Classifier:
+    """A CLIP with an adapted state applied, its known classes and its threshold.
+
+    classes: the known class names (label order). threshold: accept the top-1 class when score >= it
+    (settable). model / preprocess: the open_clip model (adapted) and its eval transform (PIL -> tensor).
+    """
+
+    def __init__(self, bundle, state: AdaptedState, threshold: float | None = None, batch_size: int = 256):
+        state.check_compatible(bundle.name, bundle.pretrained)
+        state.check_fits(bundle.model)
+        self.bundle, self.state, self.batch_size = bundle, state, batch_size
+        self.classes = list(state.class_names)
+        learner = PromptLearner(bundle, self.classes, init=state.init).to(bundle.device)
+        apply_adapted_state(bundle.model, learner, state.tensors)  # the classifier owns its bundle
+        bundle.model.eval()
+        with torch.no_grad(), autocast(bundle.device, None):
+            self.text_features = learner.text_features().float()
+        fitted = (state.threshold or {}).get("threshold")
+        if threshold is None and fitted is None:
+            import warnings
+
+            warnings.warn(
+                "The adapted state holds no fitted threshold (saved by an older ueo): every image is "
+                "accepted as a known class until you set classifier.threshold.",
+                stacklevel=2,
+            )
+        self.threshold = (
+            threshold if threshold is not None else fitted if fitted is not None else 1.0 / len(self.classes)
+        )
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"threshold must be a finite number, got {value!r}.")
+        self._threshold = float(value)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.bundle.model
+
+    @property
+    def preprocess(self):
+        return self.bundle.eval_transform
+
+    def scores(self, images) -> Scores:
+        """Raw cosines and their softmax for ``images``: PIL images or file paths (one or a list), or a
+        normalised tensor batch [B, 3, S, S] (or one image [3, S, S]). Each image is scored on its own."""
+        if torch.is_tensor(images):
+            batch = images[None] if images.dim() == 3 else images
+            dataset: Any = [(image, -1) for image in batch]
+        else:
+            dataset = _Items(list(images) if isinstance(images, (list, tuple)) else [images])
+        if len(dataset) == 0:
+            empty = torch.zeros(0, len(self.classes))
+            return Scores(empty, empty)
+        source = image_source(self.bundle, dataset, fast=None)
+        cosines = score(self.model, self.text_features, source, self.batch_size, amp=None).cosines
+        return Scores(cosines, torch.softmax(cosines, dim=-1))
+
+    def predict(self, images) -> list[Prediction]:
+        """For each image: its class or "unknown", its score and its top-1 known class (as `ueo predict`)."""
+        cosines = self.scores(images).cosines
+        values, top = mcm_scores(cosines).tolist(), cosines.argmax(dim=-1).tolist()
+        return [
+            Prediction(self.classes[k] if s >= self.threshold else UNKNOWN, s, self.classes[k])
+            for s, k in zip(values, top)
+        ]
+
+    def export(self, folder) -> Path:
+        """Write the open_clip-loadable model, the classifier and a README into ``folder``; returns it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state_dict = {
+            k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+            for k, v in self.model.state_dict().items()
+        }
+        write_tagged(folder / "open_clip_model.safetensors", state_dict, {"exported_by": f"ueo {__version__}"}, "pt")
+        config = {
+            "model_cfg": model_config(self.bundle),
+            "preprocess_cfg": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.model.visual.preprocess_cfg.items()
+            },
+        }
+        write_text(folder / "open_clip_config.json", json.dumps(config, indent=2) + "\n")
+        meta = {
+            "class_names": json.dumps(self.classes),
+            "threshold": repr(self.threshold),
+            "threshold_rule": json.dumps(self.state.threshold),
+            "score": SCORE_RULE,
+            "model": self.bundle.name,
+            "pretrained": json.dumps(self.bundle.pretrained),
+            "ueo_version": __version__,
+        }
+        write_tagged(
+            folder / "classifier.safetensors", {"text_features": self.text_features.cpu()}, meta, CLASSIFIER_FORMAT
+        )
+        write_text(
+            folder / "README.md",
+            EXPORT_README.format(model=self.bundle.name, k=len(self.classes), threshold=self.threshold),
+        )
+        return folder
+
+
+def model_config(bundle) -> dict:
+    """open_clip's configuration of the bundle's architecture (what "local-dir:" needs to rebuild it)."""
+    import open_clip
+
+    name = bundle.name
+    if name.startswith("local-dir:"):
+        return json.loads((Path(name[len("local-dir:") :]) / "open_clip_config.json").read_text())["model_cfg"]
+    if name.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(name[len("hf-hub:") :], "open_clip_config.json")
+        return json.loads(Path(path).read_text())["model_cfg"]
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise IncompatibleError(f"open_clip has no configuration for {name!r}.")
+    return copy.deepcopy(config)
+
+
+def load_adapted(
+    path, device=None, pretrained: str | None = None, model: str | None = None, threshold: float | None = None
+) -> Classifier:
+    """A :class:`Classifier` from an adapted state file. The CLIP is the one the state records (found as
+    ``ueo predict`` finds it); ``pretrained=`` / ``model=`` override it (e.g. a local weights file offline).
+    ``threshold``: instead of the fitted one."""
+    from .clip import load_clip
+
+    state = AdaptedState.load(path)
+    name = model or state.model
+    weights = pretrained if pretrained is not None else state.pretrained
+    state.check_compatible(name, weights)
+    if threshold is not None:
+        problem = threshold_warning(threshold, len(state.class_names))
+        if problem:
+            import warnings
+
+            warnings.warn(problem, stacklevel=2)
+    return Classifier(load_clip(name, pretrained=weights, device=device), state, threshold=threshold)
+
+
+def read_classifier(path) -> tuple[torch.Tensor, dict]:
+    """(text features [K, D], metadata) of an exported classifier.safetensors."""
+    meta, tensors = read_tagged(path, CLASSIFIER_FORMAT, "ueo classifier")
+    return tensors["text_features"], meta
+
+
+EXPORT_README = """# An adapted CLIP, for open_clip alone
+
+Exported by ueo from an adapted state of `{model}` ({k} known classes, threshold {threshold:.6f}).
+
+| file | what |
+|---|---|
+| `open_clip_model.safetensors` | the whole CLIP, with the adapted normalisation affines merged in |
+| `open_clip_config.json` | the architecture and preprocessing, for open_clip's `local-dir:` loading |
+| `classifier.safetensors` | `text_features` [K, D] (the learned prompts, encoded and L2-normalised) and, as metadata, `class_names`, `threshold` and the score rule |
+
+These lines reproduce ueo's decisions with PyTorch and open_clip only:
+
+```python
+import json
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+
+folder = "path/to/this/folder"
+model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{{folder}}")
+model.eval()
+with safe_open(f"{{folder}}/classifier.safetensors", "pt") as f:
+    text_features, meta = f.get_tensor("text_features"), f.metadata()
+classes, threshold = json.loads(meta["class_names"]), float(meta["threshold"])
+
+
+def classify(path):
+    image = preprocess(Image.open(path).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        cosines = F.normalize(model.encode_image(image), dim=-1) @ text_features.T  # raw cosines
+    score, top1 = cosines.softmax(dim=-1).max(dim=-1)  # the MCM score and the top-1 class
+    label = classes[top1] if score >= threshold else "unknown"
+    return label, score.item(), classes[top1]
+```
+
+With an open_clip model name, `open_clip.create_model_and_transforms(NAME, pretrained=f"{{folder}}/open_clip_model.safetensors")`
+loads the same weights. ueo reads images with their EXIF orientation applied and transparent pixels over
+white (`PIL.ImageOps.exif_transpose`, then paste on white); do the same for identical results on such
+files. On a GPU ueo computes in bf16 autocast: scores then differ from fp32 in the third decimal.
+"""
