@@ -84,7 +84,15 @@ def test_fit_writes_every_output(fitted):
     history = read_csv(fitted / "history.csv")
     assert len(history) == 2 * 4 and history[0]["step"] == "1"
     rows = read_csv(fitted / "predictions.csv")
-    assert len(rows) == 15 and set(rows[0]) == {"path", "label", "prediction", "score", "top1"}
+    assert len(rows) == 15 and set(rows[0]) == {
+        "path",
+        "label",
+        "prediction",
+        "score",
+        "top1",
+        "zeroshot_prediction",
+        "zeroshot_score",
+    }
     assert {r["label"] for r in rows} == {"cat", "hot dog", "zebra"}
     assert all(r["prediction"] in ("cat", "hot dog", "bird", "unknown") for r in rows)
     threshold = metrics["threshold"]["threshold"]

@@ -68,4 +68,8 @@ def test_demo_command_writes_its_outputs(tmp_path, capsys):
     assert table["opda"]["zeroshot"]["pacc"] == pytest.approx(zero["pacc"], abs=1e-9)
     assert (tmp_path / "table.md").is_file() and (tmp_path / "opda" / "ueo" / "seed0" / "roc.png").is_file()
     assert (tmp_path / "opda" / "infomax" / "seed0" / "adapted.safetensors").is_file()
+    # the pages a newcomer opens first
+    index = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert 'href="table.html"' in index and 'href="opda/ueo/seed0/report.html"' in index
+    assert (tmp_path / "table.html").is_file() and (tmp_path / "opda" / "ueo" / "seed0" / "report.html").is_file()
     assert "opda       ueo  PACC" in capsys.readouterr().out

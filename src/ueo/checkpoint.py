@@ -10,6 +10,7 @@ with the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -50,6 +51,7 @@ def make_checkpoint(
         "identity": identity,
         "history": result.history,
         "evaluations": result.evaluations,
+        "zeroshot_threshold": result.zeroshot_threshold,
         "lr": learning_rates,
     }
     return {"tensors": tensors, "meta": meta}
@@ -101,6 +103,9 @@ def damage(checkpoint: dict) -> str | None:
         return "the evaluations are not a list of metric rows"
     if not all(isinstance(n, str) for n in meta["class_names"]):
         return "class_names are not texts"
+    cut = meta.get("zeroshot_threshold")
+    if cut is not None and (isinstance(cut, bool) or not isinstance(cut, (int, float)) or not math.isfinite(cut)):
+        return "the zero-shot threshold is not a number"
     params = {k: v for k, v in tensors.items() if k.startswith("param/")}
     if not params:
         return "no tuned parameters"
@@ -174,4 +179,5 @@ def restore(
         torch.set_rng_state(tensors["torch_rng"])
     result.history[:] = meta["history"]
     result.evaluations[:] = meta["evaluations"]
+    result.zeroshot_threshold = meta.get("zeroshot_threshold")
     return epoch, done

@@ -127,6 +127,9 @@ class FitResult:
     rule: the norm rule that was applied ("official" or "all-norms"; what "auto" chose).
     weights: the confidence weights used at the last epoch ([N]; None for infomax / entropy).
     outputs: the last evaluation's raw outputs per split ("test"; "train" when the adaptation set was scored).
+    zeroshot_outputs: the zero-shot evaluation's raw outputs per split (empty for a resumed run).
+    zeroshot_threshold: Otsu's rule on the zero-shot scores (of the adaptation set when they were computed,
+        else of the test set): what the zero-shot model's decisions are compared with.
     """
 
     config: FitConfig
@@ -137,6 +140,8 @@ class FitResult:
     rule: str | None = None
     weights: Any = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    zeroshot_outputs: dict[str, Any] = field(default_factory=dict)
+    zeroshot_threshold: float | None = None  # Otsu's cut of the zero-shot scores (adaptation set, else test)
 
     @property
     def metrics(self) -> dict[str, dict]:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import toyworld as tw
+from .data import ImageList
+from .webreport import write_table_page
 
 DEMO_METHODS = ("zeroshot", "entropy", "infomax", "ueo")
 DEMO_SCENARIOS = ("cda", "pda", "oda", "opda")
@@ -31,7 +33,8 @@ def run_scenario(
     progress: bool = False,
     settings: dict | None = None,
 ) -> dict[str, dict]:
-    """{method: {metric: mean over seeds, metric_std: ..., "seeds": [...per seed...]}} on one toy scenario."""
+    """{method: {metric: mean over seeds, metric_std: ..., "seeds": [...per seed...]}} on one toy scenario.
+    With ``out``: one folder per run, and for UEO's first seed the predictions, plots and report.html."""
     from . import report
     from .training import fit
 
@@ -53,42 +56,86 @@ def run_scenario(
             )
             per_seed.append({k: result.metrics["adapted"][k] for k in KEYS})
             if out is not None:
-                run_dir = out / scenario / method / f"seed{seed}"
-                result.adapted.save(run_dir / "adapted.safetensors")
-                report.write_csv(
-                    run_dir / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"]
+                write_run(
+                    out,
+                    out / scenario / method / f"seed{seed}",
+                    scenario,
+                    method,
+                    seed,
+                    result,
+                    len(train),
+                    test,
+                    pages=method == "ueo" and seed == seeds[0],
                 )
-                report.write_json(
-                    run_dir / "metrics.json",
-                    {
-                        "run": {
-                            "benchmark": "toyworld",
-                            "domain": tw.TARGET_STYLE,
-                            "scenario": scenario,
-                            "method": method,
-                            "seed": seed,
-                            "model": "ueo-toy-rn",
-                            "pretrained": "toyworld",
-                        },
-                        "zeroshot": result.metrics["zeroshot"],
-                        "adapted": result.metrics["adapted"],
-                        "evaluations": result.evaluations,
-                    },
-                )
-                if method == "ueo" and seed == seeds[0]:
-                    outputs = result.outputs["test"]
-                    labels, scores = outputs.labels.numpy(), outputs.scores.numpy()
-                    from .predict import otsu_threshold
-
-                    report.plot_roc(labels, scores, tw.NUM_KNOWN, run_dir / "roc.png")
-                    report.plot_scores(labels, scores, tw.NUM_KNOWN, otsu_threshold(scores), run_dir / "scores.png")
-                    report.plot_confusion(labels, outputs.predictions.numpy(), names, run_dir / "confusion.png")
         entry = {}
         for k in KEYS:
             entry[k], entry[f"{k}_std"] = report.mean_std([row[k] for row in per_seed if row[k] is not None])
         entry["seeds"] = per_seed
         results[method] = entry
     return results
+
+
+def image_files(out: Path, test) -> ImageList:
+    """The test images as files (once per demo folder), so that pages can show them."""
+    paths = []
+    for i, (label, index) in enumerate(test.samples):
+        path = out / "images" / tw.CLASS_NAMES[label].replace(" ", "_") / f"{index}.png"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            test.images[i].save(path)
+        paths.append(path)
+    labels = [label for label, _ in test.samples]
+    unknown = {label: tw.CLASS_NAMES[label] for label in set(labels) if label >= tw.NUM_KNOWN}
+    return ImageList(paths, labels, labeled=True, unknown_names=unknown)
+
+
+def write_run(
+    out: Path, run_dir: Path, scenario: str, method: str, seed: int, result, train_size: int, test, pages: bool
+) -> None:
+    from . import report
+    from .webreport import write_run_report
+
+    names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
+    result.adapted.save(run_dir / "adapted.safetensors")
+    report.write_csv(run_dir / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
+    metrics = {
+        "run": {
+            "benchmark": "toyworld",
+            "domain": tw.TARGET_STYLE,
+            "scenario": scenario,
+            "method": method,
+            "seed": seed,
+            "model": "ueo-toy-rn",
+            "pretrained": "toyworld",
+        },
+        "class_names": names,
+        "zeroshot": result.metrics["zeroshot"],
+        "adapted": result.metrics["adapted"],
+        "evaluations": result.evaluations,
+        "threshold": result.adapted.threshold,
+        "tuned_parameters": sum(result.tuned_parameters.values()),
+        "tuning": {"rule": result.rule},
+        "num_adaptation_images": len(result.weights) if result.weights is not None else None,
+        "num_test_images": len(test),
+    }
+    if pages:
+        zeroshot = result.zeroshot_outputs["test"]
+        cut = report.zeroshot_threshold(result.adapted.threshold, zeroshot)
+        metrics["predictions"] = report.write_predictions(
+            run_dir,
+            image_files(out, test),
+            result.outputs["test"],
+            names,
+            result.adapted.threshold["threshold"],
+            len(names),
+            zeroshot,
+            cut,
+        )
+        if result.history:
+            report.plot_loss(result.history, run_dir / "loss.png")
+    report.write_json(run_dir / "metrics.json", {k: v for k, v in metrics.items() if v is not None})
+    if pages:
+        write_run_report(run_dir)
 
 
 def format_table(table: dict[str, dict[str, dict]]) -> str:
@@ -134,5 +181,29 @@ def run_demo(
             print(f"{scenario:>5} {method:>9}  PACC {100 * row['pacc']:5.1f}  AUROC {auroc}  HM {hm}", flush=True)
     report.write_json(out / "demo.json", table)
     write_text(out / "table.md", format_table(table))
-    print(f"wrote {out / 'demo.json'}, {out / 'table.md'} and one folder per run ({time.time() - start:.0f}s)")
+    rows, _ = report.collect([out / scenario for scenario in scenarios])
+    write_table_page(report.summarise(rows), out / "table.html")
+    write_index(out, scenarios)
+    print(
+        f"wrote {out / 'demo.json'}, {out / 'table.md'}, {out / 'table.html'} and one folder per run; "
+        f"open {out / 'index.html'} ({time.time() - start:.0f}s)"
+    )
     return 0
+
+
+def write_index(out: Path, scenarios: Sequence[str]) -> None:
+    """index.html: the way into the demo's pages."""
+    from html import escape
+
+    from .files import write_text
+
+    links = "".join(f'<li><a href="{s}/ueo/seed0/report.html">{s}: UEO, what it decided</a></li>' for s in scenarios)
+    write_text(
+        out / "index.html",
+        (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ueo demo</title></head><body>'
+            f"<h1>ueo demo: the toy world, {escape(tw.TARGET_STYLE)} style</h1>"
+            '<p><a href="table.html">All methods and scenarios: the table and charts</a></p>'
+            f"<ul>{links}</ul></body></html>\n"
+        ),
+    )

@@ -127,10 +127,12 @@ def evaluate(
     amp: bool | None = None,
     progress: bool = False,
     fast: bool | None = None,
+    init: str = DEFAULT_INIT,
 ) -> tuple[dict, Outputs]:
     """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on the dataset ``test``.
 
     class_names default to the adapted state's. Returns (metrics dict, Outputs).
+    init: the prompt's words when no adapted state is given (the zero-shot prompt "{init} {name}.").
     fast: decode once and make the eval views on the device (None: on CUDA with PIL images).
     The bundle's model is left unchanged.
     """
@@ -139,8 +141,6 @@ def evaluate(
         adapted.check_fits(bundle.model)
         class_names = class_names or adapted.class_names
         init = adapted.init
-    else:
-        init = DEFAULT_INIT
     if not class_names:
         raise DataError("class_names are needed when no adapted state is given.")
     if len(test) == 0:

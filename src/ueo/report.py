@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 from collections import defaultdict
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import ImageList
 from .files import atomic_path, write_text
-from .metrics import known_mask
+from .metrics import known_mask, open_set_metrics
+from .predict import decide, otsu_threshold
 
 TABLE_METRICS = ("pacc", "auroc", "hm", "gacc", "fpr95", "aupr_in", "aupr_out")
 RUN_KEYS = ("benchmark", "domain", "scenario", "method")
@@ -38,7 +41,8 @@ def write_csv(path, rows: Sequence[dict], fieldnames: Sequence[str]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def _figure():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +62,7 @@ def plot_roc(labels, scores, num_known: int, path) -> None:
 
     known = known_mask(labels, num_known)
     tps, fps = _curve(known, scores)
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(np.r_[0, fps / fps[-1]], np.r_[0, tps / tps[-1]], lw=2, label=f"AUROC {100 * auroc(known, scores):.1f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
@@ -76,7 +80,7 @@ def plot_scores(labels, scores, num_known: int, threshold, path) -> None:
     """Histograms of the scores of known and unknown samples, threshold marked."""
     known = known_mask(labels, num_known)
     scores = np.asarray(scores)
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(scores.min(), scores.max() + 1e-9, 40)
     ax.hist(scores[known], bins=bins, alpha=0.6, label=f"known ({known.sum()})")
@@ -97,7 +101,7 @@ def plot_confusion(labels, predictions, class_names: Sequence[str], path) -> Non
     matrix = np.zeros((k, k))
     np.add.at(matrix, (labels[known], predictions[known]), 1)
     matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    plt = _figure()
+    plt = pyplot()
     size = min(4 + 0.25 * k, 20)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
@@ -107,6 +111,84 @@ def plot_confusion(labels, predictions, class_names: Sequence[str], path) -> Non
     ax.set(xlabel="predicted", ylabel="true", title="Known classes (row-normalised)")
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_loss(history: Sequence[dict], path) -> None:
+    """The loss at every step, with the epochs marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ends = [h["step"] for h, nxt in itertools.pairwise(history) if nxt["epoch"] != h["epoch"]]
+    for step in ends:
+        ax.axvline(step, color="grey", lw=0.5, alpha=0.5)
+    ax.set(xlabel="step", ylabel="loss", title="Training loss")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_predictions(
+    out: Path,
+    images: ImageList,
+    outputs,
+    class_names: Sequence[str],
+    threshold: float,
+    num_known: int,
+    zeroshot=None,
+    zeroshot_threshold: float | None = None,
+) -> dict:
+    """predictions.csv (+ plots and open-set metrics when labeled), with the zero-shot model's decisions
+    beside the adapted ones when ``zeroshot`` outputs are given. Returns what goes into metrics.json."""
+    predictions, scores = outputs.predictions.numpy(), outputs.scores.numpy()
+    decided = decide(predictions, scores, class_names, threshold)
+    columns = ["path", *(["label"] if images.labeled else []), "prediction", "score", "top1"]
+    if zeroshot is not None:
+        zs_scores = zeroshot.scores.numpy()
+        zs_decided = decide(zeroshot.predictions.numpy(), zs_scores, class_names, zeroshot_threshold)
+        columns += ["zeroshot_prediction", "zeroshot_score"]
+    rows = []
+    for i, path in enumerate(images.paths):
+        label = int(images.labels[i])
+        row = {
+            "path": str(path),
+            "prediction": decided[i],
+            "score": f"{scores[i]:.6f}",
+            "top1": class_names[int(predictions[i])],
+        }
+        if images.labeled:
+            row["label"] = (
+                class_names[label]
+                if 0 <= label < num_known
+                else images.unknown_names.get(label, f"unknown:{label}" if label >= 0 else "unknown")
+            )
+        if zeroshot is not None:
+            row.update(zeroshot_prediction=zs_decided[i], zeroshot_score=f"{zs_scores[i]:.6f}")
+        rows.append(row)
+    write_csv(out / "predictions.csv", rows, columns)
+    summary = {
+        "threshold": threshold,
+        "num_images": len(rows),
+        "num_predicted_unknown": int(sum(d == "unknown" for d in decided)),
+    }
+    if zeroshot is not None:
+        summary["zeroshot_threshold"] = zeroshot_threshold
+        summary["num_changed_by_adaptation"] = int(sum(a != b for a, b in zip(decided, zs_decided)))
+    if images.labeled:
+        labels = outputs.labels.numpy()
+        summary["open_set"] = open_set_metrics(labels, predictions, scores, num_known, threshold)
+        known = known_mask(labels, num_known)
+        if known.any() and (~known).any():
+            plot_roc(labels, scores, num_known, out / "roc.png")
+        plot_scores(labels, scores, num_known, threshold, out / "scores.png")
+        if known.any():
+            plot_confusion(labels, predictions, class_names, out / "confusion.png")
+    return summary
+
+
+def zeroshot_threshold(state_threshold: dict | None, zeroshot_outputs) -> float:
+    """The zero-shot decisions' threshold: the one fit chose by the same rule on the zero-shot scores of
+    the adaptation set, else Otsu's rule on the zero-shot scores at hand."""
+    stored = (state_threshold or {}).get("zeroshot")
+    return float(stored) if stored is not None else otsu_threshold(zeroshot_outputs.scores.numpy())
 
 
 def find_runs(paths: Iterable) -> list[Path]:
@@ -183,24 +265,24 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     return table
 
 
-def _cell(mean, std, runs: int) -> str:
+def cell(mean, std, runs: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
     return f"{mean:.1f}" if runs == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
-def _columns(table: Sequence[dict]) -> list[str]:
+def identity_columns(table: Sequence[dict]) -> list[str]:
     """The identity columns: model always, settings only when the runs differ in them."""
     return ["model"] + (["settings"] if len({e["settings"] for e in table}) > 1 else [])
 
 
 def to_markdown(table: Sequence[dict]) -> str:
-    extra = _columns(table)
+    extra = identity_columns(table)
     header = [*RUN_KEYS, "runs", *(m.upper() for m in TABLE_METRICS), *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
         cells = [str(entry[k]) for k in RUN_KEYS] + [str(entry["runs"])]
-        cells += [_cell(entry[m], entry[f"{m}_std"], entry["runs"]) for m in TABLE_METRICS]
+        cells += [cell(entry[m], entry[f"{m}_std"], entry["runs"]) for m in TABLE_METRICS]
         cells += [str(entry[k]) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -221,6 +221,10 @@ def fit(
         else:
             start = (1, 0)
             zero_shot_train = run.evaluate(0, need_train=needs_weights)
+            result.zeroshot_outputs = dict(result.outputs)
+            zeroshot = result.zeroshot_outputs.get("train", result.zeroshot_outputs.get("test"))
+            if zeroshot is not None:
+                result.zeroshot_threshold = otsu_threshold(zeroshot.scores.numpy())
             weights = confidence_weights(cfg, zero_shot_train, len(class_names)) if needs_weights else None
         run.weights = weights.to(device) if weights is not None else None
         if training:
@@ -235,6 +239,8 @@ def fit(
             "rule": "otsu",
             "source": f"the adaptation set ({len(train)} images)",
         }
+        if result.zeroshot_threshold is not None:  # the same rule on the zero-shot scores: to compare decisions
+            result.adapted.threshold["zeroshot"] = result.zeroshot_threshold
     finally:
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)

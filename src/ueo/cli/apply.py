@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .. import protocols, report
 from ..classifier import Classifier
 from ..config import FitConfig
 from ..data import ImageFiles, read_images
-from ..errors import ConfigError
+from ..errors import ConfigError, IncompatibleError
 from ..inference import evaluate
 from ..state import AdaptedState
+from ..webreport import write_run_report, write_table_page
 from .common import (
     about,
     check_not_inside,
@@ -26,7 +28,6 @@ from .common import (
     summary_line,
     threshold_spec,
     warn,
-    write_predictions,
 )
 from .options import flag_names
 
@@ -46,9 +47,11 @@ def state_and_bundle(args):
     return state, load_bundle(model, pretrained, args.device)
 
 
-def apply_state(args, images_flag: str, labeled: bool):
-    """What eval and predict share: check everything, read the state and the images, score them, choose
-    the threshold. Returns (out, state, images, skipped, outputs, threshold)."""
+def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
+    """What eval and predict share: check everything, read the state and the images, score them (and, for
+    the report, score them zero-shot too), choose the threshold, write predictions.csv. Returns (the
+    output folder, the contents of metrics.json)."""
+    started = time.monotonic()
     threshold_spec(args.threshold, args.tpr)
     with flag_names({"eval_batch_size": "--batch-size"}):
         FitConfig(eval_batch_size=args.batch_size).validate()
@@ -68,14 +71,11 @@ def apply_state(args, images_flag: str, labeled: bool):
     images, skipped = checked(listed, args.strict)
     claim_out(out, clear=args.overwrite)
     report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
-    _, outputs = evaluate(
-        bundle, None, ImageFiles(images), adapted=state, batch_size=args.batch_size, progress=not args.quiet
-    )
+    score = dict(batch_size=args.batch_size, progress=not args.quiet)
+    _, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:
-        _, val_outputs = evaluate(
-            bundle, None, ImageFiles(checked(val, args.strict)[0]), adapted=state, batch_size=args.batch_size
-        )
+        _, val_outputs = evaluate(bundle, None, ImageFiles(checked(val, args.strict)[0]), adapted=state, **score)
     threshold = choose_threshold(
         args.threshold,
         outputs.scores.numpy(),
@@ -85,40 +85,50 @@ def apply_state(args, images_flag: str, labeled: bool):
         tpr=args.tpr,
         val_outputs=val_outputs,
     )
-    return out, state, images, skipped, outputs, threshold
+    zeroshot = None if args.no_report else evaluate(bundle, names, ImageFiles(images), init=state.init, **score)[1]
+    cut = report.zeroshot_threshold(state.threshold, zeroshot) if zeroshot is not None else None
+    predictions = report.write_predictions(
+        out, images, outputs, names, threshold["threshold"], len(names), zeroshot, cut
+    )
+    metrics = {
+        "class_names": names,
+        "predictions": predictions,
+        "threshold": threshold,
+        "num_skipped": len(skipped),
+        "source": str(args.adapted),
+        "run": {"model": state.model, "pretrained": state.pretrained, "method": state.info.get("method", "-")},
+    }
+    if images.labeled:
+        metrics["adapted"] = outputs.metrics(len(names))
+        if zeroshot is not None:
+            metrics["zeroshot"] = zeroshot.metrics(len(names))
+    metrics["seconds"] = round(time.monotonic() - started, 1)
+    return out, metrics
+
+
+def finish(args, out: Path, metrics: dict) -> None:
+    """metrics.json, then (unless --no-report) report.html."""
+    report.write_json(out / "metrics.json", metrics)
+    if not args.no_report:
+        write_run_report(out)
 
 
 def cmd_eval(args) -> int:
-    out, state, images, skipped, outputs, threshold = apply_state(args, "--test", labeled=True)
-    metrics = outputs.metrics(len(state.class_names))
-    predictions = write_predictions(
-        out, images, outputs, state.class_names, threshold["threshold"], len(state.class_names)
-    )
-    report.write_json(
-        out / "metrics.json",
-        {
-            "adapted": metrics,
-            "predictions": predictions,
-            "threshold": threshold,
-            "num_skipped": len(skipped),
-            "source": str(args.adapted),
-        },
-    )
-    say(summary_line({"adapted": metrics}))
-    say(f"{describe_threshold(threshold)}\noutputs in {out}")
+    out, metrics = apply_state(args, "--test", labeled=True)
+    finish(args, out, metrics)
+    say(summary_line(metrics))
+    say(f"{describe_threshold(metrics['threshold'])}\noutputs in {out}")
     return 0
 
 
 def cmd_predict(args) -> int:
-    out, state, images, skipped, outputs, threshold = apply_state(args, "--data", labeled=False)
-    summary = write_predictions(out, images, outputs, state.class_names, threshold["threshold"], len(state.class_names))
-    result = {"predictions": summary, "threshold": threshold, "num_skipped": len(skipped), "source": str(args.adapted)}
-    if images.labeled:
-        result["metrics"] = outputs.metrics(len(state.class_names))
-    report.write_json(out / "metrics.json", result)
+    out, metrics = apply_state(args, "--data", labeled=False)
+    finish(args, out, metrics)
+    summary = metrics["predictions"]
     say(
         f"{summary['num_images']} images, {summary['num_predicted_unknown']} predicted unknown; "
-        f"{describe_threshold(threshold)}\nwrote {out / 'predictions.csv'}"
+        f"{describe_threshold(metrics['threshold'])}\nwrote {out / 'predictions.csv'}"
+        + ("" if args.no_report else f" and {out / 'report.html'}")
     )
     return 0
 
@@ -166,6 +176,8 @@ TABLE_HEADER = "| benchmark | domain | scenario | method | runs |"
 
 
 def cmd_report(args) -> int:
+    if args.html:
+        return rebuild_pages(args)
     path = Path(args.out)
     if path.suffix.lower() not in (".md", ""):
         raise ConfigError(f"--out {path}: the table is Markdown (.md), with a .csv beside it; name a .md file.")
@@ -182,7 +194,26 @@ def cmd_report(args) -> int:
     if not rows:
         raise ConfigError(f"No run with metrics under {' '.join(args.runs)}.")
     print(report.write_tables(rows, md_path), end="")
-    print(f"{len(rows)} run{'s' * (len(rows) != 1)}; wrote {md_path} and {md_path.with_suffix('.csv')}")
+    write_table_page(report.summarise(rows), md_path.with_suffix(".html"))
+    print(
+        f"{len(rows)} run{'s' * (len(rows) != 1)}; wrote {md_path}, {md_path.with_suffix('.csv')} and "
+        f"{md_path.with_suffix('.html')}"
+    )
+    return 0
+
+
+def rebuild_pages(args) -> int:
+    """`ueo report --html RUN...`: report.html of each run folder, from the files the run wrote."""
+    folders = [p.parent for p in report.find_runs(args.runs) if (p.parent / "predictions.csv").is_file()]
+    if not folders:
+        raise ConfigError(f"No run folder (metrics.json with predictions.csv) under {' '.join(args.runs)}.")
+    for folder in folders:
+        with about(f"{folder}"):
+            try:
+                page = write_run_report(folder)
+            except (ValueError, KeyError) as error:  # a damaged metrics.json or predictions.csv
+                raise IncompatibleError(f"cannot read the run's files ({error}).") from None
+        say(f"wrote {page}")
     return 0
 
 

@@ -11,12 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .. import report
 from ..data import ImageList, check_images, read_images
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
-from ..metrics import known_mask, open_set_metrics
-from ..predict import decide, otsu_threshold, parse_threshold, threshold_at_tpr, threshold_warning
+from ..metrics import known_mask
+from ..predict import otsu_threshold, parse_threshold, threshold_at_tpr, threshold_warning
 
 LOCK_NAME = ".ueo.lock"
 # Everything a run writes into its folder; --overwrite removes these first, so that no file of an earlier
@@ -239,49 +238,6 @@ def describe_threshold(chosen: dict) -> str:
         chosen["rule"], chosen["rule"]
     )
     return f"threshold {chosen['threshold']:.4f}: {rule} {chosen['source']}"
-
-
-def write_predictions(
-    out: Path, images: ImageList, outputs, class_names: Sequence[str], threshold: float, num_known: int
-) -> dict:
-    """predictions.csv (+ plots and open-set metrics when labeled). Returns what goes into metrics.json."""
-    predictions, scores = outputs.predictions.numpy(), outputs.scores.numpy()
-    decided = decide(predictions, scores, class_names, threshold)
-    rows = []
-    for i, path in enumerate(images.paths):
-        label = int(images.labels[i])
-        row = {
-            "path": str(path),
-            "prediction": decided[i],
-            "score": f"{scores[i]:.6f}",
-            "top1": class_names[int(predictions[i])],
-        }
-        if images.labeled:
-            row["label"] = (
-                class_names[label]
-                if 0 <= label < num_known
-                else images.unknown_names.get(label, f"unknown:{label}" if label >= 0 else "unknown")
-            )
-        rows.append(row)
-    columns = (
-        ["path", "label", "prediction", "score", "top1"] if images.labeled else ["path", "prediction", "score", "top1"]
-    )
-    report.write_csv(out / "predictions.csv", rows, columns)
-    summary = {
-        "threshold": threshold,
-        "num_images": len(rows),
-        "num_predicted_unknown": int(sum(d == "unknown" for d in decided)),
-    }
-    if images.labeled:
-        labels = outputs.labels.numpy()
-        summary["open_set"] = open_set_metrics(labels, predictions, scores, num_known, threshold)
-        known = known_mask(labels, num_known)
-        if known.any() and (~known).any():
-            report.plot_roc(labels, scores, num_known, out / "roc.png")
-        report.plot_scores(labels, scores, num_known, threshold, out / "scores.png")
-        if known.any():
-            report.plot_confusion(labels, predictions, class_names, out / "confusion.png")
-    return summary
 
 
 def summary_line(metrics: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ..predict import parse_threshold
 from ..prompts import PromptLearner
 from ..training import fit
 from ..tuning import configure_tuning, resolve_rule
+from ..webreport import write_run_report, write_table_page
 from .common import (
     about,
     check_device,
@@ -39,7 +41,6 @@ from .common import (
     summary_line,
     threshold_spec,
     warn,
-    write_predictions,
 )
 from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
 
@@ -103,7 +104,9 @@ def cmd_fit(args) -> int:
     config = absolute_paths(resolve_config(args))
     out = check_out(config["out"], args.overwrite, resumable=True)
     config["device"] = init_from_environment(config["device"])
-    metrics = run_fit(config, out, strict=args.strict, overwrite=args.overwrite, quiet=args.quiet)
+    metrics = run_fit(
+        config, out, strict=args.strict, overwrite=args.overwrite, quiet=args.quiet, report_html=not args.no_report
+    )
     say(summary_line(metrics))
     say(f"{describe_threshold(metrics['threshold'])}\noutputs in {out}")
     return 0
@@ -142,7 +145,9 @@ def resume(args) -> int:
     else:
         meta = checkpoint["meta"]
         say(f"resuming {run_dir} at epoch {meta['epoch']}, step {len(meta['history'])}")
-    metrics = run_fit(config, run_dir, strict=args.strict, checkpoint=checkpoint, quiet=args.quiet)
+    metrics = run_fit(
+        config, run_dir, strict=args.strict, checkpoint=checkpoint, quiet=args.quiet, report_html=not args.no_report
+    )
     say(summary_line(metrics))
     say(f"{describe_threshold(metrics['threshold'])}\noutputs in {run_dir}")
     return 0
@@ -155,6 +160,7 @@ def run_fit(
     checkpoint: dict | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    report_html: bool = True,
 ) -> dict:
     """The whole fit job for a resolved config; rank 0 writes every output into ``out``; returns metrics.json.
 
@@ -162,6 +168,7 @@ def run_fit(
     anything is written. A checkpoint is written after every epoch; SIGINT/SIGTERM stop the run at any
     phase with TrainingInterrupted, and ``ueo fit --resume`` finishes it with the same outputs.
     """
+    started = time.monotonic()
     new = checkpoint is None and not (out / "config.yaml").is_file()
     stop = StopRequest()
     try:
@@ -179,7 +186,7 @@ def run_fit(
                 report.write_csv(out / "skipped.csv", job.skipped, ["set", "path", "reason"])
             result = train(job, out, checkpoint, stop)
             stop.check("writing the outputs")
-            return write_outputs(job, result, out, stop)
+            return write_outputs(job, result, out, stop, started, report_html)
     except TrainingInterrupted as error:
         started = (out / "config.yaml").is_file()
         hint = (
@@ -306,19 +313,21 @@ def train(job: FitJob, out: Path, checkpoint: dict | None, stop: StopRequest):
         raise
 
 
-def write_outputs(job: FitJob, result, out: Path, stop: StopRequest) -> dict:
-    """adapted.safetensors, history.csv, predictions.csv (+ plots) and, last, metrics.json; returns the metrics."""
+def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: float, report_html: bool = True) -> dict:
+    """adapted.safetensors, history.csv (+ loss.png), predictions.csv (+ plots), report.html and, last,
+    metrics.json; returns the metrics."""
     config, num_known = job.config, len(job.class_names)
+    zeroshot_cut = result.adapted.threshold.get("zeroshot")
     if config["tpr"] is not None:
         _, val_outputs = evaluate(
             job.bundle, None, ImageFiles(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
         )
         threshold = choose_threshold(None, None, "", num_known, tpr=config["tpr"], val_outputs=val_outputs)
     elif parse_threshold(config["threshold"]) == "auto":
-        threshold = result.adapted.threshold  # fit's Otsu cut of the adaptation set's final scores
+        threshold = {k: v for k, v in result.adapted.threshold.items() if k != "zeroshot"}  # fit's Otsu cut
     else:
         threshold = choose_threshold(config["threshold"], None, "", num_known)
-    result.adapted.threshold = threshold
+    result.adapted.threshold = {**threshold, **({"zeroshot": zeroshot_cut} if zeroshot_cut is not None else {})}
     stop.check("writing the outputs")
     metrics = {
         "run": {
@@ -332,6 +341,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest) -> dict:
                 for k in ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights")
             },
         },
+        "class_names": job.class_names,
         "zeroshot": result.metrics.get("zeroshot"),
         "adapted": result.metrics.get("adapted"),
         "evaluations": result.evaluations,
@@ -351,32 +361,30 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest) -> dict:
         },
         "ueo_version": __version__,
     }
+    # Scoring joins the collectives under torch.distributed: every rank does it; rank 0 alone writes.
+    split, target = ("test", job.test) if job.test is not None else ("train", job.train)
+    outputs = result.outputs.get(split)
+    if outputs is None:  # a resumed run whose training had finished: score the images again
+        _, outputs = evaluate(
+            job.bundle, None, ImageFiles(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
+        )
+    zeroshot = result.zeroshot_outputs.get(split) if report_html else None
+    if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
+        _, zeroshot = evaluate(job.bundle, job.class_names, ImageFiles(target), batch_size=config["eval_batch_size"])
+    stop.check("writing the outputs")
     if is_main():
         result.adapted.save(out / "adapted.safetensors")
         report.write_csv(out / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
-        if job.test is not None:
-            outputs = result.outputs.get("test")
-            if outputs is None:  # a resumed run whose training had finished: score the test set again
-                _, outputs = evaluate(
-                    job.bundle, None, ImageFiles(job.test), adapted=result.adapted, batch_size=config["eval_batch_size"]
-                )
-            target = job.test
-        else:
-            target = job.train
-            outputs = result.outputs.get("train")
-            if outputs is None:
-                _, outputs = evaluate(
-                    job.bundle,
-                    None,
-                    ImageFiles(job.train),
-                    adapted=result.adapted,
-                    batch_size=config["eval_batch_size"],
-                )
-        stop.check("writing the outputs")
-        metrics["predictions"] = write_predictions(
-            out, target, outputs, job.class_names, threshold["threshold"], num_known
+        if result.history:
+            report.plot_loss(result.history, out / "loss.png")
+        cut = report.zeroshot_threshold(result.adapted.threshold, zeroshot) if zeroshot is not None else None
+        metrics["predictions"] = report.write_predictions(
+            out, target, outputs, job.class_names, threshold["threshold"], num_known, zeroshot, cut
         )
+        metrics["seconds"] = round(time.monotonic() - started, 1)
         report.write_json(out / "metrics.json", metrics)
+        if report_html:
+            write_run_report(out)
     return metrics
 
 
@@ -420,11 +428,13 @@ def cmd_bench(args) -> int:
                         checkpoint=checkpoint,
                         overwrite=checkpoint is None,
                         quiet=args.quiet,
+                        report_html=not args.no_report,
                     )
                     say(summary_line(metrics))
     rows, left_out = report.collect(run_dirs)
     print(report.write_tables(rows, out / "table.md"), end="")
+    write_table_page(report.summarise(rows), out / "table.html")
     for path, reason in left_out:
         warn(f"left out of the table: {path} ({reason})")
-    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
+    print(f"wrote {out / 'table.md'}, {out / 'table.csv'} and {out / 'table.html'}")
     return 0

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
         p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
         p.add_argument("--quiet", action="store_true", help="logs only")
+        p.add_argument(
+            "--no-report",
+            action="store_true",
+            help="write no report.html (and skip the zero-shot pass it compares with)",
+        )
 
     p = sub.add_parser(
         "export",
@@ -144,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders, or folders holding runs")
     p.add_argument("--out", default="table.md", help="table path (.md; a .csv is written beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace files at --out that are not ueo tables")
+    p.add_argument("--html", action="store_true", help="instead, rebuild report.html of each run folder given")
 
     p = sub.add_parser(
         "bench",

@@ -110,6 +110,9 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         "--strict", action="store_true", help="stop at the first unreadable image instead of skipping it"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars; logs only")
+    parser.add_argument(
+        "--no-report", action="store_true", help="write no report.html (and skip the zero-shot pass it compares with)"
+    )
 
 
 INT_KEYS = ("epochs", "batch_size", "seed", "eval_every", "eval_batch_size", "num_workers")

@@ -1,0 +1,377 @@
+"""HTML pages people look at: report.html for a run folder (fit, eval, predict) and table.html across runs.
+
+Both pages open offline in any browser: no network, no script, no framework. A run's page is built from
+the files the run wrote (metrics.json, predictions.csv, history.csv, skipped.csv, the plots), so
+``ueo report --html RUN`` can rebuild it. Thumbnails are small JPEGs in ``thumbs/`` (named by a hash of
+the image's path, so no file name reaches an attribute), and every gallery is bounded: a run over
+100k images still gives a page of a few MB. Every text from the data (paths, class names) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from collections import Counter, defaultdict
+from html import escape
+from pathlib import Path
+
+from .data import load_image
+from .files import atomic_path, write_text
+from .report import TABLE_METRICS, cell, identity_columns, pyplot
+
+PER_GALLERY = 12  # images shown in each gallery
+PER_CELL = 4  # examples of one confusion-matrix cell
+MAX_CELLS = 120  # cells that get examples (the largest)
+MATRIX_CLASSES = 40  # above this many classes the confusion matrix is listed as its largest cells
+THUMB_SIDE = 112
+UNKNOWN = "unknown"
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px 40px;color:#222}
+h1{font-size:24px}h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{margin:18px 0 6px}
+nav a{margin-right:12px}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px}
+th{background:#f4f4f4;text-align:left}.gallery{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:124px;font-size:11px;word-break:break-all}figure img{width:112px;height:112px;
+object-fit:contain;background:#eee;display:block}.ok{color:#17752a}.bad{color:#b3261e}.muted{color:#777}
+.matrix td{text-align:right;min-width:22px}.matrix a{text-decoration:none}.plots img{max-width:560px;margin:6px}
+"""
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return list(csv.DictReader(f))
+
+
+class Thumbs:
+    """Small JPEG copies of images in ``folder``/thumbs, each made once."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.made = folder / "thumbs", {}
+
+    def __call__(self, path: str) -> str | None:
+        """The page's relative link to the thumbnail of ``path``; None when the image cannot be read."""
+        if path not in self.made:
+            name = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".jpg"
+            target = self.folder / name
+            try:
+                if not target.is_file():
+                    image = load_image(Path(path), max_side=2 * THUMB_SIDE)
+                    image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+                    with atomic_path(target) as tmp:
+                        image.save(tmp, format="JPEG", quality=80)
+                self.made[path] = f"thumbs/{name}"
+            except Exception:  # a file that moved or broke since the run: shown as a caption only
+                self.made[path] = None
+        return self.made[path]
+
+
+def _figure(thumbs: Thumbs, row: dict, caption: str) -> str:
+    link = thumbs(row["path"])
+    image = (
+        f'<img src="{escape(link)}" alt="{escape(Path(row["path"]).name)}" loading="lazy">'
+        if link
+        else '<div class="muted">(image not readable)</div>'
+    )
+    return f'<figure title="{escape(row["path"])}">{image}<figcaption>{caption}</figcaption></figure>'
+
+
+def _gallery(thumbs: Thumbs, rows: list[dict], caption, limit: int = PER_GALLERY) -> str:
+    shown = rows[:limit]
+    more = f'<p class="muted">{len(rows) - len(shown)} more not shown.</p>' if len(rows) > len(shown) else ""
+    figures = "".join(_figure(thumbs, r, caption(r)) for r in shown)
+    return f'<div class="gallery">{figures}</div>{more}' if shown else '<p class="muted">none</p>'
+
+
+def _score(row: dict, key: str = "score") -> float:
+    return float(row[key])
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _summary(metrics: dict, rows: list[dict], run_dir: Path) -> str:
+    run = metrics.get("run", {})
+    threshold = metrics.get("threshold") or {}
+    tuning = metrics.get("tuning", {})
+    items = [
+        ("images decided", f"{len(rows):,}"),
+        ("adaptation images", f"{metrics['num_adaptation_images']:,}" if "num_adaptation_images" in metrics else None),
+        ("test images", f"{metrics['num_test_images']:,}" if metrics.get("num_test_images") else None),
+        (
+            "unreadable files skipped",
+            f'{metrics.get("num_skipped", 0):,} (<a href="skipped.csv">skipped.csv</a>)'
+            if metrics.get("num_skipped")
+            else "0",
+        ),
+        ("model and weights", escape(f"{run.get('model', metrics.get('model', '-'))} ({run.get('pretrained', '-')})")),
+        ("method", escape(str(run.get("method", "-")))),
+        ("settings", escape(", ".join(f"{k} {v}" for k, v in run.get("settings", {}).items())) or None),
+        (
+            "tuned",
+            escape(f"{metrics.get('tuned_parameters', 0):,} values; norm rule {tuning.get('rule')}")
+            if tuning
+            else None,
+        ),
+        (
+            "threshold",
+            escape(f"{threshold.get('threshold', 0):.4f} ({threshold.get('rule')}: {threshold.get('source')})")
+            if threshold
+            else None,
+        ),
+        ("time taken", f"{metrics['seconds']:.0f} s" if "seconds" in metrics else None),
+        ("adapted state", escape(str(metrics["source"])) if "source" in metrics else None),
+    ]
+    table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items if v is not None)
+    zs, ad = metrics.get("zeroshot"), metrics.get("adapted") or metrics.get("metrics")
+    scores = ""
+    if ad and any(ad.get(k) is not None for k in ("pacc", "auroc")):
+        keys = ("pacc", "gacc", "auroc", "fpr95", "hm")
+        head = "".join(f"<th>{k.upper()}</th>" for k in keys)
+        lines = ([("zero-shot", zs)] if zs else []) + [("adapted", ad)]
+        body = "".join(
+            f"<tr><th>{name}</th>" + "".join(f"<td>{_pct(m.get(k))}</td>" for k in keys) + "</tr>" for name, m in lines
+        )
+        scores = f"<h3>Metrics (%)</h3><table><tr><th></th>{head}</tr>{body}</table>"
+    elif not any("label" in r for r in rows[:1]):
+        scores = '<p class="muted">No labels: metrics need labeled test images.</p>'
+    return f'<section id="summary"><h2>Summary</h2><table>{table}</table>{scores}</section>'
+
+
+def _galleries(thumbs: Thumbs, rows: list[dict], classes: list[str]) -> str:
+    by_class = defaultdict(list)
+    for row in sorted(rows, key=lambda r: -_score(r)):
+        by_class[row["prediction"]].append(row)
+    parts = ['<section id="classes"><h2>What each class received</h2><p>Most confident first.</p>']
+    for index, name in enumerate(classes):
+        members = by_class.get(name, [])
+        parts.append(f'<h3 id="class-{index}">{escape(name)} <span class="muted">({len(members)})</span></h3>')
+        parts.append(_gallery(thumbs, members, lambda r: f"{_score(r):.4f}" + _truth(r)))
+    unknown = sorted(by_class.get(UNKNOWN, []), key=_score)
+    parts.append(
+        f'</section><section id="unknown"><h2>Unknown <span class="muted">({len(unknown)})</span></h2>'
+        "<p>Least known-looking first; the caption is the score and the closest known class.</p>"
+    )
+    parts.append(_gallery(thumbs, unknown, lambda r: f"{_score(r):.4f} {escape(r['top1'])}" + _truth(r)))
+    return "".join(parts) + "</section>"
+
+
+def _truth(row: dict) -> str:
+    if "correct" not in row:
+        return ""
+    return f'<br><span class="{"ok" if row["correct"] else "bad"}">{escape(row["label"])}</span>'
+
+
+def _borderline(thumbs: Thumbs, rows: list[dict], threshold: float) -> str:
+    above = sorted((r for r in rows if _score(r) >= threshold), key=_score)
+    below = sorted((r for r in rows if _score(r) < threshold), key=lambda r: -_score(r))
+    caption = lambda r: f"{_score(r):.4f} {escape(r['top1'])}" + _truth(r)  # noqa: E731
+    return (
+        f'<section id="borderline"><h2>Borderline decisions</h2><p>The images closest to the threshold '
+        f"({threshold:.4f}): check these first.</p><h3>Just accepted</h3>{_gallery(thumbs, above, caption)}"
+        f"<h3>Just rejected as unknown</h3>{_gallery(thumbs, below, caption)}</section>"
+    )
+
+
+def _changed(thumbs: Thumbs, rows: list[dict]) -> str:
+    if not rows or "zeroshot_prediction" not in rows[0]:
+        return '<section id="changed"><h2>What adaptation changed</h2><p class="muted">No zero-shot decisions here.</p></section>'
+    kinds = {"unknown → a class": [], "a class → unknown": [], "a class → another class": []}
+    for row in rows:
+        before, after = row["zeroshot_prediction"], row["prediction"]
+        if before == after:
+            continue
+        kind = (
+            "unknown → a class"
+            if before == UNKNOWN
+            else "a class → unknown"
+            if after == UNKNOWN
+            else "a class → another class"
+        )
+        kinds[kind].append(row)
+    count = sum(len(v) for v in kinds.values())
+    parts = [
+        f'<section id="changed"><h2>What adaptation changed</h2><p>{count} of {len(rows)} decisions changed '
+        "between zero-shot and adapted (caption: before → after).</p>"
+    ]
+    for kind, members in kinds.items():
+        members.sort(key=lambda r: -abs(_score(r) - _score(r, "zeroshot_score")))
+        parts.append(f"<h3>{escape(kind)} <span class='muted'>({len(members)})</span></h3>")
+        parts.append(
+            _gallery(
+                thumbs, members, lambda r: f"{escape(r['zeroshot_prediction'])} → {escape(r['prediction'])}" + _truth(r)
+            )
+        )
+    return "".join(parts) + "</section>"
+
+
+def _confusion(thumbs: Thumbs, rows: list[dict], classes: list[str]) -> str:
+    """Rows: the true class (unknown classes together); columns: the decision. Cells link to examples."""
+    names = [*classes, UNKNOWN]
+    truth = lambda r: r["label"] if r["label"] in classes else UNKNOWN  # noqa: E731
+    cells = defaultdict(list)
+    for row in rows:
+        cells[(names.index(truth(row)), names.index(row["prediction"]))].append(row)
+    shown = sorted(cells, key=lambda c: -len(cells[c]))[:MAX_CELLS]
+    link = lambda c: f'<a href="#cell-{c[0]}-{c[1]}">{len(cells[c])}</a>' if c in shown else str(len(cells[c]))  # noqa: E731
+    if len(classes) <= MATRIX_CLASSES:
+        head = "".join(f"<th>{escape(n)}</th>" for n in names)
+        body = "".join(
+            f"<tr><th>{escape(a)}</th>"
+            + "".join(f"<td>{link((i, j)) if (i, j) in cells else ''}</td>" for j in range(len(names)))
+            + "</tr>"
+            for i, a in enumerate(names)
+        )
+        matrix = f'<table class="matrix"><tr><th>true \\ decided</th>{head}</tr>{body}</table>'
+    else:
+        largest = [c for c in shown if c[0] != c[1]][:60]
+        matrix = (
+            "<p>The largest confusions (true → decided):</p><table>"
+            + "".join(
+                f"<tr><td>{escape(names[i])}</td><td>{escape(names[j])}</td><td>{link((i, j))}</td></tr>"
+                for i, j in largest
+            )
+            + "</table>"
+        )
+    examples = "".join(
+        f'<h3 id="cell-{i}-{j}">{escape(names[i])} → {escape(names[j])} <span class="muted">({len(cells[(i, j)])})'
+        f"</span></h3>"
+        + _gallery(thumbs, sorted(cells[(i, j)], key=lambda r: -_score(r)), lambda r: f"{_score(r):.4f}", PER_CELL)
+        for i, j in sorted(shown)
+    )
+    return (
+        f'<section id="confusion"><h2>Confusion</h2><p>Every cell with a link shows its examples below.</p>'
+        f'{matrix}<p><img src="confusion.png" alt="confusion matrix of the known classes" style="max-width:100%"'
+        f'></p></section><section id="confusion-examples"><h2>Examples of each cell</h2>{examples}</section>'
+    )
+
+
+def _mistakes(rows: list[dict], classes: list[str]) -> str:
+    counts = Counter(r["label"] for r in rows if r["label"] in classes)
+    wrong = Counter(r["label"] for r in rows if r["label"] in classes and r["prediction"] != r["label"])
+    unknown_rows = [r for r in rows if r["label"] not in classes]
+    body = "".join(
+        f"<tr><td>{escape(n)}</td><td>{counts[n]}</td><td>{wrong[n]}</td><td>{_pct(1 - wrong[n] / counts[n])}</td>"
+        f'<td><a href="#class-{classes.index(n)}">gallery</a></td></tr>'
+        for n in sorted(counts, key=lambda n: -wrong[n] / counts[n])
+    )
+    accepted = sum(r["prediction"] != UNKNOWN for r in unknown_rows)
+    return (
+        f'<section id="mistakes"><h2>Mistakes per class</h2><p>{accepted} of {len(unknown_rows)} images of '
+        "unknown classes were accepted as a known class.</p><table><tr><th>class</th><th>images</th>"
+        f"<th>wrong</th><th>right (%)</th><th></th></tr>{body}</table></section>"
+    )
+
+
+def _plots(run_dir: Path) -> str:
+    names = {
+        "roc.png": "ROC: known vs unknown",
+        "scores.png": "score histograms and the threshold",
+        "loss.png": "the loss at every step",
+    }
+    images = "".join(f'<img src="{n}" alt="{escape(t)}">' for n, t in names.items() if (run_dir / n).is_file())
+    return f'<section id="plots"><h2>Plots</h2><div class="plots">{images}</div></section>' if images else ""
+
+
+def write_run_report(run_dir) -> Path:
+    """report.html (+ thumbs/) of a run folder, from the files the run wrote. Returns the page's path."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    rows = _read_csv(run_dir / "predictions.csv")
+    classes = metrics.get("class_names") or sorted({r["top1"] for r in rows})
+    threshold = float((metrics.get("threshold") or {}).get("threshold", 0.0))
+    for row in rows:  # a labeled decision is right when it names the class, or "unknown" for an unknown class
+        if "label" in row:
+            row["correct"] = row["prediction"] == (row["label"] if row["label"] in classes else UNKNOWN)
+    thumbs = Thumbs(run_dir)
+    labeled = bool(rows) and "label" in rows[0]
+    sections = [
+        ("summary", _summary(metrics, rows, run_dir)),
+        ("classes", _galleries(thumbs, rows, classes)),
+        ("unknown", ""),
+        ("borderline", _borderline(thumbs, rows, threshold)),
+        ("changed", _changed(thumbs, rows)),
+    ]
+    if labeled:
+        sections += [("confusion", _confusion(thumbs, rows, classes)), ("mistakes", _mistakes(rows, classes))]
+    sections.append(("plots", _plots(run_dir)))  # (the unknown gallery is part of the classes' html)
+    nav = "".join(f'<a href="#{name}">{name}</a>' for name, html in sections if html or name == "unknown")
+    title = f"ueo run: {run_dir.name}"
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1><nav>{nav}</nav>"
+        f"{''.join(html for _, html in sections)}"
+        "</body></html>\n"
+    )
+    write_text(run_dir / "report.html", page)
+    return run_dir / "report.html"
+
+
+def _chart(table: list[dict], metric: str) -> str:
+    """A bar chart (PNG, embedded) of one metric: groups = benchmark/domain/scenario, bars = methods,
+    error bars = std over seeds."""
+    plt = pyplot()
+    groups = sorted({(e["benchmark"], e["domain"], e["scenario"]) for e in table})
+    methods = sorted({(e["method"], e["model"]) for e in table})
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(groups) * max(1, len(methods)) / 2), 3.4))
+    for m, method in enumerate(methods):
+        entries = [
+            next(
+                (
+                    e
+                    for e in table
+                    if (e["benchmark"], e["domain"], e["scenario"]) == g and (e["method"], e["model"]) == method
+                ),
+                None,
+            )
+            for g in groups
+        ]
+        values = [e[metric] if e and e[metric] is not None else 0 for e in entries]
+        errors = [e[f"{metric}_std"] if e and e[f"{metric}_std"] is not None else 0 for e in entries]
+        label = method[0] if len(methods) == len({x[0] for x in methods}) else f"{method[0]} · {method[1]}"
+        ax.bar([g + m * width for g in range(len(groups))], values, width, yerr=errors, capsize=3, label=label)
+    ax.set_xticks(
+        [g + width * (len(methods) - 1) / 2 for g in range(len(groups))],
+        ["/".join(str(x) for x in g if x != "-") or "-" for g in groups],
+        rotation=20,
+        fontsize=8,
+    )
+    ax.set(ylabel=f"{metric.upper()} (%)", title=metric.upper())
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" alt="{metric} chart">'
+
+
+def write_table_page(table: list[dict], path) -> Path:
+    """table.html: the mean ± std table and one chart per metric, self-contained."""
+    extra = identity_columns(table)
+    head = "".join(
+        f"<th>{escape(h)}</th>"
+        for h in ("benchmark", "domain", "scenario", "method", "runs", *(m.upper() for m in TABLE_METRICS), *extra)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{escape(str(e[k]))}</td>" for k in ("benchmark", "domain", "scenario", "method", "runs"))
+        + "".join(f"<td>{escape(cell(e[m], e[f'{m}_std'], e['runs']))}</td>" for m in TABLE_METRICS)
+        + "".join(f"<td>{escape(str(e[k]))}</td>" for k in extra)
+        + "</tr>"
+        for e in table
+    )
+    charts = "".join(_chart(table, m) for m in TABLE_METRICS if any(e[m] is not None for e in table))
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ueo runs</title><style>{STYLE}'
+        f"</style></head><body><h1>Runs: mean ± std over seeds (%)</h1><table>{head}{body}</table>"
+        f'<section id="charts"><h2>Charts</h2><div class="plots">{charts}</div></section></body></html>\n'
+    )
+    path = Path(path)
+    write_text(path, page)
+    return path
