@@ -4,6 +4,9 @@ The session-wide models are handed to each test inside ``restored``: a test that
 flags, modes, values), even one that fails half-way, leaves them as they were for the next test.
 """
 
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -11,6 +14,8 @@ import ueo
 from helpers import GeneratedImages, restored
 
 torch.set_num_threads(2)
+# The decode cache of every command the tests run (and of their subprocesses) lives in a folder of its own.
+os.environ.setdefault("UEO_CACHE_DIR", tempfile.mkdtemp(prefix="ueo-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,10 @@ __all__ = ["__version__", *_PUBLIC]
 def __getattr__(name: str):
     module = _PUBLIC.get(name)
     if module is None:
-        raise AttributeError(f"module 'ueo' has no attribute {name!r}")
+        try:  # a submodule: ueo.protocols, ueo.data, ...
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'ueo' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -33,8 +33,9 @@ class FitConfig:
     eval_every: evaluate every N epochs (epoch 0 = zero-shot and the last epoch always); 0 = only those.
     eval_train: also report metrics on the adaptation set (when it has labels).
     amp: bf16 autocast; None = on for CUDA, off on the CPU. Tuned parameters always keep fp32 copies.
-    fast: decode the images once into a uint8 cache and make the views of whole batches on the device
-        (``ueo.fastpath``); None = on for CUDA when the datasets yield PIL images.
+    fast: decode the images once (into the decode cache for ImageFiles with a store, else into memory) and
+        make the views of whole batches on the device (``ueo.fastpath``); None = on when the datasets yield
+        images (measured faster than PIL in DataLoader workers on GPUs and on CPUs alike), off for tensors.
     """
 
     method: str = "ueo"

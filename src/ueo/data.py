@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -316,6 +317,16 @@ def _load_image(path: Path, max_side: int | None) -> Image.Image:
         return image
 
 
+def shrink(image: Image.Image, max_side: int) -> np.ndarray:
+    """uint8 [3, h, w] of an RGB image whose longer side is shrunk to at most ``max_side`` (bicubic)."""
+    longer = max(image.size)
+    if longer > max_side:
+        scale = max_side / longer
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
+
+
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
@@ -369,10 +380,11 @@ def check_images(
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """A Dataset of (PIL image, label) over an ImageList; images are read when asked for."""
+    """A Dataset of (PIL image, label) over an ImageList; images are read when asked for. ``store``: a
+    ``ueo.cache.DecodeCache`` that the fast path reads the decoded images from (None: decode in memory)."""
 
-    def __init__(self, images: ImageList):
-        self.images = images
+    def __init__(self, images: ImageList, store=None):
+        self.images, self.store = images, store
 
     def __len__(self):
         return len(self.images)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from .data import shrink
 from .views import Batch, ViewSpec, chunks, empty_batch, view_seed
 
 Box = tuple[int, int, int, int, bool]  # top, left, height, width, flip
@@ -63,28 +63,16 @@ def cache_side(spec: ViewSpec) -> int:
     return 2 * spec.size
 
 
-def _decode(image: Image.Image, max_side: int) -> np.ndarray:
-    longer = max(image.size)
-    if longer > max_side:
-        scale = max_side / longer
-        image = image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
-        )
-    return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
-
-
-def build_cache(
-    dataset, max_side: int, device: torch.device | None = None, threads: int = 8, progress: bool = False
-) -> ImageCache:
-    """Decode every (PIL image, label) item of ``dataset`` once. ``device``: where the pixels live (CUDA when
-    given and it fits, else pinned host memory on a CUDA machine, else plain host memory)."""
+def build_cache(dataset, max_side: int, threads: int = 8, progress: bool = False) -> ImageCache:
+    """Decode every (PIL image, label) item of ``dataset`` once, into host memory (for datasets that are
+    not image files; files go through the persistent decode cache, ``ueo.cache``)."""
     from tqdm.auto import tqdm
 
     def load(i):
         image, label = dataset[i][0], dataset[i][1]
         if torch.is_tensor(image):
             raise TypeError("The fast path caches PIL images; this dataset yields tensors.")
-        return _decode(image, max_side), -1 if label is None else int(label)
+        return shrink(image, max_side), -1 if label is None else int(label)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         items = list(
@@ -98,16 +86,9 @@ def build_cache(
             )
         )
     sizes = [(a.shape[1], a.shape[2]) for a, _ in items]
-    lengths = [a.size for a, _ in items]
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64).tolist()
+    offsets = np.concatenate([[0], np.cumsum([a.size for a, _ in items])[:-1]]).astype(np.int64).tolist()
     flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a, _ in items]))
-    cache = ImageCache(flat, offsets, sizes, [label for _, label in items])
-    if device is not None and torch.device(device).type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if cache.nbytes < 0.5 * free:
-            return cache.to(device)
-        cache.pixels = cache.pixels.pin_memory()
-    return cache
+    return ImageCache(flat, offsets, sizes, [label for _, label in items])
 
 
 def crop_box(generator: torch.Generator, height: int, width: int, spec: ViewSpec | None = None) -> Box:
@@ -164,24 +145,78 @@ def _normalise(batch: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
     return (batch - mean) / std
 
 
-def augment(cache: ImageCache, indices: Sequence[int], boxes: Sequence[Box], spec: ViewSpec, device) -> torch.Tensor:
-    """A normalised float batch [B, 3, size, size] of the given crop boxes, on ``device``."""
+Region = tuple[int, int, int, int, int]  # image index, top, left, height, width
+
+
+def regions_of(pixels, indices: Sequence[int], boxes: Sequence[Box] | None = None) -> list[Region]:
+    """The parts of images a batch needs: the crop boxes, or (boxes None) whole images."""
+    if boxes is None:
+        return [(int(i), 0, 0, *pixels.sizes[int(i)]) for i in indices]
+    return [(int(i), top, left, h, w) for i, (top, left, h, w, _) in zip(indices, boxes)]
+
+
+def fetch(pixels, regions: Sequence[Region], device) -> list[torch.Tensor]:
+    """The uint8 regions [3, h, w] on ``device``, each copied on its own (pixels already there, or a CPU)."""
+    return [
+        pixels.image(i)[:, top : top + h, left : left + w].to(device, non_blocking=True)
+        for i, top, left, h, w in regions
+    ]
+
+
+class Stager:
+    """Host pixels to a CUDA device through pinned buffers: the regions of a batch are gathered into one
+    buffer (in a background thread, a batch ahead) and sent with one copy, so that the device does not
+    wait for the host. Two buffers take turns; a buffer is refilled only after its copy has finished."""
+
+    def __init__(self, pixels, device, pin: bool = True):
+        self.pixels, self.device, self.pin = pixels, torch.device(device), pin
+        self.buffers: list[torch.Tensor | None] = [None, None]
+        self.sent: list = [None, None]  # the event that marks each buffer's copy as done
+        self.turn = 0
+
+    def gather(self, regions: Sequence[Region]) -> tuple[int, list[tuple[int, int]]]:
+        """Copy the regions into the next buffer; returns (which buffer, their shapes)."""
+        turn, self.turn = self.turn, 1 - self.turn
+        if self.sent[turn] is not None:
+            self.sent[turn].synchronize()
+        total = sum(3 * h * w for _, _, _, h, w in regions)
+        if self.buffers[turn] is None or self.buffers[turn].numel() < total:
+            self.buffers[turn] = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=self.pin)
+        buffer, at = self.buffers[turn], 0
+        for i, top, left, h, w in regions:
+            buffer[at : at + 3 * h * w].view(3, h, w).copy_(self.pixels.image(i)[:, top : top + h, left : left + w])
+            at += 3 * h * w
+        return turn, [(h, w) for _, _, _, h, w in regions]
+
+    def send(self, turn: int, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        total = sum(3 * h * w for h, w in shapes)
+        flat = self.buffers[turn][:total].to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self.sent[turn] = torch.cuda.Event()
+            self.sent[turn].record()
+        parts, at = [], 0
+        for h, w in shapes:
+            parts.append(flat[at : at + 3 * h * w].view(3, h, w))
+            at += 3 * h * w
+        return parts
+
+
+def train_views(crops: Sequence[torch.Tensor], flips: Sequence[bool], spec: ViewSpec) -> torch.Tensor:
+    """Normalised float [B, 3, size, size] from uint8 crops: resized (bicubic, antialiased), flipped."""
     views = []
-    for i, (top, left, h, w, flip) in zip(indices, boxes):
-        crop = cache.image(int(i))[:, top : top + h, left : left + w].to(device, non_blocking=True)
+    for crop, flip in zip(crops, flips):
         view = _resize(crop, spec.size, spec.size)
         views.append(view.flip(-1) if flip else view)
     return _normalise(torch.stack(views), spec)
 
 
-def center_views(cache: ImageCache, indices: Sequence[int], spec: ViewSpec, device) -> torch.Tensor:
+def eval_views(images: Sequence[torch.Tensor], spec: ViewSpec) -> torch.Tensor:
     """Eval views made like the model's own preprocessing (bicubic, antialiased), normalised:
     "shortest": resize the shorter side to the input size, center crop; "squash": resize both sides;
     "longest": resize the longer side, pad the rest with ``fill_color`` (centred)."""
     size = spec.size
     views = []
-    for i in indices:
-        image = cache.image(int(i)).to(device, non_blocking=True)
+    for image in images:
         h, w = image.shape[1:]
         if spec.resize_mode == "squash":
             views.append(_resize(image, size, size))
@@ -200,33 +235,90 @@ def center_views(cache: ImageCache, indices: Sequence[int], spec: ViewSpec, devi
     return _normalise(torch.stack(views), spec)
 
 
-class CachedImages:
-    """The fast image source: views made on ``device`` from a decoded cache, a batch at a time."""
+def augment(pixels, indices: Sequence[int], boxes: Sequence[Box], spec: ViewSpec, device) -> torch.Tensor:
+    """A normalised float batch [B, 3, size, size] of the given crop boxes, on ``device``."""
+    return train_views(fetch(pixels, regions_of(pixels, indices, boxes), device), [b[4] for b in boxes], spec)
 
-    def __init__(self, cache: ImageCache, spec: ViewSpec, seed: int, device):
-        self.cache, self.spec, self.seed, self.device = cache, spec, seed, torch.device(device)
+
+def center_views(pixels, indices: Sequence[int], spec: ViewSpec, device) -> torch.Tensor:
+    """Eval views of whole images (see :func:`eval_views`), on ``device``."""
+    return eval_views(fetch(pixels, regions_of(pixels, indices), device), spec)
+
+
+def place(pixels, device):
+    """Where the pixels live while they are used: on a CUDA device when they take under half its free
+    memory (copied there a shard-sized chunk at a time), else where they are (host memory, or the decode
+    cache's memory maps, read through a Stager)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return pixels
+    free, _ = torch.cuda.mem_get_info(device)
+    if pixels.nbytes >= 0.5 * free:
+        return pixels
+    if isinstance(pixels, ImageCache):
+        return pixels.to(device)
+    flat = torch.empty(pixels.nbytes, dtype=torch.uint8, device=device)
+    offsets, at = [], 0
+    stager = Stager(pixels, device)
+    for start in range(0, len(pixels), 256):
+        regions = regions_of(pixels, range(start, min(start + 256, len(pixels))))
+        for part in stager.send(*stager.gather(regions)):
+            flat[at : at + part.numel()].copy_(part.reshape(-1), non_blocking=True)
+            offsets.append(at)
+            at += part.numel()
+    return ImageCache(flat, offsets, list(pixels.sizes), list(pixels.labels))
+
+
+class CachedImages:
+    """The fast image source: views made on ``device`` from decoded pixels, a batch at a time. Host pixels
+    on a CUDA device go through a Stager, a batch ahead."""
+
+    def __init__(self, pixels, spec: ViewSpec, seed: int, device):
+        self.device = torch.device(device)
+        self.pixels, self.spec, self.seed = place(pixels, self.device), spec, seed
+        on_host = self.pixels.image(0).device.type == "cpu" if len(self.pixels) else True
+        self.stager = Stager(self.pixels, self.device) if self.device.type == "cuda" and on_host else None
 
     def __len__(self):
-        return len(self.cache)
+        return len(self.pixels)
 
     def _labels(self, indices: Sequence[int]) -> torch.Tensor:
-        return torch.tensor([self.cache.labels[i] for i in indices], dtype=torch.long)
+        return torch.tensor([self.pixels.labels[i] for i in indices], dtype=torch.long)
+
+    def _fetched(self, plans):
+        """(plan, uint8 regions on the device) for each plan (indices, regions, extra): directly, or through
+        the Stager with the next plan's regions gathered in the background."""
+        if self.stager is None:
+            for plan in plans:
+                yield plan, fetch(self.pixels, plan[1], self.device)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            plans = iter(plans)
+            current = next(plans, None)
+            ahead = pool.submit(self.stager.gather, current[1]) if current is not None else None
+            while current is not None:
+                gathered = ahead.result()
+                following = next(plans, None)
+                ahead = pool.submit(self.stager.gather, following[1]) if following is not None else None
+                yield current, self.stager.send(*gathered)
+                current = following
 
     def train_batches(self, batches: Sequence[Sequence[int]], epoch: int) -> Iterator[Batch]:
-        for indices in batches:
+        def plans():
+            for indices in batches:
+                boxes = crop_boxes(self.pixels, indices, self.seed, epoch, self.spec) if indices else []
+                yield indices, regions_of(self.pixels, indices, boxes), [b[4] for b in boxes]
+
+        for (indices, _, flips), crops in self._fetched(plans()):
             if not indices:
                 yield empty_batch()
                 continue
-            boxes = crop_boxes(self.cache, indices, self.seed, epoch, self.spec)
-            yield (
-                augment(self.cache, indices, boxes, self.spec, self.device),
-                self._labels(indices),
-                torch.tensor(indices),
-            )
+            yield train_views(crops, flips, self.spec), self._labels(indices), torch.tensor(indices)
 
     def eval_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
-        for chunk in chunks(indices, batch_size):
-            yield center_views(self.cache, chunk, self.spec, self.device), self._labels(chunk), torch.tensor(chunk)
+        plans = ((chunk, regions_of(self.pixels, chunk), None) for chunk in chunks(indices, batch_size))
+        for (chunk, _, _), images in self._fetched(plans):
+            yield eval_views(images, self.spec), self._labels(chunk), torch.tensor(chunk)
 
 
 class CachedViews(torch.utils.data.Dataset):

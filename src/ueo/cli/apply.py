@@ -10,6 +10,7 @@ from ..classifier import Classifier
 from ..config import FitConfig
 from ..data import ImageFiles, read_images
 from ..errors import ConfigError, IncompatibleError
+from ..fastpath import cache_side
 from ..inference import evaluate
 from ..state import AdaptedState
 from ..webreport import write_run_report, write_table_page
@@ -20,6 +21,7 @@ from .common import (
     checked,
     choose_threshold,
     claim_out,
+    decode_cache,
     describe_threshold,
     labeled_images,
     load_bundle,
@@ -68,14 +70,17 @@ def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
         with about(f"{images_flag} {spec}"):
             listed = read_images(spec, names, args.root)
     val = labeled_images(args.val, names, args.root, "--val") if args.val else None
-    images, skipped = checked(listed, args.strict)
+    store = decode_cache(args)
+    side = cache_side(bundle.views)
+    images, skipped = checked(listed, args.strict, store=store, max_side=side, progress=not args.quiet)
     claim_out(out, clear=args.overwrite)
     report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
     score = dict(batch_size=args.batch_size, progress=not args.quiet)
-    _, outputs = evaluate(bundle, None, ImageFiles(images), adapted=state, **score)
+    _, outputs = evaluate(bundle, None, ImageFiles(images, store), adapted=state, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:
-        _, val_outputs = evaluate(bundle, None, ImageFiles(checked(val, args.strict)[0]), adapted=state, **score)
+        val_files = ImageFiles(checked(val, args.strict, store=store, max_side=side)[0], store)
+        _, val_outputs = evaluate(bundle, None, val_files, adapted=state, **score)
     threshold = choose_threshold(
         args.threshold,
         outputs.scores.numpy(),
@@ -85,7 +90,9 @@ def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
         tpr=args.tpr,
         val_outputs=val_outputs,
     )
-    zeroshot = None if args.no_report else evaluate(bundle, names, ImageFiles(images), init=state.init, **score)[1]
+    zeroshot = (
+        None if args.no_report else evaluate(bundle, names, ImageFiles(images, store), init=state.init, **score)[1]
+    )
     cut = report.zeroshot_threshold(state.threshold, zeroshot) if zeroshot is not None else None
     predictions = report.write_predictions(
         out, images, outputs, names, threshold["threshold"], len(names), zeroshot, cut

@@ -183,15 +183,47 @@ def labeled_images(spec, names: Sequence[str], root, flag: str) -> ImageList:
     return images
 
 
-def checked(images: ImageList, strict: bool, should_stop: Callable[[], bool] | None = None):
+def checked(
+    images: ImageList,
+    strict: bool,
+    should_stop: Callable[[], bool] | None = None,
+    store=None,
+    max_side: int = 0,
+    progress: bool = False,
+):
     """(readable images, skipped rows): unreadable images are dropped with a warning (or stop the run at the
-    first one, with --strict)."""
-    try:
-        return check_images(images, strict=strict, warn=warn, should_stop=should_stop)
-    except DataError as error:
+    first one, with --strict). With a decode cache, this check is the decoding into the cache (one decode
+    per image, and none for images already there)."""
+    if store is None:
+        try:
+            return check_images(images, strict=strict, warn=warn, should_stop=should_stop)
+        except DataError as error:
+            if strict:
+                error.args = (f"{error} Remove it, or run without --strict to skip unreadable images.",)
+            raise
+    _, problems = store.ensure(images, max_side, should_stop=should_stop, progress=progress)
+    skipped = []
+    for i in sorted(problems):
         if strict:
-            error.args = (f"{error} Remove it, or run without --strict to skip unreadable images.",)
-        raise
+            raise DataError(
+                f"{images.paths[i]}: unreadable image ({problems[i]}). Remove it, or run without "
+                "--strict to skip unreadable images."
+            )
+        warn(f"warning: skipping {images.paths[i]}: {problems[i]}")
+        skipped.append({"path": str(images.paths[i]), "reason": problems[i]})
+    if len(problems) == len(images):
+        raise DataError("No readable image: every file was skipped (see the warnings).")
+    return images.subset([i for i in range(len(images)) if i not in problems]), skipped
+
+
+def decode_cache(args, fast=None):
+    """The decode cache the command uses: --cache-dir, else $UEO_CACHE_DIR or the user cache folder; none
+    with --no-cache or --fast off."""
+    if getattr(args, "no_cache", False) or fast is False:
+        return None
+    from ..cache import DecodeCache
+
+    return DecodeCache(getattr(args, "cache_dir", None), warn=warn)
 
 
 def threshold_spec(spec, tpr) -> None:

@@ -17,6 +17,7 @@ from ..config import FitConfig
 from ..data import ImageFiles, ImageList, fingerprint, parse_class_names, read_images
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
+from ..fastpath import cache_side
 from ..files import write_text
 from ..inference import evaluate
 from ..predict import parse_threshold
@@ -32,6 +33,7 @@ from .common import (
     checked,
     choose_threshold,
     claim_out,
+    decode_cache,
     describe_threshold,
     labeled_images,
     load_bundle,
@@ -96,6 +98,10 @@ class FitJob:
     skipped: list[dict]
     bundle: Any = None
     identity: dict = field(default_factory=dict)
+    store: Any = None  # the decode cache (None: images decoded in memory, or the plain path)
+
+    def files(self, images: ImageList) -> ImageFiles:
+        return ImageFiles(images, self.store)
 
 
 def cmd_fit(args) -> int:
@@ -105,7 +111,13 @@ def cmd_fit(args) -> int:
     out = check_out(config["out"], args.overwrite, resumable=True)
     config["device"] = init_from_environment(config["device"])
     metrics = run_fit(
-        config, out, strict=args.strict, overwrite=args.overwrite, quiet=args.quiet, report_html=not args.no_report
+        config,
+        out,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        report_html=not args.no_report,
+        store=decode_cache(args),
     )
     say(summary_line(metrics))
     say(f"{describe_threshold(metrics['threshold'])}\noutputs in {out}")
@@ -146,7 +158,13 @@ def resume(args) -> int:
         meta = checkpoint["meta"]
         say(f"resuming {run_dir} at epoch {meta['epoch']}, step {len(meta['history'])}")
     metrics = run_fit(
-        config, run_dir, strict=args.strict, checkpoint=checkpoint, quiet=args.quiet, report_html=not args.no_report
+        config,
+        run_dir,
+        strict=args.strict,
+        checkpoint=checkpoint,
+        quiet=args.quiet,
+        report_html=not args.no_report,
+        store=decode_cache(args),
     )
     say(summary_line(metrics))
     say(f"{describe_threshold(metrics['threshold'])}\noutputs in {run_dir}")
@@ -161,6 +179,7 @@ def run_fit(
     overwrite: bool = False,
     quiet: bool = False,
     report_html: bool = True,
+    store=None,
 ) -> dict:
     """The whole fit job for a resolved config; rank 0 writes every output into ``out``; returns metrics.json.
 
@@ -173,7 +192,7 @@ def run_fit(
     stop = StopRequest()
     try:
         with stop.installed():
-            job = prepare(config, strict, should_stop=stop, progress=not quiet)
+            job = prepare(config, strict, should_stop=stop, progress=not quiet, store=store)
             if checkpoint is not None:
                 with about(f"--resume {out}"):
                     check_resumable(checkpoint, job.settings, job.class_names, job.bundle.name, job.identity)
@@ -197,9 +216,10 @@ def run_fit(
         raise
 
 
-def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True) -> FitJob:
+def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True, store=None) -> FitJob:
     """Check the options, read the class names and the data, load the model, check every image."""
     settings = fit_config(config, progress=progress and is_main())
+    store = None if settings.fast is False else store  # the plain path decodes as it goes
     threshold_spec(config["threshold"], config["tpr"])
     if parse_threshold(config["threshold"]) == "fitted":
         raise ConfigError(
@@ -218,7 +238,7 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True)
     skipped, kept = [], {}
     for name, images in (("adaptation", train_list), ("test", test_list), ("validation", val_list)):
         if images is not None:
-            kept[name], bad = checked(images, strict, should_stop)
+            kept[name], bad = checked(images, strict, should_stop, store, cache_side(bundle.views), progress)
             skipped += [{**row, "set": name} for row in bad]
     job = FitJob(
         config,
@@ -230,6 +250,7 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True)
         run,
         skipped,
         bundle,
+        store=store,
     )
     job.identity = {
         "adaptation_images": len(job.train),
@@ -293,12 +314,12 @@ def optional_images(config: dict, key: str, names) -> ImageList | None:
 
 def train(job: FitJob, out: Path, checkpoint: dict | None, stop: StopRequest):
     """fit, with checkpoints after every epoch and on a stop request; a diverged run keeps its last good state."""
-    test = ImageFiles(job.test) if job.test is not None else None
+    test = job.files(job.test) if job.test is not None else None
     try:
         return fit(
             job.bundle,
             job.class_names,
-            ImageFiles(job.train),
+            job.files(job.train),
             test=test,
             config=job.settings,
             resume=checkpoint,
@@ -320,7 +341,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     zeroshot_cut = result.adapted.threshold.get("zeroshot")
     if config["tpr"] is not None:
         _, val_outputs = evaluate(
-            job.bundle, None, ImageFiles(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
+            job.bundle, None, job.files(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
         )
         threshold = choose_threshold(None, None, "", num_known, tpr=config["tpr"], val_outputs=val_outputs)
     elif parse_threshold(config["threshold"]) == "auto":
@@ -366,11 +387,11 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     outputs = result.outputs.get(split)
     if outputs is None:  # a resumed run whose training had finished: score the images again
         _, outputs = evaluate(
-            job.bundle, None, ImageFiles(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
+            job.bundle, None, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
         )
     zeroshot = result.zeroshot_outputs.get(split) if report_html else None
     if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
-        _, zeroshot = evaluate(job.bundle, job.class_names, ImageFiles(target), batch_size=config["eval_batch_size"])
+        _, zeroshot = evaluate(job.bundle, job.class_names, job.files(target), batch_size=config["eval_batch_size"])
     stop.check("writing the outputs")
     if is_main():
         result.adapted.save(out / "adapted.safetensors")
@@ -395,6 +416,7 @@ def cmd_bench(args) -> int:
         raise ConfigError("bench needs --benchmark (and --root).")
     out = Path(base["out"] or "bench")
     domains = args.domains or list(protocols.get_benchmark(benchmark).domains)
+    store = decode_cache(args)  # one cache for the whole grid: each image is decoded once
     run_dirs = []
     for domain in domains:
         for scenario in args.scenarios:
@@ -429,6 +451,7 @@ def cmd_bench(args) -> int:
                         overwrite=checkpoint is None,
                         quiet=args.quiet,
                         report_html=not args.no_report,
+                        store=store,
                     )
                     say(summary_line(metrics))
     rows, left_out = report.collect(run_dirs)

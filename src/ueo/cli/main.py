@@ -16,7 +16,7 @@ import traceback
 
 from .. import __version__
 from ..errors import DivergedError, TrainingInterrupted, UeoError
-from .options import SCENARIO_CHOICES, add_fit_options
+from .options import SCENARIO_CHOICES, add_cache_options, add_fit_options
 
 # command -> (module, function): imported only when the command runs, so that --help stays fast
 COMMANDS = {
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="write no report.html (and skip the zero-shot pass it compares with)",
         )
+        add_cache_options(p)
 
     p = sub.add_parser(
         "export",

@@ -113,6 +113,16 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-report", action="store_true", help="write no report.html (and skip the zero-shot pass it compares with)"
     )
+    add_cache_options(parser)
+
+
+def add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where decoded images are kept between runs (default: $UEO_CACHE_DIR, else ~/.cache/ueo)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="decode the images in memory, keep nothing on disk")
 
 
 INT_KEYS = ("epochs", "batch_size", "seed", "eval_every", "eval_batch_size", "num_workers")
