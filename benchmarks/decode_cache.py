@@ -2,6 +2,7 @@
 
     python benchmarks/decode_cache.py --json benchmarks/results/decode_cache-cpu.json
     python benchmarks/decode_cache.py --sizes 200 400 --bench-images 60 --photo 300 500    # a quick check
+    python benchmarks/decode_cache.py --sizes --json bench-grid.json                        # the bench grid only
 
 Figures, each beside the in-memory path measured in the same run:
   first pass   images/s of check + decode + cache write (the cache) vs check pass + in-memory decode;
@@ -29,9 +30,10 @@ from PIL import Image
 
 import ueo
 from ueo.cache import DecodeCache
-from ueo.data import ImageFiles, check_images, read_folder
+from ueo.data import read_folder
 from ueo.fastpath import build_cache, cache_side
 from ueo.files import write_text
+from ueo.images import ImageFiles, check_images
 
 
 def write_photos(folder: Path, n: int, sides: tuple[int, int], classes: list[str], seed: int = 0) -> Path:
@@ -64,7 +66,9 @@ def peak_anon_kb(command: list[str], env: dict) -> tuple[int, float, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000], help="collection sizes")
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=[2000, 8000, 32000], help="collection sizes (none: the bench grid only)"
+    )
     parser.add_argument("--photo", type=int, nargs=2, default=(300, 700), help="image sides, min max")
     parser.add_argument("--bench-images", type=int, default=600, help="images of the generated bench domain")
     parser.add_argument(

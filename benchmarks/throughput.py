@@ -33,8 +33,9 @@ import torch
 from PIL import Image, ImageDraw
 
 import ueo
-from ueo.data import ImageFiles, ImageList
+from ueo.data import ImageList
 from ueo.files import write_text
+from ueo.images import ImageFiles
 from ueo.inference import autocast, image_features
 from ueo.prompts import TextTower
 

@@ -16,8 +16,9 @@ from PIL import Image
 import ueo
 import ueo.cache as cache_module
 from ueo.cache import DecodeCache
-from ueo.data import ImageFiles, read_folder
+from ueo.data import read_folder
 from ueo.fastpath import Stager, build_cache, fetch, regions_of
+from ueo.images import ImageFiles
 
 SIDE = 64
 

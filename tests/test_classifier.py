@@ -90,7 +90,7 @@ def test_load_adapted_decides_as_ueo_predict(toy_run, tmp_path):
         alone = classifier.predict(rows[index]["path"])[0]
         assert (alone.label, alone.top1) == (predictions[index].label, predictions[index].top1)
         assert alone.score == pytest.approx(predictions[index].score, abs=1e-6)
-    images = [ueo.data.load_image(r["path"]) for r in rows[:5]]
+    images = [ueo.images.load_image(r["path"]) for r in rows[:5]]
     assert [p.label for p in classifier.predict(images)] == [p.label for p in predictions[:5]]
     batch = torch.stack([classifier.preprocess(image) for image in images])
     scores = classifier.scores(batch)

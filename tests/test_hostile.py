@@ -299,7 +299,7 @@ def test_a_stop_request_during_an_evaluation_is_acted_on_at_once(tiny_vit, gener
 
 
 def test_a_second_stop_request_quits_at_once():
-    from ueo.cli.fit import StopRequest
+    from ueo.cli.stop import StopRequest
 
     stop = StopRequest()
     with stop.installed(), pytest.raises(KeyboardInterrupt):
@@ -533,14 +533,15 @@ def test_parallel_decoding_stays_within_its_pixel_budget(tmp_path, monkeypatch):
     import threading
     import time
 
-    from ueo import data as data_module
-    from ueo.data import ImageList, PixelBudget, check_images
+    from ueo import images as images_module
+    from ueo.data import ImageList
+    from ueo.images import PixelBudget, check_images
 
     for i in range(8):
         Image.new("RGB", (300, 200), (i, 0, 0)).save(tmp_path / f"{i}.png")
     images = ImageList(sorted(tmp_path.glob("*.png")), [-1] * 8, False)
     busy, peak, lock = [0], [0], threading.Lock()
-    real = data_module.load_image
+    real = images_module.load_image
 
     def slow_load(path, max_side=None):
         with lock:
@@ -551,7 +552,7 @@ def test_parallel_decoding_stays_within_its_pixel_budget(tmp_path, monkeypatch):
             busy[0] -= 1
         return real(path, max_side)
 
-    monkeypatch.setattr(data_module, "load_image", slow_load)
+    monkeypatch.setattr(images_module, "load_image", slow_load)
     budget = PixelBudget(limit=2 * 300 * 200)
     kept, skipped = check_images(images, threads=8, budget=budget)
     assert len(kept) == 8 and not skipped

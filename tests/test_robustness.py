@@ -16,7 +16,8 @@ from PIL import Image
 from helpers import read_csv
 from ueo import AdaptedState
 from ueo.cli import main
-from ueo.data import ImageFiles, check_images, read_folder
+from ueo.data import read_folder
+from ueo.images import ImageFiles, check_images
 
 
 @pytest.fixture

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import UNREADABLE, ImageList, PixelBudget, describe, image_pixels, load_image, shrink
+from .data import ImageList
 from .errors import TrainingInterrupted
+from .images import UNREADABLE, PixelBudget, describe, image_pixels, load_image, shrink
 
 VERSION = 1
 MAGIC = b"UEOSHRD1"

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from . import __version__
-from .data import load_image
 from .errors import ConfigError, IncompatibleError
 from .files import read_tagged, write_tagged, write_text
+from .images import load_image
 from .inference import autocast, image_source, score
 from .objectives import mcm_scores
 from .predict import UNKNOWN, threshold_warning

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import shrink
+from .images import shrink
 from .views import Batch, ViewSpec, chunks, empty_batch, view_seed
 
 Box = tuple[int, int, int, int, bool]  # top, left, height, width, flip

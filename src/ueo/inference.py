@@ -47,6 +47,26 @@ class Outputs:
     def metrics(self, num_known: int) -> dict[str, float | None]:
         return compute_metrics(self.labels.numpy(), self.predictions.numpy(), self.scores.numpy(), num_known)
 
+    def part(self, positions: torch.Tensor, labels: torch.Tensor) -> Outputs:
+        """The outputs of the images at ``positions``, with their own ``labels``."""
+        return Outputs(self.cosines[positions], labels)
+
+
+def positions_in(part, whole) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(positions in ``whole``, labels) of every image of ``part`` when both datasets are image files and
+    each file of ``part`` is also in ``whole`` (the transductive protocols: the adaptation set is part of
+    the test set), else None. Eval views depend on the image alone, so ``part``'s outputs are then
+    ``whole``'s at these positions, and ``part`` needs no scoring of its own."""
+    a, b = getattr(part, "images", None), getattr(whole, "images", None)
+    if a is None or b is None or not hasattr(a, "paths") or not hasattr(b, "paths"):
+        return None
+    where = {str(path): i for i, path in enumerate(b.paths)}
+    positions = [where.get(str(path)) for path in a.paths]
+    if any(i is None for i in positions):
+        return None
+    labels = [-1 if label is None else int(label) for label in a.labels]
+    return torch.tensor(positions, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+
 
 def autocast(device: torch.device, amp: bool | None):
     """bf16 autocast when ``amp`` (None: on CUDA only); the frozen weights compute in bf16."""
@@ -81,7 +101,7 @@ def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers:
             first = min(problems)
             raise DataError(
                 f"{len(problems)} image(s) cannot be read, e.g. {dataset.images.paths[first]} "
-                f"({problems[first]}); leave them out first (ueo.data.check_images)."
+                f"({problems[first]}); leave them out first (ueo.images.check_images)."
             )
     else:
         pixels = build_cache(dataset, cache_side(bundle.views), progress=progress)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import math
@@ -33,12 +32,12 @@ def _plain(value):
     return str(value)
 
 
-def write_csv(path, rows: Sequence[dict], fieldnames: Sequence[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+def write_csv(path, rows: Iterable[dict], fieldnames: Sequence[str]) -> None:
+    """A CSV file written atomically, row by row (``rows`` may be a generator: nothing is held in memory)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def pyplot():
@@ -145,28 +144,30 @@ def write_predictions(
         zs_scores = zeroshot.scores.numpy()
         zs_decided = decide(zeroshot.predictions.numpy(), zs_scores, class_names, zeroshot_threshold)
         columns += ["zeroshot_prediction", "zeroshot_score"]
-    rows = []
-    for i, path in enumerate(images.paths):
-        label = int(images.labels[i])
-        row = {
-            "path": str(path),
-            "prediction": decided[i],
-            "score": f"{scores[i]:.6f}",
-            "top1": class_names[int(predictions[i])],
-        }
-        if images.labeled:
-            row["label"] = (
-                class_names[label]
-                if 0 <= label < num_known
-                else images.unknown_names.get(label, f"unknown:{label}" if label >= 0 else "unknown")
-            )
-        if zeroshot is not None:
-            row.update(zeroshot_prediction=zs_decided[i], zeroshot_score=f"{zs_scores[i]:.6f}")
-        rows.append(row)
-    write_csv(out / "predictions.csv", rows, columns)
+
+    def rows():  # made one at a time as the file is written
+        for i, path in enumerate(images.paths):
+            label = int(images.labels[i])
+            row = {
+                "path": str(path),
+                "prediction": decided[i],
+                "score": f"{scores[i]:.6f}",
+                "top1": class_names[int(predictions[i])],
+            }
+            if images.labeled:
+                row["label"] = (
+                    class_names[label]
+                    if 0 <= label < num_known
+                    else images.unknown_names.get(label, f"unknown:{label}" if label >= 0 else "unknown")
+                )
+            if zeroshot is not None:
+                row.update(zeroshot_prediction=zs_decided[i], zeroshot_score=f"{zs_scores[i]:.6f}")
+            yield row
+
+    write_csv(out / "predictions.csv", rows(), columns)
     summary = {
         "threshold": threshold,
-        "num_images": len(rows),
+        "num_images": len(images.paths),
         "num_predicted_unknown": int(sum(d == "unknown" for d in decided)),
     }
     if zeroshot is not None:

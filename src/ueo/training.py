@@ -23,7 +23,7 @@ from .clip import ClipBundle
 from .config import FitConfig, FitResult, config_fields
 from .distributed import any_rank, average_gradients, gather_rows, rank_world
 from .errors import DataError, DivergedError, TrainingInterrupted
-from .inference import Outputs, autocast, image_features, image_source, score
+from .inference import Outputs, autocast, image_features, image_source, positions_in, score
 from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
 from .predict import otsu_threshold
 from .prompts import PromptLearner
@@ -63,6 +63,7 @@ class Run:
     save: Callable[[dict], None] | None = None
     should_stop: Callable[[], bool] | None = None
     identity: dict = field(default_factory=dict)  # the data the run is made of, recorded in checkpoints
+    train_in_test: tuple[torch.Tensor, torch.Tensor] | None = None  # see inference.positions_in
 
     @property
     def device(self) -> torch.device:
@@ -89,15 +90,23 @@ class Run:
         Returns the adaptation set's outputs when it was scored."""
         self.result.outputs.clear()  # outputs always belong to the latest evaluation
         num_known = len(self.class_names)
+        test_out = self.score("test") if "test" in self.sources else None
         train_out = None
         if need_train or self.config.eval_train:
-            train_out = self.result.outputs["train"] = self.score("train")
+            train_out = self.result.outputs["train"] = self.train_outputs(test_out)
             if self.config.eval_train and bool((train_out.labels >= 0).any()):
                 self.result.evaluations.append({"epoch": epoch, "split": "train", **train_out.metrics(num_known)})
-        if "test" in self.sources:
-            out = self.result.outputs["test"] = self.score("test")
-            self.result.evaluations.append({"epoch": epoch, "split": "test", **out.metrics(num_known)})
+        if test_out is not None:
+            self.result.outputs["test"] = test_out
+            self.result.evaluations.append({"epoch": epoch, "split": "test", **test_out.metrics(num_known)})
         return train_out
+
+    def train_outputs(self, test_out: Outputs | None) -> Outputs:
+        """The adaptation set's outputs: taken from the test set's (scored with the same parameters) when
+        every adaptation image is a test image, else scored."""
+        if test_out is not None and self.train_in_test is not None:
+            return test_out.part(*self.train_in_test)
+        return self.score("train")
 
     def probabilities(self, images: torch.Tensor, text: torch.Tensor, grad: bool) -> torch.Tensor:
         """softmax(logit_scale * cos) [B, K] of a batch of views; ``grad``: through the image tower too."""
@@ -210,6 +219,7 @@ def fit(
         save=checkpoint,
         should_stop=should_stop,
         identity=identity,
+        train_in_test=positions_in(train, test) if test is not None else None,
     )
     training = cfg.method != "zeroshot" and cfg.epochs > 0
     try:
@@ -233,7 +243,7 @@ def fit(
         result.adapted = run.state()
         train_out = result.outputs.get("train")
         if train_out is None:  # the adaptation set was not scored by the last evaluation
-            train_out = run.score("train")
+            train_out = run.train_outputs(result.outputs.get("test"))
         result.adapted.threshold = {
             "threshold": otsu_threshold(train_out.scores.numpy()),
             "rule": "otsu",

@@ -17,8 +17,8 @@ from collections import Counter, defaultdict
 from html import escape
 from pathlib import Path
 
-from .data import load_image
 from .files import atomic_path, write_text
+from .images import load_image
 from .report import TABLE_METRICS, cell, identity_columns, pyplot
 
 PER_GALLERY = 12  # images shown in each gallery

@@ -8,9 +8,10 @@ from pathlib import Path
 from .. import protocols, report
 from ..classifier import Classifier
 from ..config import FitConfig
-from ..data import ImageFiles, read_images
+from ..data import read_images
 from ..errors import ConfigError, IncompatibleError
 from ..fastpath import cache_side
+from ..images import ImageFiles
 from ..inference import evaluate
 from ..state import AdaptedState
 from ..webreport import write_run_report, write_table_page

@@ -11,9 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..data import ImageList, check_images, read_images
+from ..data import ImageList, read_images
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
+from ..images import check_images
 from ..metrics import known_mask
 from ..predict import otsu_threshold, parse_threshold, threshold_at_tpr, threshold_warning
 

@@ -1,9 +1,7 @@
-"""`ueo fit` (one run, resumable at every point) and `ueo bench` (a grid of runs over a benchmark)."""
+"""`ueo fit`: one run, resumable at every point (`ueo bench` runs a grid of these)."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,17 +12,18 @@ import yaml
 from .. import __version__, protocols, report
 from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..config import FitConfig
-from ..data import ImageFiles, ImageList, fingerprint, parse_class_names, read_images
+from ..data import ImageList, fingerprint, parse_class_names, read_images
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
 from ..fastpath import cache_side
 from ..files import write_text
+from ..images import ImageFiles
 from ..inference import evaluate
 from ..predict import parse_threshold
 from ..prompts import PromptLearner
 from ..training import fit
 from ..tuning import configure_tuning, resolve_rule
-from ..webreport import write_run_report, write_table_page
+from ..webreport import write_run_report
 from .common import (
     about,
     check_device,
@@ -42,46 +41,9 @@ from .common import (
     say_or_warn,
     summary_line,
     threshold_spec,
-    warn,
 )
 from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
-
-
-class StopRequest:
-    """SIGINT/SIGTERM become a request: the run stops at the next step (or batch of an evaluation, or image
-    of the check), saves a checkpoint and says how to resume. A second signal quits at once."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _heard(self, signum, frame):
-        self.signum = signum
-        warn(
-            "\nueo: heard the stop request; stopping at the next step and saving a checkpoint "
-            "(press ctrl-C again to quit at once)."
-        )
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _quit_now)
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {sig: signal.signal(sig, self._heard) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def check(self, phase: str) -> None:
-        if self():
-            raise TrainingInterrupted(f"stopped while {phase}")
-
-
-def _quit_now(signum, frame):
-    raise KeyboardInterrupt
+from .stop import StopRequest
 
 
 @dataclass
@@ -407,57 +369,3 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         if report_html:
             write_run_report(out)
     return metrics
-
-
-def cmd_bench(args) -> int:
-    base = absolute_paths(resolve_config(args))
-    benchmark = base["benchmark"]
-    if not benchmark:
-        raise ConfigError("bench needs --benchmark (and --root).")
-    out = Path(base["out"] or "bench")
-    domains = args.domains or list(protocols.get_benchmark(benchmark).domains)
-    store = decode_cache(args)  # one cache for the whole grid: each image is decoded once
-    run_dirs = []
-    for domain in domains:
-        for scenario in args.scenarios:
-            for method in args.methods:
-                for seed in args.seeds:
-                    run_dir = out / benchmark / domain / scenario / method / f"seed{seed}"
-                    run_dirs.append(run_dir)
-                    if (run_dir / "metrics.json").is_file() and not args.overwrite:
-                        say(f"skip {run_dir} (done)")
-                        continue
-                    config = {
-                        **base,
-                        "benchmark": benchmark,
-                        "domain": domain,
-                        "scenario": scenario,
-                        "method": method,
-                        "seed": seed,
-                        "out": str(run_dir),
-                    }
-                    checkpoint = None
-                    if (run_dir / "checkpoint.safetensors").is_file() and not args.overwrite:
-                        with about(f"{run_dir}"):
-                            checkpoint = load_checkpoint(run_dir / "checkpoint.safetensors")
-                        say(f"== {benchmark} {domain} {scenario} {method} seed {seed} (resuming)")
-                    else:
-                        say(f"== {benchmark} {domain} {scenario} {method} seed {seed}")
-                    metrics = run_fit(
-                        config,
-                        run_dir,
-                        strict=args.strict,
-                        checkpoint=checkpoint,
-                        overwrite=checkpoint is None,
-                        quiet=args.quiet,
-                        report_html=not args.no_report,
-                        store=store,
-                    )
-                    say(summary_line(metrics))
-    rows, left_out = report.collect(run_dirs)
-    print(report.write_tables(rows, out / "table.md"), end="")
-    write_table_page(report.summarise(rows), out / "table.html")
-    for path, reason in left_out:
-        warn(f"left out of the table: {path} ({reason})")
-    print(f"wrote {out / 'table.md'}, {out / 'table.csv'} and {out / 'table.html'}")
-    return 0

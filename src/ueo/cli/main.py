@@ -21,7 +21,7 @@ from .options import SCENARIO_CHOICES, add_cache_options, add_fit_options
 # command -> (module, function): imported only when the command runs, so that --help stays fast
 COMMANDS = {
     "fit": ("fit", "cmd_fit"),
-    "bench": ("fit", "cmd_bench"),
+    "bench": ("bench", "cmd_bench"),
     "eval": ("apply", "cmd_eval"),
     "predict": ("apply", "cmd_predict"),
     "export": ("apply", "cmd_export"),

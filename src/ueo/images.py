@@ -1,0 +1,165 @@
+"""Reading images: RGB pixels out of image files, parallel decoding under a memory bound, the check pass
+that finds unreadable files, and a Dataset of (PIL image, label) over an ``ImageList``."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .data import ImageList
+from .errors import DataError, TrainingInterrupted
+
+DECODE_BUDGET_PIXELS = 100_000_000  # pixels being decoded at once, over all threads (bounds the memory)
+
+
+class PixelBudget:
+    """At most ``limit`` pixels being decoded at once, over all threads (an image larger than the whole
+    budget decodes alone). Bounds the memory of parallel decoding whatever the image sizes."""
+
+    def __init__(self, limit: int = DECODE_BUDGET_PIXELS):
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._cond = threading.Condition()
+
+    def __call__(self, pixels: int):
+        return _Held(self, min(max(pixels, 1), self.limit))
+
+
+class _Held:
+    def __init__(self, budget: PixelBudget, amount: int):
+        self.budget, self.amount = budget, amount
+
+    def __enter__(self):
+        with self.budget._cond:
+            self.budget._cond.wait_for(lambda: self.budget.used + self.amount <= self.budget.limit)
+            self.budget.used += self.amount
+            self.budget.peak = max(self.budget.peak, self.budget.used)
+
+    def __exit__(self, *exc):
+        with self.budget._cond:
+            self.budget.used -= self.amount
+            self.budget._cond.notify_all()
+
+
+def image_pixels(path: Path) -> int:
+    """Width x height from the file's header (no decoding); 0 when the header cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except Exception:  # the decode that follows reports the problem
+        return 0
+
+
+def load_image(path: Path, max_side: int | None = None) -> Image.Image:
+    """Open an image as RGB with its EXIF orientation applied (alpha over white, 16-bit scaled to 8).
+
+    max_side: a JPEG is decoded at a reduced scale whose longer side stays >= max_side (libjpeg's DCT
+    scaling: less memory and time for large photos). Other formats are decoded at full size.
+    Raises OSError/ValueError/Image.DecompressionBombError for unreadable files and absurd sizes
+    (more pixels than PIL.Image.MAX_IMAGE_PIXELS).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _load_image(path, max_side)
+
+
+def _load_image(path: Path, max_side: int | None) -> Image.Image:
+    with Image.open(path) as image:
+        if max_side is not None and image.format == "JPEG":
+            w, h = image.size
+            scale = max_side / max(w, h)
+            if scale < 1:
+                image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.split()[-1])
+            return background
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            image = image.point(lambda v: v / 256).convert("L")
+        image = image.convert("RGB")
+        image.load()
+        return image
+
+
+def shrink(image: Image.Image, max_side: int) -> np.ndarray:
+    """uint8 [3, h, w] of an RGB image whose longer side is shrunk to at most ``max_side`` (bicubic)."""
+    longer = max(image.size)
+    if longer > max_side:
+        scale = max_side / longer
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
+
+
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else "unreadable"
+    return f"{type(error).__name__}: {text}"
+
+
+def check_images(
+    images: ImageList,
+    strict: bool = False,
+    warn: Callable[[str], None] = print,
+    threads: int = 8,
+    budget: PixelBudget | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[ImageList, list[dict[str, str]]]:
+    """Decode every image once; return (the readable ones, [{"path", "reason"}] of the skipped ones).
+
+    strict: raise DataError at the first unreadable file instead of skipping it.
+    budget: bounds the pixels decoded at once (default: DECODE_BUDGET_PIXELS).
+    should_stop: polled between images; when it returns True the check stops (TrainingInterrupted).
+    """
+    budget = budget or PixelBudget()
+
+    def problem(path):
+        if should_stop is not None and should_stop():
+            return None
+        try:
+            with budget(image_pixels(path)):
+                load_image(path, max_side=1024)
+            return None
+        except UNREADABLE as error:
+            return describe(error)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        problems = list(pool.map(problem, images.paths))
+    if should_stop is not None and should_stop():
+        raise TrainingInterrupted("stopped while checking the images")
+    skipped = []
+    for path, reason in zip(images.paths, problems):
+        if reason is None:
+            continue
+        if strict:
+            raise DataError(f"{path}: unreadable image ({reason}).")
+        warn(f"warning: skipping {path}: {reason}")
+        skipped.append({"path": str(path), "reason": reason})
+    keep = [i for i, reason in enumerate(problems) if reason is None]
+    if not keep:
+        raise DataError("No readable image: every file was skipped (see the warnings).")
+    return images.subset(keep), skipped
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """A Dataset of (PIL image, label) over an ImageList; images are read when asked for. ``store``: a
+    ``ueo.cache.DecodeCache`` that the fast path reads the decoded images from (None: decode in memory)."""
+
+    def __init__(self, images: ImageList, store=None):
+        self.images, self.store = images, store
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return load_image(self.images.paths[i]), self.images.labels[i]
