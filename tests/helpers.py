@@ -59,3 +59,30 @@ def read_csv(path):
 
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def fit_args(weights, data, out, *extra, classes="cat,dog", epochs="1", batch_size="4", lr=None):
+    """`ueo fit` arguments for the tiny ViT with ``weights`` on CPU, quiet; ``lr``: both learning rates."""
+    rates = ["--lr-prompt", str(lr), "--lr-norm", str(lr)] if lr is not None else []
+    return [
+        "fit",
+        "--model",
+        "ueo-tiny-vit",
+        "--pretrained",
+        weights,
+        "--device",
+        "cpu",
+        "--data",
+        str(data),
+        "--classes",
+        classes,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        *rates,
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import read_csv
+from helpers import fit_args, read_csv
 from ueo import AdaptedState, load_checkpoint, save_checkpoint
 from ueo.cli import main
 from ueo.cli.common import lock_folder
@@ -36,31 +36,7 @@ def data(tmp_path_factory):
 
 
 def fit(weights, data, out, *extra, classes="cat,dog", epochs="2"):
-    return [
-        "fit",
-        "--model",
-        "ueo-tiny-vit",
-        "--pretrained",
-        weights,
-        "--device",
-        "cpu",
-        "--data",
-        str(data),
-        "--classes",
-        classes,
-        "--epochs",
-        epochs,
-        "--batch-size",
-        "4",
-        "--lr-prompt",
-        "0.05",
-        "--lr-norm",
-        "0.05",
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
+    return fit_args(weights, data, out, *extra, classes=classes, epochs=epochs, lr="0.05")
 
 
 def run(capsys, args):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import read_csv
+from helpers import fit_args, read_csv
 from ueo import AdaptedState
 from ueo.cli import main
 from ueo.data import read_folder
@@ -23,30 +23,6 @@ from ueo.images import ImageFiles, check_images
 @pytest.fixture
 def weights(tiny_vit_weights):
     return tiny_vit_weights
-
-
-def fit_args(weights, data, out, *extra):
-    return [
-        "fit",
-        "--model",
-        "ueo-tiny-vit",
-        "--pretrained",
-        weights,
-        "--device",
-        "cpu",
-        "--data",
-        str(data),
-        "--classes",
-        "cat,dog",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
 
 
 def good_images(folder, n=4):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import read_csv
+from helpers import fit_args, read_csv
 from ueo.cli import main
 from ueo.webreport import MAX_CELLS, PER_CELL, PER_GALLERY, write_run_report
 
@@ -59,32 +59,16 @@ def run(tiny_vit_weights, tmp_path_factory):
             Image.fromarray(pixels).save(root / "data" / name / file)
     assert (
         main(
-            [
-                "fit",
-                "--model",
-                "ueo-tiny-vit",
-                "--pretrained",
+            fit_args(
                 tiny_vit_weights,
-                "--device",
-                "cpu",
-                "--data",
-                str(root / "data"),
+                root / "data",
+                root / "run",
                 "--test",
                 str(root / "data"),
-                "--classes",
-                "cat,dog",
-                "--epochs",
-                "2",
-                "--batch-size",
-                "6",
-                "--lr-prompt",
-                "0.05",
-                "--lr-norm",
-                "0.05",
-                "--out",
-                str(root / "run"),
-                "--quiet",
-            ]
+                epochs=2,
+                batch_size=6,
+                lr=0.05,
+            )
         )
         == 0
     )
