@@ -137,18 +137,23 @@ def check_images(
         problems = list(pool.map(problem, images.paths))
     if should_stop is not None and should_stop():
         raise TrainingInterrupted("stopped while checking the images")
+    return sort_out(images, {i: reason for i, reason in enumerate(problems) if reason is not None}, strict, warn)
+
+
+def sort_out(
+    images: ImageList, problems: dict[int, str], strict: bool = False, warn: Callable[[str], None] = print
+) -> tuple[ImageList, list[dict[str, str]]]:
+    """(the readable images, [{"path", "reason"}] of the others) from {position: why it is unreadable}, with
+    a warning for each; strict: DataError at the first. DataError when no image is readable."""
     skipped = []
-    for path, reason in zip(images.paths, problems):
-        if reason is None:
-            continue
+    for i in sorted(problems):
         if strict:
-            raise DataError(f"{path}: unreadable image ({reason}).")
-        warn(f"warning: skipping {path}: {reason}")
-        skipped.append({"path": str(path), "reason": reason})
-    keep = [i for i, reason in enumerate(problems) if reason is None]
-    if not keep:
+            raise DataError(f"{images.paths[i]}: unreadable image ({problems[i]}).")
+        warn(f"warning: skipping {images.paths[i]}: {problems[i]}")
+        skipped.append({"path": str(images.paths[i]), "reason": problems[i]})
+    if len(problems) == len(images):
         raise DataError("No readable image: every file was skipped (see the warnings).")
-    return images.subset(keep), skipped
+    return images.subset([i for i in range(len(images)) if i not in problems]), skipped
 
 
 class ImageFiles(torch.utils.data.Dataset):

@@ -58,14 +58,13 @@ def positions_in(part, whole) -> tuple[torch.Tensor, torch.Tensor] | None:
     the test set), else None. Eval views depend on the image alone, so ``part``'s outputs are then
     ``whole``'s at these positions, and ``part`` needs no scoring of its own."""
     a, b = getattr(part, "images", None), getattr(whole, "images", None)
-    if a is None or b is None or not hasattr(a, "paths") or not hasattr(b, "paths"):
+    if not hasattr(a, "paths") or not hasattr(b, "paths"):
         return None
     where = {str(path): i for i, path in enumerate(b.paths)}
     positions = [where.get(str(path)) for path in a.paths]
     if any(i is None for i in positions):
         return None
-    labels = [-1 if label is None else int(label) for label in a.labels]
-    return torch.tensor(positions, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+    return torch.tensor(positions, dtype=torch.long), torch.tensor(a.labels, dtype=torch.long)
 
 
 def autocast(device: torch.device, amp: bool | None):
@@ -126,7 +125,7 @@ def score(
     has; it must agree across ranks); when it returns True, TrainingInterrupted is raised."""
     device = text_features.device
     mine = rank_indices(len(source))
-    _, world = rank_world()
+    rank, world = rank_world()
     shared = len(source) // world // batch_size  # batches that every rank has
     cosines, labels = [], []
     batches = tqdm(
@@ -134,7 +133,7 @@ def score(
         desc="evaluate",
         unit="batch",
         total=math.ceil(len(mine) / batch_size),
-        disable=not progress or rank_world()[0] > 0,
+        disable=not progress or rank > 0,
         leave=False,
     )
     for position, (images, batch_labels, _) in enumerate(batches):
@@ -165,7 +164,7 @@ def evaluate(
 
     class_names default to the adapted state's. Returns (metrics dict, Outputs).
     init: the prompt's words when no adapted state is given (the zero-shot prompt "{init} {name}.").
-    fast: decode once and make the eval views on the device (None: on CUDA with PIL images).
+    fast: decode once and make the eval views on the device (None: yes, for datasets of PIL images).
     The bundle's model is left unchanged.
     """
     if adapted is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..data import ImageList, read_images
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
-from ..images import check_images
+from ..images import check_images, sort_out
 from ..metrics import known_mask
 from ..predict import otsu_threshold, parse_threshold, threshold_at_tpr, threshold_warning
 
@@ -195,26 +195,15 @@ def checked(
     """(readable images, skipped rows): unreadable images are dropped with a warning (or stop the run at the
     first one, with --strict). With a decode cache, this check is the decoding into the cache (one decode
     per image, and none for images already there)."""
-    if store is None:
-        try:
+    try:
+        if store is None:
             return check_images(images, strict=strict, warn=warn, should_stop=should_stop)
-        except DataError as error:
-            if strict:
-                error.args = (f"{error} Remove it, or run without --strict to skip unreadable images.",)
-            raise
-    _, problems = store.ensure(images, max_side, should_stop=should_stop, progress=progress)
-    skipped = []
-    for i in sorted(problems):
+        _, problems = store.ensure(images, max_side, should_stop=should_stop, progress=progress)
+        return sort_out(images, problems, strict, warn)
+    except DataError as error:
         if strict:
-            raise DataError(
-                f"{images.paths[i]}: unreadable image ({problems[i]}). Remove it, or run without "
-                "--strict to skip unreadable images."
-            )
-        warn(f"warning: skipping {images.paths[i]}: {problems[i]}")
-        skipped.append({"path": str(images.paths[i]), "reason": problems[i]})
-    if len(problems) == len(images):
-        raise DataError("No readable image: every file was skipped (see the warnings).")
-    return images.subset([i for i in range(len(images)) if i not in problems]), skipped
+            error.args = (f"{error} Remove it, or run without --strict to skip unreadable images.",)
+        raise
 
 
 def decode_cache(args, fast=None):

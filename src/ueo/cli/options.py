@@ -89,7 +89,7 @@ FIT_OPTIONS = (
     (
         "--fast",
         "fast",
-        "decode the images once and make the views on the device (auto: on CUDA)",
+        "decode the images once and make the views on the device (auto: on, for image files)",
         {"choices": tuple(FAST_CHOICES)},
     ),
     ("--threshold", "threshold", "unknown threshold: auto (Otsu on the adaptation set's scores) or a number", {}),
