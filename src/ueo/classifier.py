@@ -29,7 +29,7 @@ from .files import read_tagged, write_tagged, write_text
 from .images import load_image
 from .inference import autocast, image_source, score
 from .objectives import mcm_scores
-from .predict import UNKNOWN, threshold_warning
+from .predict import decide, threshold_warning
 from .prompts import PromptLearner
 from .state import AdaptedState
 from .tuning import apply_adapted_state
@@ -140,10 +140,8 @@ class Classifier:
         """For each image: its class or "unknown", its score and its top-1 known class (as `ueo predict`)."""
         cosines = self.scores(images).cosines
         values, top = mcm_scores(cosines).tolist(), cosines.argmax(dim=-1).tolist()
-        return [
-            Prediction(self.classes[k] if s >= self.threshold else UNKNOWN, s, self.classes[k])
-            for s, k in zip(values, top)
-        ]
+        decided = decide(top, values, self.classes, self.threshold)
+        return [Prediction(label, s, self.classes[k]) for label, s, k in zip(decided, values, top)]
 
     def export(self, folder) -> Path:
         """Write the open_clip-loadable model, the classifier and a README into ``folder``; returns it."""

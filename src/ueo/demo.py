@@ -97,7 +97,7 @@ def write_run(
 
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
     result.adapted.save(run_dir / "adapted.safetensors")
-    report.write_csv(run_dir / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
+    report.write_history(run_dir, result.history)
     metrics = {
         "run": {
             "benchmark": "toyworld",
@@ -119,8 +119,6 @@ def write_run(
         "num_test_images": len(test),
     }
     if pages:
-        zeroshot = result.zeroshot_outputs["test"]
-        cut = report.zeroshot_threshold(result.adapted.threshold, zeroshot)
         metrics["predictions"] = report.write_predictions(
             run_dir,
             image_files(out, test),
@@ -128,8 +126,8 @@ def write_run(
             names,
             result.adapted.threshold["threshold"],
             len(names),
-            zeroshot,
-            cut,
+            result.zeroshot_outputs["test"],
+            result.adapted.threshold,
         )
         if result.history:
             report.plot_loss(result.history, run_dir / "loss.png")

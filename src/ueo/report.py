@@ -15,7 +15,7 @@ import numpy as np
 from .data import ImageList
 from .files import atomic_path, write_text
 from .metrics import known_mask, open_set_metrics
-from .predict import decide, otsu_threshold
+from .predict import UNKNOWN, decide, otsu_threshold
 
 TABLE_METRICS = ("pacc", "auroc", "hm", "gacc", "fpr95", "aupr_in", "aupr_out")
 RUN_KEYS = ("benchmark", "domain", "scenario", "method")
@@ -38,6 +38,11 @@ def write_csv(path, rows: Iterable[dict], fieldnames: Sequence[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_history(folder: Path, history: Sequence[dict]) -> None:
+    """history.csv: the loss and learning rates of every step (FitResult.history)."""
+    write_csv(folder / "history.csv", history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
 
 
 def pyplot():
@@ -133,16 +138,18 @@ def write_predictions(
     threshold: float,
     num_known: int,
     zeroshot=None,
-    zeroshot_threshold: float | None = None,
+    fitted: dict | None = None,
 ) -> dict:
     """predictions.csv (+ plots and open-set metrics when labeled), with the zero-shot model's decisions
-    beside the adapted ones when ``zeroshot`` outputs are given. Returns what goes into metrics.json."""
+    beside the adapted ones when ``zeroshot`` outputs are given (cut by :func:`zeroshot_threshold` of the
+    adapted state's threshold record ``fitted``). Returns what goes into metrics.json."""
     predictions, scores = outputs.predictions.numpy(), outputs.scores.numpy()
     decided = decide(predictions, scores, class_names, threshold)
     columns = ["path", *(["label"] if images.labeled else []), "prediction", "score", "top1"]
     if zeroshot is not None:
         zs_scores = zeroshot.scores.numpy()
-        zs_decided = decide(zeroshot.predictions.numpy(), zs_scores, class_names, zeroshot_threshold)
+        zs_cut = zeroshot_threshold(fitted, zeroshot)
+        zs_decided = decide(zeroshot.predictions.numpy(), zs_scores, class_names, zs_cut)
         columns += ["zeroshot_prediction", "zeroshot_score"]
 
     def rows():  # made one at a time as the file is written
@@ -168,10 +175,10 @@ def write_predictions(
     summary = {
         "threshold": threshold,
         "num_images": len(images.paths),
-        "num_predicted_unknown": int(sum(d == "unknown" for d in decided)),
+        "num_predicted_unknown": int(sum(d == UNKNOWN for d in decided)),
     }
     if zeroshot is not None:
-        summary["zeroshot_threshold"] = zeroshot_threshold
+        summary["zeroshot_threshold"] = zs_cut
         summary["num_changed_by_adaptation"] = int(sum(a != b for a, b in zip(decided, zs_decided)))
     if images.labeled:
         labels = outputs.labels.numpy()

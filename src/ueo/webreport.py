@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .files import atomic_path, write_text
 from .images import load_image
+from .predict import UNKNOWN
 from .report import TABLE_METRICS, cell, identity_columns, pyplot
 
 PER_GALLERY = 12  # images shown in each gallery
@@ -26,7 +27,6 @@ PER_CELL = 4  # examples of one confusion-matrix cell
 MAX_CELLS = 120  # cells that get examples (the largest)
 MATRIX_CLASSES = 40  # above this many classes the confusion matrix is listed as its largest cells
 THUMB_SIDE = 112
-UNKNOWN = "unknown"
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px 40px;color:#222}

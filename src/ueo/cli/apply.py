@@ -27,8 +27,8 @@ from .common import (
     labeled_images,
     load_bundle,
     say,
+    say_done,
     say_or_warn,
-    summary_line,
     threshold_spec,
     warn,
 )
@@ -94,9 +94,8 @@ def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
     zeroshot = (
         None if args.no_report else evaluate(bundle, names, ImageFiles(images, store), init=state.init, **score)[1]
     )
-    cut = report.zeroshot_threshold(state.threshold, zeroshot) if zeroshot is not None else None
     predictions = report.write_predictions(
-        out, images, outputs, names, threshold["threshold"], len(names), zeroshot, cut
+        out, images, outputs, names, threshold["threshold"], len(names), zeroshot, state.threshold
     )
     metrics = {
         "class_names": names,
@@ -124,8 +123,7 @@ def finish(args, out: Path, metrics: dict) -> None:
 def cmd_eval(args) -> int:
     out, metrics = apply_state(args, "--test", labeled=True)
     finish(args, out, metrics)
-    say(summary_line(metrics))
-    say(f"{describe_threshold(metrics['threshold'])}\noutputs in {out}")
+    say_done(metrics, out)
     return 0
 
 

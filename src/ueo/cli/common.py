@@ -262,6 +262,12 @@ def describe_threshold(chosen: dict) -> str:
     return f"threshold {chosen['threshold']:.4f}: {rule} {chosen['source']}"
 
 
+def say_done(metrics: dict, out: Path) -> None:
+    """The end of fit and eval: the metrics, the threshold and where the outputs are."""
+    say(summary_line(metrics))
+    say(f"{describe_threshold(metrics['threshold'])}\noutputs in {out}")
+
+
 def summary_line(metrics: dict) -> str:
     zs, ad = metrics.get("zeroshot"), metrics.get("adapted")
     if not ad or all(ad.get(k) is None for k in ("pacc", "auroc")):

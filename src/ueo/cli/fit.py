@@ -33,13 +33,12 @@ from .common import (
     choose_threshold,
     claim_out,
     decode_cache,
-    describe_threshold,
     labeled_images,
     load_bundle,
     require_known,
     say,
+    say_done,
     say_or_warn,
-    summary_line,
     threshold_spec,
 )
 from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
@@ -81,8 +80,7 @@ def cmd_fit(args) -> int:
         report_html=not args.no_report,
         store=decode_cache(args),
     )
-    say(summary_line(metrics))
-    say(f"{describe_threshold(metrics['threshold'])}\noutputs in {out}")
+    say_done(metrics, out)
     return 0
 
 
@@ -128,8 +126,7 @@ def resume(args) -> int:
         report_html=not args.no_report,
         store=decode_cache(args),
     )
-    say(summary_line(metrics))
-    say(f"{describe_threshold(metrics['threshold'])}\noutputs in {run_dir}")
+    say_done(metrics, run_dir)
     return 0
 
 
@@ -357,12 +354,11 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     stop.check("writing the outputs")
     if is_main():
         result.adapted.save(out / "adapted.safetensors")
-        report.write_csv(out / "history.csv", result.history, ["step", "epoch", "loss", "lr_prompt", "lr_norm"])
+        report.write_history(out, result.history)
         if result.history:
             report.plot_loss(result.history, out / "loss.png")
-        cut = report.zeroshot_threshold(result.adapted.threshold, zeroshot) if zeroshot is not None else None
         metrics["predictions"] = report.write_predictions(
-            out, target, outputs, job.class_names, threshold["threshold"], num_known, zeroshot, cut
+            out, target, outputs, job.class_names, threshold["threshold"], num_known, zeroshot, result.adapted.threshold
         )
         metrics["seconds"] = round(time.monotonic() - started, 1)
         report.write_json(out / "metrics.json", metrics)
