@@ -10,13 +10,12 @@ with the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict
 
 import torch
 
-from .config import TRAJECTORY_KEYS, FitConfig, FitResult
+from .config import TRAJECTORY_KEYS, FitConfig, FitResult, is_finite_number
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
 from .tuning import adapted_state
@@ -104,7 +103,7 @@ def damage(checkpoint: dict) -> str | None:
     if not all(isinstance(n, str) for n in meta["class_names"]):
         return "class_names are not texts"
     cut = meta.get("zeroshot_threshold")
-    if cut is not None and (isinstance(cut, bool) or not isinstance(cut, (int, float)) or not math.isfinite(cut)):
+    if cut is not None and (not is_finite_number(cut)):
         return "the zero-shot threshold is not a number"
     params = {k: v for k, v in tensors.items() if k.startswith("param/")}
     if not params:

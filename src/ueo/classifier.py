@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .config import is_finite_number
 from .errors import ConfigError, IncompatibleError
 from .files import read_tagged, write_tagged, write_text
 from .images import load_image
@@ -109,7 +109,7 @@ class Classifier:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_finite_number(value):
             raise ConfigError(f"threshold must be a finite number, got {value!r}.")
         self._threshold = float(value)
 

@@ -18,6 +18,11 @@ FLOAT32_MAX = 3.4028234663852886e38  # settings are used in float32 arithmetic
 DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4 context vectors)
 
 
+def is_finite_number(value) -> bool:
+    """An int or float that is neither NaN nor infinite (True and False are not numbers here)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 @dataclass
 class FitConfig:
     """Adaptation settings; the defaults are the reference recipe (docs/method.md).
@@ -78,7 +83,7 @@ class FitConfig:
             raise ConfigError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed}.")
         for name in ("lr_prompt", "lr_norm", "logit_scale", "trade"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}.")
             if value < 0 and name != "trade":
                 raise ConfigError(f"{name} must be >= 0, got {value!r}.")

@@ -7,14 +7,13 @@ Stored as safetensors (tensors) + JSON metadata; nothing is pickled.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .config import DEFAULT_INIT, RULES, TUNE_CHOICES
+from .config import DEFAULT_INIT, RULES, TUNE_CHOICES, is_finite_number
 from .data import fold
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
@@ -102,7 +101,7 @@ class AdaptedState:
             return f"info must be a mapping, got {self.info!r:.80}"
         if self.threshold is not None:
             value = self.threshold.get("threshold") if isinstance(self.threshold, dict) else None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite_number(value):
                 return f"threshold must be {{'threshold': a number, 'rule': ...}}, got {self.threshold!r:.80}"
         bad = [name for name, value in self.tensors.items() if not torch.isfinite(value).all()]
         if bad:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..config import is_finite_number
 from ..data import ImageList, read_images
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
@@ -220,7 +221,7 @@ def threshold_spec(spec, tpr) -> None:
     """Check --threshold and --tpr before any compute."""
     with about("--threshold"):
         parse_threshold(spec)
-    if tpr is not None and (isinstance(tpr, bool) or not isinstance(tpr, (int, float)) or not 0 < tpr <= 1):
+    if tpr is not None and (not is_finite_number(tpr) or not 0 < tpr <= 1):
         raise ConfigError(f"--tpr must be a fraction in (0, 1], got {tpr!r}.")
 
 
