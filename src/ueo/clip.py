@@ -237,12 +237,9 @@ def load_clip(
             if offline
             else _first_line(error)
         )
-        failure = WeightsUnavailableError(
-            f"Could not obtain the weights of {what}, {description}: {cause}.\n" + weights_advice(model, weights_file)
-        )
-        failure.cli_advice = f"Could not obtain the weights of {what}, {description}: {cause}.\n" + weights_advice(
-            model, weights_file, python=False
-        )
+        head = f"Could not obtain the weights of {what}, {description}: {cause}.\n"
+        failure = WeightsUnavailableError(head + weights_advice(model, weights_file))
+        failure.cli_advice = head + weights_advice(model, weights_file, python=False)
         raise failure from error
     if not hasattr(clip_model, "token_embedding"):
         raise ModelUnavailableError(
