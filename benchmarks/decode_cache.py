@@ -31,7 +31,7 @@ from PIL import Image
 import ueo
 from ueo.cache import DecodeCache
 from ueo.data import read_folder
-from ueo.fastpath import build_cache, cache_side
+from ueo.fastpath import build_cache, decoded_short_side
 from ueo.files import write_text
 from ueo.images import ImageFiles, check_images
 
@@ -93,7 +93,7 @@ def main():
         }
         (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
         model = f"local-dir:{model_dir}"
-        side = cache_side(ueo.load_clip(model, device="cpu").views)
+        side = decoded_short_side(ueo.load_clip(model, device="cpu").views)
         results = {
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {threads} cores",

@@ -86,3 +86,46 @@ def fit_args(weights, data, out, *extra, classes="cat,dog", epochs="1", batch_si
         "--quiet",
         *extra,
     ]
+
+
+# Sizes of real benchmark photos (width, height): 4:3 and 3:4, 10:3 and 3:10, large, and smaller than the
+# model's input. Views, features and decisions are tested on these, not only on input-sized toy images.
+PHOTO_SIZES = [(300, 225), (500, 375), (375, 500), (1000, 300), (300, 1000), (2000, 1500), (150, 100)]
+
+
+def photo(width, height, seed=0):
+    """A textured stand-in for a photo: noise at every scale (a 1/f-like spectrum), a grid of edges and a
+    colour gradient, so that every resampling step shows in the pixels (a flat image hides them)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((height, width, 3))
+    for octave in range(8):
+        step = 2**octave
+        small = rng.normal(size=(max(1, height // step), max(1, width // step), 3))
+        small = ((small - small.min()) / (np.ptp(small) + 1e-9) * 255).astype(np.uint8)
+        out += np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR), dtype=float) * 0.7**octave
+    out = (out - out.min()) / np.ptp(out) * 200
+    yy, xx = np.mgrid[0:height, 0:width]
+    out[((xx // max(3, width // 23) + yy // max(3, height // 17)) % 2) == 0] *= 0.55
+    out[..., 0] += 55 * xx / width
+    out[..., 2] += 55 * yy / height
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def write_photos(folder, sizes=PHOTO_SIZES, classes=("cat", "dog"), formats=("jpg", "png"), seed=0):
+    """Photos of ``sizes`` in each of ``formats`` (JPEG quality 90, PNG), in class sub-folders (cycling
+    over ``classes``); returns the paths in order."""
+    paths = []
+    for i, (width, height) in enumerate(sizes):
+        for j, ext in enumerate(formats):
+            target = folder / classes[(i * len(formats) + j) % len(classes)]
+            target.mkdir(parents=True, exist_ok=True)
+            path = target / f"photo{i}_{width}x{height}.{ext}"
+            photo(width, height, seed=seed + i).save(path, **({"quality": 90} if ext == "jpg" else {}))
+            paths.append(path)
+    return paths
+
+
+def psnr(a, b):
+    """Peak signal-to-noise ratio in dB of two images in [0, 1] (arrays or tensors of one shape)."""
+    mse = float(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)

@@ -17,7 +17,7 @@ import ueo
 import ueo.cache as cache_module
 from ueo.cache import DecodeCache
 from ueo.data import read_folder
-from ueo.fastpath import Stager, build_cache, fetch, regions_of
+from ueo.fastpath import Stager, build_cache, fetch, whole
 from ueo.images import ImageFiles
 
 SIDE = 64
@@ -39,9 +39,9 @@ def counted(monkeypatch):
     calls = {"n": 0}
     real = cache_module.decode
 
-    def decode(path, max_side):
+    def decode(path, short_side):
         calls["n"] += 1
-        return real(path, max_side)
+        return real(path, short_side)
 
     monkeypatch.setattr(cache_module, "decode", decode)
     return calls
@@ -61,7 +61,7 @@ def test_a_second_run_decodes_nothing_and_a_changed_file_is_decoded_again(tmp_pa
     # the same bytes as decoding in memory (the fast path without a cache)
     memory = build_cache(ImageFiles(images), SIDE)
     assert all(torch.equal(first.image(i), memory.image(i)) for i in range(12))
-    assert all(max(first.sizes[i]) <= SIDE for i in range(12))
+    assert all(min(first.sizes[i]) <= SIDE for i in range(12))
 
     Image.new("RGB", (50, 40), (1, 2, 3)).save(images.paths[3])  # edited: a new size and modification time
     changed, _ = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
@@ -119,7 +119,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
         "threads=1)\n"
     )
     process = subprocess.Popen([sys.executable, "-c", code])
-    folder = tmp_path / "cache" / "v1" / f"side{SIDE}"
+    folder = DecodeCache(tmp_path / "cache").folder(SIDE)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and len(list(folder.glob("*.shard"))) < 1:
         time.sleep(0.01)
@@ -145,7 +145,7 @@ def test_a_full_disk_writes_no_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module.os, "fsync", full)
     with pytest.raises(OSError, match="No space left"):
         DecodeCache(tmp_path / "cache").ensure(images, SIDE)
-    folder = tmp_path / "cache" / "v1" / f"side{SIDE}"
+    folder = DecodeCache(tmp_path / "cache").folder(SIDE)
     assert not list(folder.glob("*.shard")) and not list(folder.glob("*.tmp"))
 
 
@@ -237,12 +237,11 @@ def test_the_stager_sends_what_a_direct_copy_sends(tmp_path):
     pixels, _ = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
     stager = Stager(pixels, "cpu", pin=False)
     for indices in ([3, 1, 4], [9], [0, 2, 5, 7, 8, 6]):
-        boxes = [(1, 2, 10, 12, False) for _ in indices]
-        regions = regions_of(pixels, indices, boxes)
+        regions = [(i, 2, 1, 12, 10) for i in indices]
         sent = stager.send(*stager.gather(regions))
         assert all(torch.equal(a, b) for a, b in zip(sent, fetch(pixels, regions, "cpu")))
-        whole = regions_of(pixels, indices)
-        assert all(torch.equal(a, b) for a, b in zip(stager.send(*stager.gather(whole)), fetch(pixels, whole, "cpu")))
+        full = whole(pixels, indices)
+        assert all(torch.equal(a, b) for a, b in zip(stager.send(*stager.gather(full)), fetch(pixels, full, "cpu")))
 
 
 def test_a_second_cli_run_decodes_nothing(tmp_path, tiny_vit_weights, counted):

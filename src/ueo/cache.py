@@ -1,10 +1,11 @@
 """The decode cache: every image decoded once per collection, kept on disk, memory-mapped when used.
 
 Where: ``--cache-dir``, else $UEO_CACHE_DIR, else $XDG_CACHE_HOME/ueo (~/.cache/ueo). Inside,
-``v1/side{S}/`` holds the images decoded for input side S/2 (the longer side capped at S, as the fast
+``v2/short{S}/`` holds the images decoded for input side S/2 (the shorter side capped at S, as the fast
 path needs), in shards: immutable files written atomically (a temporary name, then a rename), each a
 header, the uint8 pixels of up to a few thousand images, and an index (for each image: its key, offset,
-height, width, CRC-32, or the reason it could not be read). Unreadable files are remembered too, so a
+decoded height and width, the original image's height and width, CRC-32, or the reason it could not
+be read). Unreadable files are remembered too, so a
 second run decodes nothing at all.
 
 An image's key is a hash of its real path, size and modification time (not of its content: hashing
@@ -40,10 +41,21 @@ from .data import ImageList
 from .errors import TrainingInterrupted
 from .images import UNREADABLE, PixelBudget, describe, image_pixels, load_image, shrink
 
-VERSION = 1
+VERSION = 2
 MAGIC = b"UEOSHRD1"
 HEADER = struct.Struct("<8sIQQI")  # magic, count, index offset, index length, index crc
-INDEX = np.dtype([("key", "S20"), ("offset", "<u8"), ("h", "<u4"), ("w", "<u4"), ("crc", "<u4"), ("problem", "<i4")])
+INDEX = np.dtype(
+    [
+        ("key", "S20"),
+        ("offset", "<u8"),
+        ("h", "<u4"),
+        ("w", "<u4"),
+        ("original_h", "<u4"),
+        ("original_w", "<u4"),
+        ("crc", "<u4"),
+        ("problem", "<i4"),
+    ]
+)
 SHARD_BYTES = 512 << 20  # pixels per shard (a shard is built in memory before it is written)
 SHARD_IMAGES = 8192
 
@@ -62,9 +74,11 @@ def file_key(path) -> bytes:
     return hashlib.sha1(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:20].encode()
 
 
-def decode(path: Path, max_side: int) -> np.ndarray:
-    """uint8 [3, h, w] of an image file (ueo's loader), its longer side shrunk to ``max_side``."""
-    return shrink(load_image(path), max_side)
+def decode(path: Path, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 [3, h, w], the original (h, w)) of an image file (ueo's loader), its shorter side shrunk to
+    ``short_side`` when it is longer."""
+    image = load_image(path)
+    return shrink(image, short_side), (image.height, image.width)
 
 
 @dataclass
@@ -97,19 +111,20 @@ def read_shard(path: Path) -> Shard:
     return Shard(path, index, problems)
 
 
-def write_shard(folder: Path, records: list[tuple[bytes, np.ndarray | None, str | None]]) -> Path:
-    """A new shard of (key, pixels or None, problem or None), written under a temporary name, synced, then
-    renamed: a shard that exists is complete."""
+def write_shard(folder: Path, records: list[tuple[bytes, tuple | None, str | None]]) -> Path:
+    """A new shard of (key, (pixels, original size) or None, problem or None), written under a temporary
+    name, synced, then renamed: a shard that exists is complete."""
     index = np.zeros(len(records), dtype=INDEX)
     problems: list[str] = []
     offset = HEADER.size
-    for i, (key, pixels, problem) in enumerate(records):
+    for i, (key, decoded, problem) in enumerate(records):
         index[i]["key"] = key
         index[i]["problem"] = -1
-        if pixels is None:
+        if decoded is None:
             index[i]["problem"] = len(problems)
             problems.append(problem or "unreadable")
             continue
+        pixels, (index[i]["original_h"], index[i]["original_w"]) = decoded
         index[i]["offset"], index[i]["h"], index[i]["w"] = offset, pixels.shape[1], pixels.shape[2]
         index[i]["crc"] = zlib.crc32(pixels)
         offset += pixels.nbytes
@@ -118,9 +133,9 @@ def write_shard(folder: Path, records: list[tuple[bytes, np.ndarray | None, str 
     try:
         with open(tmp, "wb") as f:
             f.write(HEADER.pack(MAGIC, len(records), offset, len(blob), zlib.crc32(blob)))
-            for _, pixels, _ in records:
-                if pixels is not None:
-                    f.write(pixels.tobytes())
+            for _, decoded, _ in records:
+                if decoded is not None:
+                    f.write(decoded[0].tobytes())
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
@@ -140,8 +155,8 @@ class DecodeCache:
         self.shards: dict[Path, Shard] = {}  # read in this process
         self.lookup: dict[bytes, tuple[Path, int]] = {}
 
-    def folder(self, max_side: int) -> Path:
-        return self.root / f"v{VERSION}" / f"side{max_side}"
+    def folder(self, short_side: int) -> Path:
+        return self.root / f"v{VERSION}" / f"short{short_side}"
 
     def _refresh(self, folder: Path) -> None:
         """Read the shards that appeared since the last look; remove damaged ones (with a warning)."""
@@ -172,14 +187,14 @@ class DecodeCache:
     def ensure(
         self,
         images: ImageList,
-        max_side: int,
+        short_side: int,
         threads: int | None = None,
         progress: bool = False,
         should_stop: Callable[[], bool] | None = None,
     ) -> tuple[MappedPixels, dict[int, str]]:
         """Every image decoded in the cache (decoding only those that are not): (the pixels, memory-mapped,
         of the readable ones, {position in ``images``: why it is unreadable})."""
-        folder = self.folder(max_side)
+        folder = self.folder(short_side)
         folder.mkdir(parents=True, exist_ok=True)
         keys: list[bytes | None] = []
         problems: dict[int, str] = {}
@@ -198,7 +213,7 @@ class DecodeCache:
                 self._refresh(folder)
                 todo = [i for i, k in enumerate(keys) if k is not None and k not in self.lookup]
                 passing = self._build(
-                    folder, [(keys[i], images.paths[i]) for i in todo], max_side, threads, progress, should_stop
+                    folder, [(keys[i], images.paths[i]) for i in todo], short_side, threads, progress, should_stop
                 )
                 self._refresh(folder)
         kept = []
@@ -219,14 +234,14 @@ class DecodeCache:
             [self.lookup[keys[i]] for i in kept],
             [images.paths[i] for i in kept],
             [images.labels[i] for i in kept],
-            max_side,
+            short_side,
         ), problems
 
     def _build(
         self,
         folder: Path,
         todo: list,
-        max_side: int,
+        short_side: int,
         threads: int | None,
         progress: bool,
         should_stop: Callable[[], bool] | None,
@@ -243,7 +258,7 @@ class DecodeCache:
                 return key, None, None
             try:
                 with budget(image_pixels(path)):
-                    return key, decode(path, max_side), None
+                    return key, decode(path, short_side), None
             except UNREADABLE as error:
                 kept = not isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning))
                 return key, None, describe(error) if kept else "\0" + describe(error)
@@ -252,14 +267,14 @@ class DecodeCache:
         bar = tqdm(total=len(todo), desc="decode", unit="img", disable=not progress, leave=False)
         with ThreadPoolExecutor(max_workers=threads or min(32, os.cpu_count() or 4)) as pool:
             for start in range(0, len(todo), 256):  # in order, a bounded number in flight
-                for key, pixels, problem in pool.map(one, todo[start : start + 256]):
-                    if pixels is None and problem is None:
+                for key, decoded, problem in pool.map(one, todo[start : start + 256]):
+                    if decoded is None and problem is None:
                         raise TrainingInterrupted("stopped while decoding the images")
                     if problem is not None and problem.startswith("\0"):
                         passing[key] = problem[1:]
                         continue
-                    records.append((key, pixels, problem))
-                    size += pixels.nbytes if pixels is not None else 0
+                    records.append((key, decoded, problem))
+                    size += decoded[0].nbytes if decoded is not None else 0
                     bar.update()
                     if size >= SHARD_BYTES or len(records) >= SHARD_IMAGES:
                         write_shard(folder, records)
@@ -287,9 +302,9 @@ class MappedPixels:
     process reads it; a mismatch removes its shard (with a warning) and the image is decoded from its file."""
 
     def __init__(
-        self, cache: DecodeCache, places: list[tuple[Path, int]], paths: list, labels: list[int], max_side: int
+        self, cache: DecodeCache, places: list[tuple[Path, int]], paths: list, labels: list[int], short_side: int
     ):
-        self.cache, self.paths, self.labels, self.max_side = cache, list(paths), list(labels), max_side
+        self.cache, self.paths, self.labels, self.short_side = cache, list(paths), list(labels), short_side
         self.files = sorted({path for path, _ in places})
         number = {path: i for i, path in enumerate(self.files)}
         rows = [cache.shards[path].index[row] for path, row in places]
@@ -297,6 +312,7 @@ class MappedPixels:
         self.offset = np.array([r["offset"] for r in rows], dtype=np.uint64)
         self.crc = np.array([r["crc"] for r in rows], dtype=np.uint32)
         self.sizes = [(int(r["h"]), int(r["w"])) for r in rows]
+        self.originals = [(int(r["original_h"]), int(r["original_w"])) for r in rows]
         self.verified = np.zeros(len(rows), dtype=bool)
         self.maps: dict[int, np.memmap] = {}
         self.decoded: dict[int, torch.Tensor] = {}  # images whose cached copy failed its check
@@ -321,7 +337,7 @@ class MappedPixels:
         if not self.verified[i]:
             if zlib.crc32(view) != int(self.crc[i]):
                 self.cache.discard(self.files[shard], f"the pixels of {self.paths[i]} fail their checksum")
-                self.decoded[i] = torch.from_numpy(decode(Path(self.paths[i]), self.max_side))
+                self.decoded[i] = torch.from_numpy(decode(Path(self.paths[i]), self.short_side)[0])
                 return self.decoded[i]
             self.verified[i] = True
         return torch.from_numpy(view.reshape(3, h, w))

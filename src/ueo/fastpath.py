@@ -1,47 +1,44 @@
-"""The fast path: decode every image once into a uint8 cache, make the views of whole batches on the device.
+"""The fast path: decode every image once, make the views of whole batches on the device.
 
 The reference decodes each JPEG with PIL and augments it in DataLoader workers at every step of every
 epoch; on a GPU that, not the model, is the bottleneck. Here:
 
-  * ``ImageCache`` holds each image decoded once (EXIF orientation, RGB), shrunk so that its longer side
-    is at most ``max_side`` (default 2 x the model's input size; smaller images stay as they are), as
-    uint8 pixels in one flat tensor: on the GPU when it fits, else in pinned host memory.
-  * ``crop_boxes`` draws the RandomResizedCrop boxes + horizontal flips of a batch from the per-sample
-    seeds of the plain path (``views.view_seed``), with torchvision's sampling rule.
-  * ``augment`` cuts each box out of the cache, resizes it to the input size (bicubic, antialiased),
-    flips and normalises, for a whole batch on the device, without a host synchronisation.
-  * ``center_views`` is the eval view (resize the shorter side, center crop) made the same way.
+  * ``ImageCache`` holds each image decoded once (EXIF orientation, RGB) as uint8 pixels in one flat
+    tensor, shrunk only when its shorter side is over twice the model's input size (then to exactly
+    twice: ``decoded_short_side``), with the size of the original image beside it.
+  * Each view is the plain path's (``views.ViewSpec.train_plan`` / ``eval_plan``: the same seeded draws,
+    the same arithmetic on the original image's size), cut out of the decoded copy with PIL's resampling
+    rule (``ueo.resample``) on a box mapped into the copy, for a whole batch on the device, without a
+    host synchronisation. An image kept whole gives PIL's view to rounding; a shrunk one is resampled
+    twice, which no crop notices: every crop the reference draws (at least half the area, aspect 3/4-4/3,
+    so at least half of each side) is at least the input size in the copy, so it is only ever shrunk.
   * ``CachedImages`` offers these as an image source with the same methods as ``views.LoadedImages``.
-
-``CachedViews`` applies exactly the same per-sample operations through an ordinary Dataset, so that the
-plain loop and the fast loop can be compared number for number (tests/test_fastpath.py).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .images import shrink
-from .views import Batch, ViewSpec, chunks, empty_batch, view_seed
-
-Box = tuple[int, int, int, int, bool]  # top, left, height, width, flip
+from .resample import resize_box, window
+from .views import Batch, Plan, ViewSpec, chunks, empty_batch, view_seed
 
 
 @dataclass
 class ImageCache:
-    """Decoded uint8 RGB images, stored flat: image i is ``pixels[offsets[i]:offsets[i] + 3*h*w]`` as [3, h, w]."""
+    """Decoded uint8 RGB images, stored flat: image i is ``pixels[offsets[i]:offsets[i] + 3*h*w]`` as [3, h, w];
+    ``originals[i]``: the (h, w) of the image it was decoded from."""
 
     pixels: torch.Tensor  # uint8 [total]
     offsets: list[int]
     sizes: list[tuple[int, int]]  # (h, w)
     labels: list[int]
+    originals: list[tuple[int, int]]
 
     def __len__(self):
         return len(self.sizes)
@@ -55,15 +52,16 @@ class ImageCache:
         return self.pixels.numel()
 
     def to(self, device) -> ImageCache:
-        return ImageCache(self.pixels.to(device, non_blocking=True), self.offsets, self.sizes, self.labels)
+        pixels = self.pixels.to(device, non_blocking=True)
+        return ImageCache(pixels, self.offsets, self.sizes, self.labels, self.originals)
 
 
-def cache_side(spec: ViewSpec) -> int:
-    """The longest side an image keeps in the cache: twice the model's input size."""
+def decoded_short_side(spec: ViewSpec) -> int:
+    """The shorter side an image keeps at most when decoded: twice the model's input size."""
     return 2 * spec.size
 
 
-def build_cache(dataset, max_side: int, threads: int = 8, progress: bool = False) -> ImageCache:
+def build_cache(dataset, short_side: int, threads: int = 8, progress: bool = False) -> ImageCache:
     """Decode every (PIL image, label) item of ``dataset`` once, into host memory (for datasets that are
     not image files; files go through the persistent decode cache, ``ueo.cache``)."""
     from tqdm.auto import tqdm
@@ -72,7 +70,7 @@ def build_cache(dataset, max_side: int, threads: int = 8, progress: bool = False
         image, label = dataset[i][0], dataset[i][1]
         if torch.is_tensor(image):
             raise TypeError("The fast path caches PIL images; this dataset yields tensors.")
-        return shrink(image, max_side), -1 if label is None else int(label)
+        return shrink(image, short_side), (image.height, image.width), -1 if label is None else int(label)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         items = list(
@@ -85,74 +83,90 @@ def build_cache(dataset, max_side: int, threads: int = 8, progress: bool = False
                 leave=False,
             )
         )
-    sizes = [(a.shape[1], a.shape[2]) for a, _ in items]
-    offsets = np.concatenate([[0], np.cumsum([a.size for a, _ in items])[:-1]]).astype(np.int64).tolist()
-    flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a, _ in items]))
-    return ImageCache(flat, offsets, sizes, [label for _, label in items])
+    sizes = [(a.shape[1], a.shape[2]) for a, _, _ in items]
+    offsets = np.concatenate([[0], np.cumsum([a.size for a, _, _ in items])[:-1]]).astype(np.int64).tolist()
+    flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a, _, _ in items]))
+    return ImageCache(flat, offsets, sizes, [label for _, _, label in items], [size for _, size, _ in items])
 
 
-def crop_box(generator: torch.Generator, height: int, width: int, spec: ViewSpec | None = None) -> Box:
-    """(top, left, h, w, flip) of RandomResizedCrop + RandomHorizontalFlip, torchvision's sampling rule, with
-    the crop scale, ratio and flip probability of ``spec`` (default: the reference's)."""
-    scale, ratio, flip_p = (spec.crop_scale, spec.crop_ratio, spec.flip) if spec else ((0.5, 1.0), (3 / 4, 4 / 3), 0.5)
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
-            break
-    else:  # fallback to a central crop, as torchvision does
-        in_ratio = width / height
-        if in_ratio < ratio[0]:
-            w, h = width, int(round(width / ratio[0]))
-        elif in_ratio > ratio[1]:
-            h, w = height, int(round(height * ratio[1]))
-        else:
-            w, h = width, height
-        top, left = (height - h) // 2, (width - w) // 2
-    flip = bool(torch.rand(1, generator=generator).item() < flip_p)
-    return top, left, h, w, flip
+Region = tuple[int, int, int, int, int]  # image index, top, left, height, width (in the decoded copy)
 
 
-def crop_boxes(
-    cache: ImageCache, indices: Sequence[int], seed: int, epoch: int, spec: ViewSpec | None = None
-) -> list[Box]:
-    """The crop boxes of a batch, from the per-sample seeds (seed, epoch, index) of the plain path."""
-    boxes = []
-    for i in indices:
-        generator = torch.Generator().manual_seed(view_seed(seed, epoch, int(i)))
-        h, w = cache.sizes[int(i)]
-        boxes.append(crop_box(generator, h, w, spec))
-    return boxes
+@dataclass(frozen=True)
+class Cut:
+    """A plan mapped into the decoded copy: the region to fetch, the plan's box relative to it, the output
+    rows and columns of the resized box that the view shows, and where they go in the view."""
+
+    region: Region
+    box: tuple[float, float, float, float]
+    size: tuple[int, int]
+    rows: tuple[int, int]  # first, count
+    cols: tuple[int, int]
+    at: tuple[int, int]  # (y, x) in the view
+    flip: bool
 
 
-def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 [3, h, w] -> float [3, height, width] in [0, 1], bicubic with antialiasing, clamped like PIL."""
-    resized = F.interpolate(
-        image[None].float(), size=(height, width), mode="bicubic", antialias=True, align_corners=False
-    )[0]
-    return (resized / 255.0).clamp_(0, 1)
+def cut(index: int, plan: Plan, decoded: tuple[int, int], original: tuple[int, int], spec: ViewSpec) -> Cut:
+    """The region of image ``index`` (decoded at ``decoded``, originally ``original``, as (h, w)) that the
+    view ``plan`` reads, and how the view is made from it."""
+    (h, w), (oh, ow), size = decoded, original, spec.size
+    sy, sx = h / oh, w / ow
+    left, top, right, bottom = plan.box
+    left, top, right, bottom = left * sx, top * sy, right * sx, bottom * sy
+    (nh, nw), (oy, ox) = plan.size, plan.offset
+    r0, c0 = max(0, -oy), max(0, -ox)  # the rows and columns of the resized box inside the view
+    rows, cols = (r0, min(nh, size - oy) - r0), (c0, min(nw, size - ox) - c0)
+    y_lo, y_hi = window(top, bottom, nh, *rows, h, spec.interpolation)
+    x_lo, x_hi = window(left, right, nw, *cols, w, spec.interpolation)
+    box = (left - x_lo, top - y_lo, right - x_lo, bottom - y_lo)
+    region = (index, y_lo, x_lo, y_hi - y_lo, x_hi - x_lo)
+    return Cut(region, box, plan.size, rows, cols, (oy + r0, ox + c0), plan.flip)
 
 
-def _normalise(batch: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+def render(crop: torch.Tensor, c: Cut, spec: ViewSpec) -> torch.Tensor:
+    """float [3, S, S] in [0, 1]: the view of ``c`` from its fetched region ``crop`` (uint8 [3, h, w])."""
+    part = resize_box(crop, c.box, c.size, spec.interpolation, rows=c.rows, cols=c.cols)
+    size = spec.size
+    if part.shape[1:] != (size, size):  # padding around the resized image ("longest")
+        canvas = torch.full((3, size, size), spec.fill_color / 255.0, device=part.device)
+        (y, x), (_, h, w) = c.at, part.shape
+        canvas[:, y : y + h, x : x + w] = part
+        part = canvas
+    return part.flip(-1) if c.flip else part
+
+
+def normalise(batch: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
     mean = torch.as_tensor(spec.mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
     std = torch.as_tensor(spec.std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
     return (batch - mean) / std
 
 
-Region = tuple[int, int, int, int, int]  # image index, top, left, height, width
+def make_views(crops: Sequence[torch.Tensor], cuts: Sequence[Cut], spec: ViewSpec) -> torch.Tensor:
+    """A normalised float batch [B, 3, S, S] from the fetched regions of ``cuts``."""
+    return normalise(torch.stack([render(crop, c, spec) for crop, c in zip(crops, cuts)]), spec)
 
 
-def regions_of(pixels, indices: Sequence[int], boxes: Sequence[Box] | None = None) -> list[Region]:
-    """The parts of images a batch needs: the crop boxes, or (boxes None) whole images."""
-    if boxes is None:
-        return [(int(i), 0, 0, *pixels.sizes[int(i)]) for i in indices]
-    return [(int(i), top, left, h, w) for i, (top, left, h, w, _) in zip(indices, boxes)]
+def train_cuts(pixels, indices: Sequence[int], seed: int, epoch: int, spec: ViewSpec) -> list[Cut]:
+    """The train views of a batch, drawn from the per-sample seeds (seed, epoch, index) of the plain path."""
+    cuts = []
+    for i in map(int, indices):
+        generator = torch.Generator().manual_seed(view_seed(seed, epoch, i))
+        plan = spec.train_plan(generator, *pixels.originals[i])
+        cuts.append(cut(i, plan, pixels.sizes[i], pixels.originals[i], spec))
+    return cuts
+
+
+def eval_cuts(pixels, indices: Sequence[int], spec: ViewSpec) -> list[Cut]:
+    """The eval views of ``indices``."""
+    return [
+        cut(i, spec.eval_plan(*pixels.originals[i]), pixels.sizes[i], pixels.originals[i], spec)
+        for i in map(int, indices)
+    ]
+
+
+def whole(pixels, indices: Sequence[int]) -> list[Region]:
+    """The regions that are whole images."""
+    return [(int(i), 0, 0, *pixels.sizes[int(i)]) for i in indices]
 
 
 def fetch(pixels, regions: Sequence[Region], device) -> list[torch.Tensor]:
@@ -201,50 +215,6 @@ class Stager:
         return parts
 
 
-def train_views(crops: Sequence[torch.Tensor], flips: Sequence[bool], spec: ViewSpec) -> torch.Tensor:
-    """Normalised float [B, 3, size, size] from uint8 crops: resized (bicubic, antialiased), flipped."""
-    views = []
-    for crop, flip in zip(crops, flips):
-        view = _resize(crop, spec.size, spec.size)
-        views.append(view.flip(-1) if flip else view)
-    return _normalise(torch.stack(views), spec)
-
-
-def eval_views(images: Sequence[torch.Tensor], spec: ViewSpec) -> torch.Tensor:
-    """Eval views made like the model's own preprocessing (bicubic, antialiased), normalised:
-    "shortest": resize the shorter side to the input size, center crop; "squash": resize both sides;
-    "longest": resize the longer side, pad the rest with ``fill_color`` (centred)."""
-    size = spec.size
-    views = []
-    for image in images:
-        h, w = image.shape[1:]
-        if spec.resize_mode == "squash":
-            views.append(_resize(image, size, size))
-            continue
-        scale = size / (max(h, w) if spec.resize_mode == "longest" else min(h, w))
-        if spec.resize_mode == "longest":
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-            canvas = torch.full((3, size, size), spec.fill_color / 255.0, device=image.device)
-            top, left = (size - nh) // 2, (size - nw) // 2
-            canvas[:, top : top + nh, left : left + nw] = _resize(image, nh, nw)
-            views.append(canvas)
-            continue
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        top, left = (nh - size) // 2, (nw - size) // 2
-        views.append(_resize(image, nh, nw)[:, top : top + size, left : left + size])
-    return _normalise(torch.stack(views), spec)
-
-
-def augment(pixels, indices: Sequence[int], boxes: Sequence[Box], spec: ViewSpec, device) -> torch.Tensor:
-    """A normalised float batch [B, 3, size, size] of the given crop boxes, on ``device``."""
-    return train_views(fetch(pixels, regions_of(pixels, indices, boxes), device), [b[4] for b in boxes], spec)
-
-
-def center_views(pixels, indices: Sequence[int], spec: ViewSpec, device) -> torch.Tensor:
-    """Eval views of whole images (see :func:`eval_views`), on ``device``."""
-    return eval_views(fetch(pixels, regions_of(pixels, indices), device), spec)
-
-
 def place(pixels, device):
     """Where the pixels live while they are used: on a CUDA device when they take under half its free
     memory (copied there a shard-sized chunk at a time), else where they are (host memory, or the decode
@@ -261,12 +231,12 @@ def place(pixels, device):
     offsets, at = [], 0
     stager = Stager(pixels, device)
     for start in range(0, len(pixels), 256):
-        regions = regions_of(pixels, range(start, min(start + 256, len(pixels))))
+        regions = whole(pixels, range(start, min(start + 256, len(pixels))))
         for part in stager.send(*stager.gather(regions)):
             flat[at : at + part.numel()].copy_(part.reshape(-1), non_blocking=True)
             offsets.append(at)
             at += part.numel()
-    return ImageCache(flat, offsets, list(pixels.sizes), list(pixels.labels))
+    return ImageCache(flat, offsets, list(pixels.sizes), list(pixels.labels), list(pixels.originals))
 
 
 class CachedImages:
@@ -306,39 +276,20 @@ class CachedImages:
     def train_batches(self, batches: Sequence[Sequence[int]], epoch: int) -> Iterator[Batch]:
         def plans():
             for indices in batches:
-                boxes = crop_boxes(self.pixels, indices, self.seed, epoch, self.spec) if indices else []
-                yield indices, regions_of(self.pixels, indices, boxes), [b[4] for b in boxes]
+                cuts = train_cuts(self.pixels, indices, self.seed, epoch, self.spec)
+                yield indices, [c.region for c in cuts], cuts
 
-        for (indices, _, flips), crops in self._fetched(plans()):
+        for (indices, _, cuts), crops in self._fetched(plans()):
             if not indices:
                 yield empty_batch()
                 continue
-            yield train_views(crops, flips, self.spec), self._labels(indices), torch.tensor(indices)
+            yield make_views(crops, cuts, self.spec), self._labels(indices), torch.tensor(indices)
 
     def eval_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
-        plans = ((chunk, regions_of(self.pixels, chunk), None) for chunk in chunks(indices, batch_size))
-        for (chunk, _, _), images in self._fetched(plans):
-            yield eval_views(images, self.spec), self._labels(chunk), torch.tensor(chunk)
+        def plans():
+            for chunk in chunks(indices, batch_size):
+                cuts = eval_cuts(self.pixels, chunk, self.spec)
+                yield chunk, [c.region for c in cuts], cuts
 
-
-class CachedViews(torch.utils.data.Dataset):
-    """The fast path's views, one sample at a time, as a Dataset of normalised tensors: what the plain loop
-    sees when it is given the same draws (for equivalence tests)."""
-
-    def __init__(self, cache: ImageCache, spec: ViewSpec, seed: int, train: bool = True):
-        self.cache, self.spec, self.seed, self.train = cache, spec, seed, train
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.cache)
-
-    def __getitem__(self, i):
-        if self.train:
-            box = crop_boxes(self.cache, [i], self.seed, self.epoch, self.spec)
-            view = augment(self.cache, [i], box, self.spec, "cpu")[0]
-        else:
-            view = center_views(self.cache, [i], self.spec, "cpu")[0]
-        return view, self.cache.labels[i]
+        for (chunk, _, cuts), crops in self._fetched(plans()):
+            yield make_views(crops, cuts, self.spec), self._labels(chunk), torch.tensor(chunk)

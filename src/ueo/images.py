@@ -89,11 +89,12 @@ def _load_image(path: Path, max_side: int | None) -> Image.Image:
         return image
 
 
-def shrink(image: Image.Image, max_side: int) -> np.ndarray:
-    """uint8 [3, h, w] of an RGB image whose longer side is shrunk to at most ``max_side`` (bicubic)."""
-    longer = max(image.size)
-    if longer > max_side:
-        scale = max_side / longer
+def shrink(image: Image.Image, short_side: int) -> np.ndarray:
+    """uint8 [3, h, w] of an RGB image, shrunk (bicubic) so that its shorter side is ``short_side`` when it is
+    longer than that; smaller images are kept as they are."""
+    shorter = min(image.size)
+    if shorter > short_side:
+        scale = short_side / shorter
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
     return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))

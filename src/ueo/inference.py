@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .config import DEFAULT_INIT
 from .distributed import gather_in_order, rank_indices, rank_world
 from .errors import ConfigError, DataError, TrainingInterrupted
-from .fastpath import CachedImages, build_cache, cache_side
+from .fastpath import CachedImages, build_cache, decoded_short_side
 from .metrics import compute_metrics
 from .objectives import mcm_scores
 from .prompts import PromptLearner
@@ -95,7 +95,7 @@ def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers:
         return LoadedImages(dataset, bundle.views, seed=seed, num_workers=num_workers, pin_memory=device.type == "cuda")
     store = getattr(dataset, "store", None)
     if store is not None:
-        pixels, problems = store.ensure(dataset.images, cache_side(bundle.views), progress=progress)
+        pixels, problems = store.ensure(dataset.images, decoded_short_side(bundle.views), progress=progress)
         if problems:
             first = min(problems)
             raise DataError(
@@ -103,7 +103,7 @@ def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers:
                 f"({problems[first]}); leave them out first (ueo.images.check_images)."
             )
     else:
-        pixels = build_cache(dataset, cache_side(bundle.views), progress=progress)
+        pixels = build_cache(dataset, decoded_short_side(bundle.views), progress=progress)
     return CachedImages(pixels, bundle.views, seed, device)
 
 

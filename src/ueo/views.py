@@ -6,7 +6,10 @@ DataLoader workers, here) and by the fast path (batched on the device, ``ueo.fas
   train  RandomResizedCrop(size, scale 0.5-1, ratio 3/4-4/3) + horizontal flip (p 0.5), the reference's
   eval   the model's own preprocessing (open_clip's: resize the shorter side, center crop, for CLIPs)
 
-both with the model's interpolation, mean and std. The random train view of sample i in epoch e draws
+both with the model's interpolation, mean and std. ``ViewSpec.train_plan`` and ``ViewSpec.eval_plan`` state
+each view as a :class:`Plan` in the original image's pixels, with torchvision's and open_clip's own
+arithmetic (their sampling, rounding and crop offsets), so that the fast path, which cuts the views out
+of a decoded copy, makes the view the plain path makes from the file. The random train view of sample i in epoch e draws
 from its own seed (seed, e, i): a view does not depend on the order, the worker or the process that
 makes it, so runs are identical whatever the number of workers or processes, and a resumed run sees
 the same views. The batches of an epoch are a permutation seeded by (seed, epoch).
@@ -14,6 +17,7 @@ the same views. The batches of an epoch are a permutation seeded by (seed, epoch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +25,23 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
+from .errors import ModelUnavailableError
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images [B, 3, S, S], labels [B], dataset indices [B]
+INTERPOLATIONS = ("bicubic", "bilinear")  # what PIL and the fast path's resampler both do
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one view is made from one image, in the image's own pixel coordinates: the box (left, top,
+    right, bottom) is resized to ``size`` (height, width); the resized box's top-left pixel lands at
+    ``offset`` (y, x) of the S x S view (negative: cut off by a crop; positive: padding around it, filled
+    with the spec's fill colour); then the view is mirrored when ``flip``."""
+
+    box: tuple[float, float, float, float]
+    size: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)
+    flip: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,9 +75,63 @@ class ViewSpec:
             fill_color=int(cfg.get("fill_color", 0)),
         )
 
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ModelUnavailableError(
+                f"The model's preprocessing asks for {self.interpolation!r} interpolation; ueo's views do "
+                f"{' and '.join(INTERPOLATIONS)}."
+            )
+
     @property
     def pil_interpolation(self) -> T.InterpolationMode:
         return T.InterpolationMode.BILINEAR if self.interpolation == "bilinear" else T.InterpolationMode.BICUBIC
+
+    def train_plan(self, generator: torch.Generator, height: int, width: int) -> Plan:
+        """The train view of an image of ``height`` x ``width``: RandomResizedCrop + RandomHorizontalFlip with
+        torchvision's sampling rule, drawing from ``generator`` what torchvision draws from torch's global
+        generator, in the same order (so a generator seeded like the plain path's gives the same view)."""
+        scale, ratio = self.crop_scale, self.crop_ratio
+        area = height * width
+        log_ratio = torch.log(torch.tensor(ratio))  # (float32, as torchvision computes it)
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+            draw = torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)
+            aspect = torch.exp(draw).item()
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+                left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+                break
+        else:  # torchvision's fallback: a central crop
+            in_ratio = width / height
+            if in_ratio < min(ratio):
+                w, h = width, int(round(width / min(ratio)))
+            elif in_ratio > max(ratio):
+                h, w = height, int(round(height * max(ratio)))
+            else:
+                w, h = width, height
+            top, left = (height - h) // 2, (width - w) // 2
+        flip = bool(torch.rand(1, generator=generator).item() < self.flip)
+        return Plan((left, top, left + w, top + h), (self.size, self.size), (0, 0), flip)
+
+    def eval_plan(self, height: int, width: int) -> Plan:
+        """The eval view of an image of ``height`` x ``width``, as open_clip's preprocessing makes it:
+        "shortest": torchvision's Resize(S) (the shorter side to S, the longer one int(S * long / short))
+        and CenterCrop(S) (offset round((n - S) / 2)); "squash": Resize((S, S)); "longest": the longer
+        side to S (open_clip's ResizeKeepRatio: round(side / ratio)), padded to S x S around the centre."""
+        size, whole = self.size, (0, 0, width, height)
+        if self.resize_mode == "squash":
+            return Plan(whole, (size, size))
+        if self.resize_mode == "longest":
+            ratio = max(height / size, width / size)
+            nh, nw = round(height / ratio), round(width / ratio)
+            return Plan(whole, (nh, nw), ((size - nh) // 2, (size - nw) // 2))
+        if width <= height:
+            nh, nw = int(size * height / width), size
+        else:
+            nh, nw = size, int(size * width / height)
+        return Plan(whole, (nh, nw), (-int(round((nh - size) / 2.0)), -int(round((nw - size) / 2.0))))
 
     def train_transform(self) -> Callable:
         """PIL image -> normalised float tensor [3, S, S]: the train view."""

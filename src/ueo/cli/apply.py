@@ -10,7 +10,7 @@ from ..classifier import Classifier
 from ..config import FitConfig
 from ..data import read_images
 from ..errors import ConfigError, IncompatibleError
-from ..fastpath import cache_side
+from ..fastpath import decoded_short_side
 from ..images import ImageFiles
 from ..inference import evaluate
 from ..state import AdaptedState
@@ -72,15 +72,15 @@ def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
             listed = read_images(spec, names, args.root)
     val = labeled_images(args.val, names, args.root, "--val") if args.val else None
     store = decode_cache(args)
-    side = cache_side(bundle.views)
-    images, skipped = checked(listed, args.strict, store=store, max_side=side, progress=not args.quiet)
+    side = decoded_short_side(bundle.views)
+    images, skipped = checked(listed, args.strict, store=store, short_side=side, progress=not args.quiet)
     claim_out(out, clear=args.overwrite)
     report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
     score = dict(batch_size=args.batch_size, progress=not args.quiet)
     _, outputs = evaluate(bundle, None, ImageFiles(images, store), adapted=state, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:
-        val_files = ImageFiles(checked(val, args.strict, store=store, max_side=side)[0], store)
+        val_files = ImageFiles(checked(val, args.strict, store=store, short_side=side)[0], store)
         _, val_outputs = evaluate(bundle, None, val_files, adapted=state, **score)
     threshold = choose_threshold(
         args.threshold,

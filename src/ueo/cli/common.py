@@ -190,7 +190,7 @@ def checked(
     strict: bool,
     should_stop: Callable[[], bool] | None = None,
     store=None,
-    max_side: int = 0,
+    short_side: int = 0,
     progress: bool = False,
 ):
     """(readable images, skipped rows): unreadable images are dropped with a warning (or stop the run at the
@@ -199,7 +199,7 @@ def checked(
     try:
         if store is None:
             return check_images(images, strict=strict, warn=warn, should_stop=should_stop)
-        _, problems = store.ensure(images, max_side, should_stop=should_stop, progress=progress)
+        _, problems = store.ensure(images, short_side, should_stop=should_stop, progress=progress)
         return sort_out(images, problems, strict, warn)
     except DataError as error:
         if strict:

@@ -15,7 +15,7 @@ from ..config import FitConfig
 from ..data import ImageList, fingerprint, parse_class_names, read_images
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
-from ..fastpath import cache_side
+from ..fastpath import decoded_short_side
 from ..files import write_text
 from ..images import ImageFiles
 from ..inference import evaluate
@@ -197,7 +197,7 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True,
     skipped, kept = [], {}
     for name, images in (("adaptation", train_list), ("test", test_list), ("validation", val_list)):
         if images is not None:
-            kept[name], bad = checked(images, strict, should_stop, store, cache_side(bundle.views), progress)
+            kept[name], bad = checked(images, strict, should_stop, store, decoded_short_side(bundle.views), progress)
             skipped += [{**row, "set": name} for row in bad]
     job = FitJob(
         config,
