@@ -93,7 +93,13 @@ def test_a_model_that_needs_a_missing_package_says_so(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
     )
     with pytest.raises(ueo.ModelUnavailableError, match=r"needs the Python package 'transformers'.*pip install"):
-        ueo.load_clip("xlm-roberta-base-ViT-B-32", device="cpu")
+        ueo.load_clip("ViT-B-16-SigLIP", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["xlm-roberta-base-ViT-B-32", "nllb-clip-base"])
+def test_a_hugging_face_text_tower_is_refused_before_anything_is_built(name):
+    with pytest.raises(ueo.ModelUnavailableError, match=r"Hugging Face text model .* as its text tower"):
+        ueo.load_clip(name, device="cpu")
 
 
 def test_offline_fails_fast_from_the_cache_only(monkeypatch):

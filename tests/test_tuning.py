@@ -51,7 +51,7 @@ def test_configure_tuning_freezes_all_else(tiny_rn, tune):
     assert not tiny_rn.model.training and not tiny_rn.model.visual.bn1.training
 
 
-def test_adapted_state_roundtrip_and_refusals(tmp_path, tiny_vit):
+def test_adapted_state_roundtrip_and_refusals(tmp_path, tiny_vit, tiny_rn):
     learner = PromptLearner(tiny_vit, ["cat", "dog"])
     params = configure_tuning(tiny_vit.model, learner, "both")
     state = adapted_state(params)
@@ -64,8 +64,8 @@ def test_adapted_state_roundtrip_and_refusals(tmp_path, tiny_vit):
     with applied(tiny_vit.model, learner, loaded.tensors):
         assert torch.equal(tiny_vit.model.visual.ln_pre.weight, changed["visual.ln_pre.weight"])
     assert torch.equal(tiny_vit.model.visual.ln_pre.weight, state["visual.ln_pre.weight"])  # restored
-    with pytest.raises(ValueError, match="made for model"):
-        loaded.check_compatible("ViT-B-16", "openai")
+    with pytest.raises(IncompatibleError, match="made for model 'ueo-tiny-vit', not 'ueo-tiny-rn'"):
+        loaded.check_compatible(tiny_rn)
     with pytest.raises(ValueError, match="different model"):
         apply_adapted_state(tiny_vit.model, learner, {"visual.nothing.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="Shape mismatch"):

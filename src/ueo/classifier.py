@@ -81,7 +81,7 @@ class Classifier:
     """
 
     def __init__(self, bundle, state: AdaptedState, threshold: float | None = None, batch_size: int = 256):
-        state.check_compatible(bundle.name, bundle.pretrained)
+        state.check_compatible(bundle)
         state.check_fits(bundle.model)
         self.bundle, self.state, self.batch_size = bundle, state, batch_size
         self.classes = list(state.class_names)
@@ -166,6 +166,7 @@ class Classifier:
             "score": SCORE_RULE,
             "model": self.bundle.name,
             "pretrained": json.dumps(self.bundle.pretrained),
+            "weights_identity": json.dumps(self.bundle.identity),
             "ueo_version": __version__,
         }
         write_tagged(
@@ -207,14 +208,15 @@ def load_adapted(
     state = AdaptedState.load(path)
     name = model or state.model
     weights = pretrained if pretrained is not None else state.pretrained
-    state.check_compatible(name, weights)
+    state.check_model(name)
     if threshold is not None:
         problem = threshold_warning(threshold, len(state.class_names))
         if problem:
             import warnings
 
             warnings.warn(problem, stacklevel=2)
-    return Classifier(load_clip(name, pretrained=weights, device=device), state, threshold=threshold)
+    bundle = load_clip(name, pretrained=weights, device=device, seed=state.seed)  # the weights it was learned on
+    return Classifier(bundle, state, threshold=threshold)
 
 
 def read_classifier(path) -> tuple[torch.Tensor, dict]:

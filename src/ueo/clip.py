@@ -8,6 +8,8 @@ as ``ViT-B-16`` and ``RN50``; tests and CPU benchmarks use them with random weig
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +35,14 @@ class ClipBundle:
     model: the open_clip ``CLIP`` module (fp32, on ``device``), in eval mode.
     tokenizer: open_clip tokenizer, ``tokenizer(list_of_str) -> LongTensor [N, context_length]``.
     name / pretrained: what was asked for, recorded in adapted states so that they can be matched later.
+    identity: what the weights are (a seed, a tag, a file's size and digest), recorded and checked likewise.
     """
 
     model: torch.nn.Module
     tokenizer: Callable
     name: str
     pretrained: str | None = None
+    identity: dict | None = None  # what rebuilds the weights (``weights_identity``), recorded in adapted states
 
     @property
     def device(self) -> torch.device:
@@ -161,19 +165,107 @@ def _missing_package(model: str, error: ImportError) -> ModelUnavailableError:
     )
 
 
-def _check_text_tower_packages(model: str) -> None:
-    """A Hugging Face text tower or tokenizer needs the ``transformers`` package; say so before building."""
+def _model_config(model: str) -> dict:
+    """open_clip's configuration of a model name or a local-dir: folder ({} when it is not at hand here:
+    hf-hub: configurations are downloaded when the model is built)."""
+    schema, identifier = open_clip.factory.parse_model_name(model)
+    if schema is None:
+        return open_clip.get_model_config(model) or {}
+    if schema == "local-dir":
+        try:
+            return json.loads((Path(identifier) / "open_clip_config.json").read_text()).get("model_cfg", {})
+        except (OSError, ValueError, AttributeError):
+            return {}  # (open_clip says what is missing when it builds)
+    return {}
+
+
+def _check_text_tower(model: str, cfg: dict) -> None:
+    """Refuse, before anything is built, a text tower ueo cannot learn prompts on (a Hugging Face text
+    model), and say when a Hugging Face tokenizer needs the ``transformers`` package."""
     import importlib.util
 
-    cfg = open_clip.get_model_config(model) or {}
     text = cfg.get("text_cfg", {})
-    needs = text.get("hf_model_name") or text.get("hf_tokenizer_name")
-    if needs and importlib.util.find_spec("transformers") is None:
+    if text.get("hf_model_name"):
         raise ModelUnavailableError(
-            f"{model!r} uses the Hugging Face text model or tokenizer {needs!r}, which needs the Python package "
-            "'transformers' (not installed here): pip install transformers. Offline, also copy the Hugging Face "
-            "cache (~/.cache/huggingface) from a machine that has downloaded it, and set HF_HUB_OFFLINE=1."
+            f"{model!r} uses the Hugging Face text model {text['hf_model_name']!r} as its text tower; ueo's prompt "
+            "learning needs open_clip's own text transformer. Choose a model built from open_clip's towers."
         )
+    if text.get("hf_tokenizer_name") and importlib.util.find_spec("transformers") is None:
+        raise ModelUnavailableError(
+            f"{model!r} uses the Hugging Face tokenizer {text['hf_tokenizer_name']!r}, which needs the Python "
+            "package 'transformers' (not installed here): pip install transformers. Offline, also copy the "
+            "Hugging Face cache (~/.cache/huggingface) from a machine that has downloaded it, and set HF_HUB_OFFLINE=1."
+        )
+
+
+def _tokenizer_failure(model: str, cfg: dict, offline: bool, error: Exception) -> WeightsUnavailableError:
+    name = cfg.get("text_cfg", {}).get("hf_tokenizer_name", "its tokenizer")
+    cause = "no network, and it is not in the Hugging Face cache" if offline else _first_line(error)
+    return WeightsUnavailableError(
+        f"Could not obtain the tokenizer {name!r} of {model!r} from the Hugging Face hub: {cause}. Without network "
+        "access, copy the Hugging Face cache (~/.cache/huggingface) from a machine that has loaded this model once "
+        "and set HF_HUB_OFFLINE=1, or put the tokenizer's files beside open_clip_config.json and the weights in "
+        "one folder and load it as 'local-dir:/path/to/folder'."
+    )
+
+
+def file_identity(path) -> dict:
+    """A file's name, size and a SHA-256 of its size, first and last MiB: cheap to compute for weights of
+    any size, and different for any two checkpoints that are not copies of one another."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return {"file": os.path.basename(path), "bytes": size, "sha256_ends": digest.hexdigest()[:16]}
+
+
+def weights_identity(model: str, pretrained: str | None, seed: int, checkpoint: str | None) -> dict:
+    """What rebuilds a bundle's weights: {"random": seed}, {"tag": tag}, {"file": ..., "bytes": ...,
+    "sha256_ends": ...} for a checkpoint file, {"folder": [file identities]} for local-dir: (its config
+    and weights), {"hub": repo} for hf-hub:."""
+    schema, identifier = open_clip.factory.parse_model_name(model)
+    if schema == "local-dir":
+        folder = Path(identifier)
+        files = [folder / "open_clip_config.json"] + sorted(
+            p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt")
+        )
+        return {"folder": [file_identity(p) for p in files if p.is_file()]}
+    if schema == "hf-hub":
+        return {"hub": identifier}
+    if pretrained is None:
+        return {"random": int(seed)}
+    if checkpoint is not None and _is_local_file(checkpoint) and (model, pretrained) not in SHIPPED_WEIGHTS:
+        return file_identity(checkpoint)
+    return {"tag": pretrained}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    """Whether two weights identities are the same weights (a file's name does not count: copies and
+    renamed files are the same weights)."""
+
+    def content(identity):
+        if "folder" in identity:
+            return {"folder": [content(f) for f in identity["folder"]]}
+        return {k: v for k, v in identity.items() if k != "file"}
+
+    return content(a) == content(b)
+
+
+def describe_weights(identity: dict | None) -> str:
+    """The identity of weights in words, for messages."""
+    if not identity:
+        return "weights of unrecorded identity"
+    if "random" in identity:
+        return f"random weights (seed {identity['random']})"
+    if "tag" in identity:
+        return f"the weights tagged {identity['tag']!r}"
+    if "hub" in identity:
+        return f"the Hugging Face repository {identity['hub']}"
+    if "folder" in identity:
+        return "the folder holding " + ", ".join(describe_weights(f) for f in identity["folder"])
+    return f"the file {identity.get('file')} ({identity.get('bytes', 0):,} bytes, digest {identity.get('sha256_ends')})"
 
 
 def load_clip(
@@ -205,19 +297,34 @@ def load_clip(
     is_tag = schema is None and bool(checkpoint) and not _is_local_file(checkpoint)
     if is_tag and not open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained):
         raise WeightsUnavailableError(_unknown_weights(model, pretrained))
-    if schema is None:  # (hf-hub: configurations are read, with a download, when the model is built)
-        _check_text_tower_packages(model)
-    offline = False
+    cfg = _model_config(model)
+    _check_text_tower(model, cfg)
+    hub_tokenizer = bool(cfg.get("text_cfg", {}).get("hf_tokenizer_name")) and schema != "local-dir"
+    offline, host = False, None
     if is_tag or schema == "hf-hub":  # a download may be needed: fail fast when the network is not there
         description, weights_file, host = _weights_source(model, pretrained)
-        offline = not _reachable(host)
+    if is_tag or schema == "hf-hub" or hub_tokenizer:
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+
+        offline = not _reachable(host or urlparse(constants.ENDPOINT).hostname)
     try:
         with torch.random.fork_rng(devices=[]), _hub_offline(offline):
             torch.manual_seed(seed)  # random weights are a function of the seed alone
             clip_model = open_clip.create_model(model, pretrained=checkpoint if schema is None else None, device="cpu")
-            tokenizer = open_clip.get_tokenizer(model)
+            try:
+                tokenizer = open_clip.get_tokenizer(model)
+            except ImportError:
+                raise
+            except Exception as error:
+                if not hub_tokenizer:
+                    raise
+                raise _tokenizer_failure(model, cfg, offline, error) from error
     except ImportError as error:
         raise _missing_package(model, error) from error
+    except WeightsUnavailableError:
+        raise
     except Exception as error:
         if schema is None and _is_local_file(checkpoint):
             raise WeightsUnavailableError(
@@ -241,10 +348,8 @@ def load_clip(
         failure = WeightsUnavailableError(head + weights_advice(model, weights_file))
         failure.cli_advice = head + weights_advice(model, weights_file, python=False)
         raise failure from error
-    if not hasattr(clip_model, "token_embedding"):
-        raise ModelUnavailableError(
-            f"{model!r} has a custom text tower (e.g. a Hugging Face text model); ueo needs "
-            "open_clip's built-in CLIP text transformer for prompt learning."
-        )
     clip_model.to(device).eval()
-    return ClipBundle(model=clip_model, tokenizer=tokenizer, name=model, pretrained=pretrained)
+    identity = weights_identity(model, pretrained, seed, checkpoint)
+    bundle = ClipBundle(model=clip_model, tokenizer=tokenizer, name=model, pretrained=pretrained, identity=identity)
+    bundle.views  # noqa: B018 (its preprocessing must be one ueo's views can make: refused here, not later)
+    return bundle

@@ -168,7 +168,7 @@ def evaluate(
     The bundle's model is left unchanged.
     """
     if adapted is not None:
-        adapted.check_compatible(bundle.name, bundle.pretrained)
+        adapted.check_compatible(bundle)
         adapted.check_fits(bundle.model)
         class_names = class_names or adapted.class_names
         init = adapted.init

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .clip import describe_weights, same_weights
 from .config import DEFAULT_INIT, RULES, TUNE_CHOICES, is_finite_number
 from .data import fold
 from .errors import IncompatibleError
@@ -31,6 +32,8 @@ class AdaptedState:
     tune, rule: what was tuned. info: free-form provenance (versions, method, ...).
     threshold: the "unknown" threshold chosen when the state was fitted, {"threshold", "rule", "source"}
         (None for a state saved without one); predictions use it unless told otherwise.
+    weights_identity: what the CLIP's weights were (``ueo.clip.weights_identity``: a seed, a tag, a file's
+        size and digest), so that the state is applied to those weights and no others.
     """
 
     tensors: dict[str, torch.Tensor]
@@ -42,6 +45,7 @@ class AdaptedState:
     init: str = DEFAULT_INIT
     info: dict[str, str] = field(default_factory=dict)
     threshold: dict | None = None
+    weights_identity: dict | None = None
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -53,6 +57,7 @@ class AdaptedState:
             "init": self.init,
             "info": json.dumps(self.info),
             "threshold": json.dumps(self.threshold),
+            "weights_identity": json.dumps(self.weights_identity),
         }
 
     def save(self, path) -> None:
@@ -74,6 +79,7 @@ class AdaptedState:
                 init=meta["init"],
                 info=json.loads(meta.get("info", "{}")),
                 threshold=json.loads(meta.get("threshold", "null")),
+                weights_identity=json.loads(meta.get("weights_identity", "null")),
             )
         except (KeyError, json.JSONDecodeError) as error:
             raise IncompatibleError(f"{path}: damaged adapted state (metadata {error}).") from None
@@ -99,6 +105,8 @@ class AdaptedState:
             return f"init must be a text, got {self.init!r}"
         if not isinstance(self.info, dict):
             return f"info must be a mapping, got {self.info!r:.80}"
+        if self.weights_identity is not None and not isinstance(self.weights_identity, dict):
+            return f"weights_identity must be a mapping, got {self.weights_identity!r:.80}"
         if self.threshold is not None:
             value = self.threshold.get("threshold") if isinstance(self.threshold, dict) else None
             if not is_finite_number(value):
@@ -122,16 +130,40 @@ class AdaptedState:
                 f"(unexpected: {extra[:3]}, missing: {missing[:3]})."
             )
 
-    def check_compatible(self, model_name: str, pretrained: str | None) -> None:
-        """Refuse to apply a state to a CLIP other than the one it was adapted from."""
+    @property
+    def seed(self) -> int:
+        """The seed that rebuilds the random weights the state was learned on (0 when they were not random)."""
+        return int((self.weights_identity or {}).get("random", 0))
+
+    def check_model(self, name: str) -> None:
+        """Refuse another architecture than the state's (checked before a model is built)."""
+        both_folders = self.model.startswith("local-dir:") and name.startswith("local-dir:")
+        if self.model != name and not both_folders:
+            raise IncompatibleError(
+                f"This adapted state was made for model {self.model!r}, not {name!r}. Load that model to use it."
+            )
+
+    def check_compatible(self, bundle) -> None:
+        """Refuse to apply the state to a CLIP other than the one it was adapted from: another architecture,
+        or other weights (compared by identity, so a weights file may have moved or been renamed; a state
+        without a recorded identity, from an older ueo, is compared by the name of its weights)."""
+        self.check_model(bundle.name)
+        if self.weights_identity is not None and bundle.identity is not None:
+            if not same_weights(self.weights_identity, bundle.identity):
+                raise IncompatibleError(
+                    f"This adapted state was learned on {describe_weights(self.weights_identity)} of {self.model!r}, "
+                    f"not on {describe_weights(bundle.identity)}: that is another model. Load the weights it was "
+                    "learned on to use it."
+                )
+            return
 
         def same(a, b):  # a checkpoint file may live in another folder on another machine
             return (a is None and b is None) or (
                 a is not None and b is not None and os.path.basename(str(a)) == os.path.basename(str(b))
             )
 
-        if self.model != model_name or not same(self.pretrained, pretrained):
+        if not same(self.pretrained, bundle.pretrained):
             raise IncompatibleError(
                 f"This adapted state was made for model {self.model!r} (pretrained={self.pretrained!r}), "
-                f"not {model_name!r} (pretrained={pretrained!r}). Load that model to use it."
+                f"not {bundle.name!r} (pretrained={bundle.pretrained!r}). Load that model to use it."
             )

@@ -133,6 +133,7 @@ class Run:
             rule=self.result.rule,
             init=self.config.init,
             info=info,
+            weights_identity=self.bundle.identity,
         )
 
     def checkpoint(self, epoch: int, done_in_epoch: int) -> None:
@@ -203,11 +204,7 @@ def fit(
         for name, data in (("train", train), ("test", test))
         if data is not None
     }
-    identity = {
-        "adaptation_images": len(train),
-        "test_images": len(test) if test is not None else 0,
-        **(identity or {}),
-    }
+    identity = run_identity(bundle, train, test, identity)
     run = Run(
         cfg,
         bundle,
@@ -255,6 +252,17 @@ def fit(
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
     return result
+
+
+def run_identity(bundle, train, test, extra: dict | None = None) -> dict:
+    """What a run is made of, recorded in its checkpoints and checked on resume: the number of images of
+    each set, the model's weights, and what the caller adds (e.g. a fingerprint of the files)."""
+    return {
+        "adaptation_images": len(train),
+        "test_images": len(test) if test is not None else 0,
+        "model_weights": bundle.identity,
+        **(extra or {}),
+    }
 
 
 def confidence_weights(config: FitConfig, outputs: Outputs, num_known: int) -> torch.Tensor:

@@ -46,8 +46,12 @@ def state_and_bundle(args):
     pretrained = args.pretrained if args.pretrained is not None else state.pretrained
     if isinstance(pretrained, str) and pretrained.lower() == "none":
         pretrained = None
-    state.check_compatible(model, pretrained)
-    return state, load_bundle(model, pretrained, args.device)
+    with about("--adapted"):
+        state.check_model(model)
+    bundle = load_bundle(model, pretrained, args.device, seed=state.seed)  # the weights it was learned on
+    with about("--adapted"):
+        state.check_compatible(bundle)
+    return state, bundle
 
 
 def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:

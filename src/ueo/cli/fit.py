@@ -21,7 +21,7 @@ from ..images import ImageFiles
 from ..inference import evaluate
 from ..predict import parse_threshold
 from ..prompts import PromptLearner
-from ..training import fit
+from ..training import fit, run_identity
 from ..tuning import configure_tuning, resolve_rule
 from ..webreport import write_run_report
 from .common import (
@@ -211,12 +211,8 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True,
         bundle,
         store=store,
     )
-    job.identity = {
-        "adaptation_images": len(job.train),
-        "test_images": len(job.test) if job.test else 0,
-        "adaptation_files": fingerprint(job.train),
-        "test_files": fingerprint(job.test) if job.test else None,
-    }
+    files = {"adaptation_files": fingerprint(job.train), "test_files": fingerprint(job.test) if job.test else None}
+    job.identity = run_identity(bundle, job.train, job.test, files)
     say(tuning)
     say(
         f"{len(class_names)} known classes, {len(job.train)} adaptation images"

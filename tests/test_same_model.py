@@ -1,0 +1,93 @@
+"""The same model everywhere: what `ueo fit` learned is applied by `ueo eval`, `ueo predict`,
+``ueo.load_adapted`` and the export to exactly the weights it was learned on (random weights are rebuilt
+from their seed), so that every one of them scores each image alike; other weights are refused."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import ueo
+from helpers import read_csv, write_photos
+from ueo.cli import main
+
+SIZES = [(300, 225), (375, 500), (1000, 300), (300, 1000), (150, 100), (640, 480)]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("same-model-photos")
+    write_photos(folder, sizes=SIZES, classes=("cat", "dog", "horse"))  # horse: not listed, an unknown class
+    return folder
+
+
+def scores_by_path(csv_path):
+    return {row["path"]: (row["prediction"], float(row["score"])) for row in read_csv(csv_path)}
+
+
+@pytest.mark.parametrize("model, pretrained", [("ueo-tiny-vit", "none"), ("ueo-toy-rn", "toyworld")])
+def test_fit_eval_predict_and_load_adapted_score_each_image_alike(photos, tmp_path, model, pretrained):
+    common = ["--device", "cpu", "--quiet"]
+    fit = tmp_path / "fit"
+    argv = ["fit", "--model", model, "--pretrained", pretrained, "--seed", "7", "--data", str(photos)]
+    argv += ["--classes", "cat,dog", "--test", str(photos), "--epochs", "2", "--batch-size", "4", "--out", str(fit)]
+    assert main([*argv, "--lr-prompt", "0.05", "--lr-norm", "0.05", *common]) == 0
+    state = fit / "adapted.safetensors"
+    assert main(["eval", "--adapted", str(state), "--test", str(photos), "--out", str(tmp_path / "e"), *common]) == 0
+    assert main(["predict", "--adapted", str(state), "--data", str(photos), "--out", str(tmp_path / "p"), *common]) == 0
+    fitted = scores_by_path(fit / "predictions.csv")
+    assert len(fitted) == 2 * len(SIZES)
+    for other in (tmp_path / "e" / "predictions.csv", tmp_path / "p" / "predictions.csv"):
+        got = scores_by_path(other)
+        assert got.keys() == fitted.keys()
+        for path, (decision, score) in fitted.items():
+            assert got[path][0] == decision and got[path][1] == pytest.approx(score, abs=2e-6), path
+    classifier = ueo.load_adapted(state, device="cpu")
+    paths = sorted(fitted)
+    for path, prediction in zip(paths, classifier.predict(paths)):
+        assert prediction.label == fitted[path][0] and prediction.score == pytest.approx(fitted[path][1], abs=2e-6)
+    if pretrained == "none":  # what rebuilt the model: the seed the state recorded
+        assert ueo.AdaptedState.load(state).weights_identity == {"random": 7}
+        assert classifier.bundle.identity == {"random": 7}
+
+
+def test_a_state_is_refused_on_other_weights_of_the_same_file_name(photos, tmp_path, tiny_vit_weights, capsys):
+    """Every open_clip checkpoint on the hub is called open_clip_model.safetensors: the name says nothing."""
+    first, second = tmp_path / "a" / "open_clip_model.safetensors", tmp_path / "b" / "open_clip_model.safetensors"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    shutil.copy(tiny_vit_weights, first)
+    other = ueo.load_clip("ueo-tiny-vit", device="cpu", seed=11).model.state_dict()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(second))
+    out = tmp_path / "fit"
+    argv = ["fit", "--model", "ueo-tiny-vit", "--pretrained", str(first), "--data", str(photos), "--classes", "cat,dog"]
+    assert main([*argv, "--epochs", "1", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    state = out / "adapted.safetensors"
+    capsys.readouterr()
+    argv = ["predict", "--adapted", str(state), "--data", str(photos), "--pretrained", str(second), "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    message = capsys.readouterr().err
+    identities = [ueo.clip.file_identity(first), ueo.clip.file_identity(second)]
+    assert "another model" in message and all(i["sha256_ends"] in message for i in identities), message
+    assert not (tmp_path / "p").exists()  # refused before anything was written
+    with pytest.raises(ueo.IncompatibleError, match="another model"):
+        ueo.load_adapted(state, device="cpu", pretrained=str(second))
+    # a copy of the same weights elsewhere is the same model
+    moved = tmp_path / "c" / "renamed.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(first, moved)
+    assert ueo.load_adapted(state, device="cpu", pretrained=str(moved)).bundle.identity["bytes"] == first.stat().st_size
+
+
+def test_the_export_records_the_weights_it_was_made_from(photos, tmp_path):
+    out = tmp_path / "fit"
+    argv = ["fit", "--model", "ueo-tiny-vit", "--pretrained", "none", "--seed", "5", "--data", str(photos)]
+    assert main([*argv, "--classes", "cat,dog", "--epochs", "1", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    assert main(["export", "--adapted", str(out / "adapted.safetensors"), "--out", str(tmp_path / "x")]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "x" / "classifier.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["weights_identity"]) == {"random": 5}
+        assert f.get_tensor("text_features").dtype == torch.float32
