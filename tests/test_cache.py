@@ -136,17 +136,20 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     assert all(torch.equal(pixels.image(i), fresh.image(i)) for i in range(0, 300, 7))
 
 
-def test_a_full_disk_writes_no_shard(tmp_path, monkeypatch):
+def test_a_full_disk_writes_no_shard_and_the_images_are_decoded_in_memory(tmp_path, monkeypatch):
     images = read_folder(make_images(tmp_path / "data", 5), ["cat", "dog"])
 
     def full(fd):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache_module.os, "fsync", full)
-    with pytest.raises(OSError, match="No space left"):
-        DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    warnings = []
+    pixels, problems = DecodeCache(tmp_path / "cache", warn=warnings.append).ensure(images, SIDE)
     folder = DecodeCache(tmp_path / "cache").folder(SIDE)
     assert not list(folder.glob("*.shard")) and not list(folder.glob("*.tmp"))
+    assert len(warnings) == 1 and "No space left" in warnings[0] and "decoded in memory" in warnings[0]
+    memory = build_cache(ImageFiles(images), SIDE)
+    assert problems == {} and all(torch.equal(pixels.image(i), memory.image(i)) for i in range(5))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "index", "pixels"])

@@ -6,6 +6,7 @@ import torch
 import ueo
 from helpers import CLASSES
 from ueo import DivergedError, TrainingInterrupted, load_checkpoint, save_checkpoint
+from ueo.predict import otsu_threshold
 from ueo.views import SeededViews, epoch_batches
 
 SETTINGS = dict(epochs=3, batch_size=8, lr_prompt=0.05, lr_norm=0.05, eval_train=False, seed=11)
@@ -91,12 +92,23 @@ def test_checkpoint_file_is_safetensors_without_pickle(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(tiny_vit):
-    images = torch.randn(16, 3, 32, 32)
-    images[9] = float("nan")
-    data = [(images[i], -1) for i in range(16)]
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randn(3, 32, 32, generator=generator), -1) for _ in range(16)]
+    huge = dict(lr_prompt=1e30, lr_norm=1e30)  # the parameters overflow within a few steps
     with pytest.raises(DivergedError, match=r"at step \d+ \(epoch 1\)") as info:
-        ueo.fit(tiny_vit, CLASSES, data, method="infomax", epochs=2, batch_size=4, eval_train=False)
-    good = info.value.last_good.tensors
+        ueo.fit(tiny_vit, CLASSES, data, method="infomax", epochs=2, batch_size=4, eval_train=False, **huge)
+    last_good = info.value.last_good
     initial = ueo.fit(tiny_vit, CLASSES, data[:8], method="zeroshot").adapted.tensors
-    assert all(torch.equal(good[k], initial[k]) for k in initial)  # the state before epoch 1
-    assert all(torch.isfinite(v).all() for v in good.values())
+    assert all(torch.equal(last_good.tensors[k], initial[k]) for k in initial)  # the state before epoch 1
+    assert all(torch.isfinite(v).all() for v in last_good.tensors.values())
+    # it decides as a finished run's state does: with a threshold of its own (Otsu on its own scores)
+    _, outputs = ueo.evaluate(tiny_vit, None, data, adapted=last_good)
+    assert last_good.threshold["rule"] == "otsu" and "diverged" in last_good.info
+    assert last_good.threshold["threshold"] == pytest.approx(otsu_threshold(outputs.scores.numpy()))
+
+
+def test_non_finite_images_are_refused_before_training(tiny_vit):
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    images[2] = float("nan")
+    with pytest.raises(ueo.DataError, match="item 2: the tensor image holds NaN"):
+        ueo.fit(tiny_vit, CLASSES, [(image, -1) for image in images], epochs=1)

@@ -61,3 +61,17 @@ def test_plots_are_written(tmp_path):
             assert image.format == "PNG" and image.width >= 300
             assert abs(image.width / image.height - aspect) < 0.35, name  # the figure's shape, labels included
             assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 20, name  # drawn, not blank
+
+
+def test_paired_difference_by_hand():
+    from ueo.report import paired_difference
+
+    # differences 0.1, 0.2, 0.0: mean 0.1, sample std 0.1, standard error 0.1 / sqrt(3) = 0.0577
+    gap = paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])
+    assert gap["mean"] == pytest.approx(0.1) and gap["se"] == pytest.approx(0.1 / 3**0.5) and gap["n"] == 3
+    assert gap["differs"] is False  # 0.1 < 2 x 0.0577
+    gap = paired_difference([2.0, 2.1, 1.9], [1.0, 1.0, 1.0])  # differences 1.0, 1.1, 0.9: se 0.0577
+    assert gap["mean"] == pytest.approx(1.0) and gap["differs"] is True
+    assert paired_difference([0.3], [0.1])["differs"] is None
+    with pytest.raises(ValueError, match="as many"):
+        paired_difference([1.0, 2.0], [1.0])

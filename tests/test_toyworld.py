@@ -35,14 +35,15 @@ def test_shipped_toy_clip_knows_the_pretraining_styles_but_not_painting(toy):
 
 def test_ueo_improves_pacc_and_auroc_over_zero_shot(toy):
     """Regression guard: a sign error, a wrong weight or a broken gradient loses these margins.
-    Measured over seeds 0-2 (README): PACC +28.0 to +33.8 points, AUROC +6.0 to +11.8 points."""
+    Measured over seeds 0-2 at the demo's settings (benchmarks/results/demo_stability.json): PACC +10.9 to
+    +12.2 points, AUROC +3.1 to +3.4 points (a 1e-6 perturbation of the views moves them by <= 0.01)."""
     train, test = tw.scenario("opda", per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
     zero = ueo.fit(toy, names, train, test=test, method="zeroshot", eval_train=False).metrics["adapted"]
     for seed in (0, 1, 2):
         adapted = ueo.fit(toy, names, train, test=test, method="ueo", seed=seed, **DEMO_SETTINGS).metrics["adapted"]
-        assert adapted["pacc"] - zero["pacc"] > 0.20, seed
-        assert adapted["auroc"] - zero["auroc"] > 0.05, seed
+        assert adapted["pacc"] - zero["pacc"] > 0.08, seed
+        assert adapted["auroc"] - zero["auroc"] > 0.02, seed
 
 
 def test_demo_command_writes_its_outputs(tmp_path, capsys):

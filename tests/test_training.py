@@ -167,7 +167,7 @@ def test_bad_options_are_clear_errors(tiny_vit, generated):
         ueo.fit(tiny_vit, CLASSES, train, batch_size=0)
     with pytest.raises(ValueError, match="empty"):
         ueo.fit(tiny_vit, CLASSES, [])
-    with pytest.raises(TypeError, match="pairs"):
+    with pytest.raises(ueo.DataError, match="pairs"):
         ueo.fit(tiny_vit, CLASSES, [torch.zeros(3, 32, 32)], epochs=1)
 
 

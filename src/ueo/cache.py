@@ -8,10 +8,11 @@ decoded height and width, the original image's height and width, CRC-32, or the 
 be read). Unreadable files are remembered too, so a
 second run decodes nothing at all.
 
-An image's key is a hash of its real path, size and modification time (not of its content: hashing
-would read every byte of every file at every start, as slow as decoding for large collections; a file
-that is edited or replaced gets a new modification time, like make and rsync assume). A changed file is
-decoded again under its new key.
+An image's key is a hash of its real path, size, modification and change times, inode and device (not of
+its content: hashing would read every byte of every file at every start, as slow as decoding for large
+collections). The change time is set by the kernel at every write, also when an archive is extracted over
+a file with its old modification time or a file is repainted and its modification time reset. A changed
+file is decoded again under its new key.
 
 Safe to share: one process at a time builds (an exclusive lock on the folder; others wait and then find
 the images built); readers need no lock (shards never change once named). A shard that is truncated or
@@ -26,6 +27,7 @@ import fcntl
 import hashlib
 import os
 import struct
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ImageList
+from .data import ImageList, file_state
 from .errors import TrainingInterrupted
 from .images import UNREADABLE, PixelBudget, describe, image_pixels, load_image, shrink
 
@@ -68,10 +70,10 @@ def default_cache_dir() -> Path:
 
 
 def file_key(path) -> bytes:
-    """The cache key of an image file: its real path, size and modification time. OSError when missing."""
-    stat = os.stat(path)
+    """The cache key of an image file: its real path and ``data.file_state`` (size, modification and change
+    times, inode, device). OSError when missing."""
     name = os.fsencode(os.path.realpath(path))
-    return hashlib.sha1(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:20].encode()
+    return hashlib.sha1(name + f"\0{file_state(os.stat(path))}".encode()).hexdigest()[:20].encode()
 
 
 def decode(path: Path, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -192,10 +194,10 @@ class DecodeCache:
         progress: bool = False,
         should_stop: Callable[[], bool] | None = None,
     ) -> tuple[MappedPixels, dict[int, str]]:
-        """Every image decoded in the cache (decoding only those that are not): (the pixels, memory-mapped,
-        of the readable ones, {position in ``images``: why it is unreadable})."""
+        """Every image decoded in the cache (decoding only those that are not): (the pixels of the readable
+        ones, memory-mapped, {position in ``images``: why it is unreadable}). When the cache cannot be
+        written (a read-only or full disk), the images it lacks are decoded in memory, with a warning."""
         folder = self.folder(short_side)
-        folder.mkdir(parents=True, exist_ok=True)
         keys: list[bytes | None] = []
         problems: dict[int, str] = {}
         for i, path in enumerate(images.paths):
@@ -204,24 +206,39 @@ class DecodeCache:
             except OSError as error:
                 keys.append(None)
                 problems[i] = describe(error)
-        self._refresh(folder)
-        passing: dict[bytes, str] = {}  # problems not kept in the cache (they depend on a setting)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._refresh(folder)
+            writable = True
+        except OSError as error:
+            self.refused(folder, error)
+            writable = False
+        passing: dict[bytes, str] = {}  # problems not kept in the cache (they may not last)
+        memory: dict[bytes, tuple] = {}  # decoded, but not in the cache (it could not be written)
         if any(k is not None and k not in self.lookup for k in keys):
-            with _locked(folder):  # one builder at a time; the others find its shards afterwards
-                for stale in folder.glob(".*.tmp"):  # left by a builder that died (only lock holders write)
-                    stale.unlink(missing_ok=True)
-                self._refresh(folder)
+            with _locked(folder if writable else None, self.warn) as held:  # one builder at a time
+                if held:
+                    for stale in folder.glob(".*.tmp"):  # left by a builder that died (only lock holders write)
+                        stale.unlink(missing_ok=True)
+                if writable:
+                    self._refresh(folder)
                 todo = [i for i, k in enumerate(keys) if k is not None and k not in self.lookup]
-                passing = self._build(
-                    folder, [(keys[i], images.paths[i]) for i in todo], short_side, threads, progress, should_stop
+                items = [(keys[i], images.paths[i]) for i in todo]
+                passing, memory = self._build(
+                    folder if writable else None, items, short_side, threads, progress, should_stop
                 )
-                self._refresh(folder)
-        kept = []
+                if writable:
+                    self._refresh(folder)
+        kept, places = [], []
         for i, key in enumerate(keys):
             if key is None:
                 continue
             if key in passing:
                 problems[i] = passing[key]
+                continue
+            if key in memory:
+                kept.append(i)
+                places.append(memory[key])
                 continue
             path, row = self.lookup[key]
             record = self.shards[path].index[row]
@@ -229,25 +246,35 @@ class DecodeCache:
                 problems[i] = self.shards[path].problems[record["problem"]]
             else:
                 kept.append(i)
+                places.append((path, row))
         return MappedPixels(
-            self,
-            [self.lookup[keys[i]] for i in kept],
-            [images.paths[i] for i in kept],
-            [images.labels[i] for i in kept],
-            short_side,
+            self, places, [images.paths[i] for i in kept], [images.labels[i] for i in kept], short_side
         ), problems
+
+    def refused(self, where: Path, error: OSError) -> None:
+        """Say, once, that the cache cannot be written and that decoding goes on in memory."""
+        if not getattr(self, "_said_refused", False):
+            self._said_refused = True
+            self.warn(
+                f"warning: the decode cache cannot be written at {where} ({error.strerror or error}); the images "
+                "it lacks are decoded in memory instead (choose another place with --cache-dir or $UEO_CACHE_DIR, "
+                "or --no-cache to keep nothing)."
+            )
 
     def _build(
         self,
-        folder: Path,
+        folder: Path | None,
         todo: list,
         short_side: int,
         threads: int | None,
         progress: bool,
         should_stop: Callable[[], bool] | None,
-    ) -> dict[bytes, str]:
-        """Decode ``todo`` [(key, path)] into new shards; returns the problems not kept in the cache (images
-        over PIL's decompression-bomb limit: the limit is a setting, the file may be fine under another)."""
+    ) -> tuple[dict[bytes, str], dict[bytes, tuple]]:
+        """Decode ``todo`` [(key, path)] into new shards in ``folder`` (None: nowhere); returns (the problems not
+        kept in the cache, the images decoded but not written: {key: (pixels, original size)}). Not kept:
+        errors of the operating system (a permission, a missing file: they may be gone the next time) and
+        images over PIL's decompression-bomb limit (a setting). When a shard cannot be written (the disk is
+        full or read-only) the cache stops growing, with a warning, and the rest is decoded in memory."""
         from tqdm.auto import tqdm
 
         budget = PixelBudget()
@@ -255,67 +282,124 @@ class DecodeCache:
         def one(item):
             key, path = item
             if should_stop is not None and should_stop():
-                return key, None, None
+                return key, None, None, False
             try:
                 with budget(image_pixels(path)):
-                    return key, decode(path, short_side), None
+                    return key, decode(path, short_side), None, True
             except UNREADABLE as error:
-                kept = not isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning))
-                return key, None, describe(error) if kept else "\0" + describe(error)
+                lasting = not isinstance(error, Image.DecompressionBombError) and not (
+                    isinstance(error, OSError) and error.errno is not None
+                )
+                return key, None, describe(error), lasting
 
-        records, size, passing = [], 0, {}
+        records, size, passing, memory = [], 0, {}, {}
+
+        def flush():
+            nonlocal folder
+            if folder is not None:
+                try:
+                    write_shard(folder, records)
+                    return
+                except OSError as error:
+                    self.refused(folder, error)
+                    folder = None
+            for key, decoded, problem in records:
+                if decoded is not None:
+                    memory[key] = decoded
+                else:
+                    passing[key] = problem
+
         bar = tqdm(total=len(todo), desc="decode", unit="img", disable=not progress, leave=False)
         with ThreadPoolExecutor(max_workers=threads or min(32, os.cpu_count() or 4)) as pool:
             for start in range(0, len(todo), 256):  # in order, a bounded number in flight
-                for key, decoded, problem in pool.map(one, todo[start : start + 256]):
+                for key, decoded, problem, lasting in pool.map(one, todo[start : start + 256]):
                     if decoded is None and problem is None:
                         raise TrainingInterrupted("stopped while decoding the images")
-                    if problem is not None and problem.startswith("\0"):
-                        passing[key] = problem[1:]
+                    bar.update()
+                    if problem is not None and not lasting:
+                        passing[key] = problem
                         continue
                     records.append((key, decoded, problem))
                     size += decoded[0].nbytes if decoded is not None else 0
-                    bar.update()
                     if size >= SHARD_BYTES or len(records) >= SHARD_IMAGES:
-                        write_shard(folder, records)
+                        flush()
                         records, size = [], 0
         if records:
-            write_shard(folder, records)
+            flush()
         bar.close()
-        return passing
+        return passing, memory
+
+
+LOCK_WAIT = 120.0  # seconds to wait for another process that builds the same cache folder
 
 
 @contextlib.contextmanager
-def _locked(folder: Path):
-    """An exclusive lock on a cache folder (released when the block ends, or when the process dies)."""
+def _locked(folder: Path | None, warn: Callable[[str], None] = print):
+    """An exclusive lock on a cache folder while building (released when the block ends, or when the process
+    dies); yields whether it is held. A builder that holds it for more than LOCK_WAIT seconds (suspended,
+    hung) is not waited for longer: this process then decodes on its own, with a warning."""
+    if folder is None:
+        yield False
+        return
     with open(folder / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        held = _try_lock(handle)
+        if not held:
+            warn(f"waiting for another ueo process that is decoding images into the cache {folder} ...")
+            deadline = time.monotonic() + LOCK_WAIT
+            while not held and time.monotonic() < deadline:
+                time.sleep(0.2)
+                held = _try_lock(handle)
+            if not held:
+                warn(
+                    f"warning: the other process still holds the decode cache {folder} after {LOCK_WAIT:.0f} s "
+                    "(suspended or hung?); decoding here without waiting (some images may be decoded twice)."
+                )
         try:
-            yield
+            yield held
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 class MappedPixels:
     """Decoded images read from the cache's shards through memory maps: the pixels stay file-backed (the
     process's own memory holds a few numbers per image). Each image's CRC is checked the first time this
-    process reads it; a mismatch removes its shard (with a warning) and the image is decoded from its file."""
+    process reads it; a mismatch removes its shard (with a warning) and the image is decoded from its file.
+    ``places``: for each image, (shard, row), or (pixels, original size) when it is held in memory (the
+    cache could not be written)."""
 
-    def __init__(
-        self, cache: DecodeCache, places: list[tuple[Path, int]], paths: list, labels: list[int], short_side: int
-    ):
+    def __init__(self, cache: DecodeCache, places: list[tuple], paths: list, labels: list[int], short_side: int):
         self.cache, self.paths, self.labels, self.short_side = cache, list(paths), list(labels), short_side
-        self.files = sorted({path for path, _ in places})
+        mapped = [place for place in places if isinstance(place[0], Path)]
+        self.files = sorted({path for path, _ in mapped})
         number = {path: i for i, path in enumerate(self.files)}
-        rows = [cache.shards[path].index[row] for path, row in places]
-        self.shard = np.array([number[path] for path, _ in places], dtype=np.int32)
-        self.offset = np.array([r["offset"] for r in rows], dtype=np.uint64)
-        self.crc = np.array([r["crc"] for r in rows], dtype=np.uint32)
-        self.sizes = [(int(r["h"]), int(r["w"])) for r in rows]
-        self.originals = [(int(r["original_h"]), int(r["original_w"])) for r in rows]
-        self.verified = np.zeros(len(rows), dtype=bool)
+        self.shard = np.full(len(places), -1, dtype=np.int32)
+        self.offset = np.zeros(len(places), dtype=np.uint64)
+        self.crc = np.zeros(len(places), dtype=np.uint32)
+        self.sizes, self.originals = [], []
+        self.verified = np.zeros(len(places), dtype=bool)
         self.maps: dict[int, np.memmap] = {}
-        self.decoded: dict[int, torch.Tensor] = {}  # images whose cached copy failed its check
+        self.decoded: dict[int, torch.Tensor] = {}  # images held in memory, or whose cached copy failed its check
+        for i, place in enumerate(places):
+            if isinstance(place[0], Path):
+                path, row = place
+                record = cache.shards[path].index[row]
+                self.shard[i], self.offset[i], self.crc[i] = number[path], record["offset"], record["crc"]
+                self.sizes.append((int(record["h"]), int(record["w"])))
+                self.originals.append((int(record["original_h"]), int(record["original_w"])))
+            else:
+                pixels, original = place
+                self.decoded[i] = torch.from_numpy(pixels)
+                self.sizes.append((pixels.shape[1], pixels.shape[2]))
+                self.originals.append(tuple(original))
 
     def __len__(self):
         return len(self.sizes)

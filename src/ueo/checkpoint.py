@@ -18,7 +18,7 @@ import torch
 from .config import TRAJECTORY_KEYS, FitConfig, FitResult, is_finite_number
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
-from .tuning import adapted_state
+from .tuning import adapted_state, damaged_tensors
 
 CHECKPOINT_FORMAT = "ueo-checkpoint/1"
 
@@ -108,9 +108,9 @@ def damage(checkpoint: dict) -> str | None:
     params = {k: v for k, v in tensors.items() if k.startswith("param/")}
     if not params:
         return "no tuned parameters"
-    bad = [k for k, v in params.items() if not v.is_floating_point() or not torch.isfinite(v).all()]
-    if bad:
-        return f"non-finite values in {bad[:3]}"
+    problem = damaged_tensors(params)
+    if problem:
+        return problem
     rng = tensors.get("torch_rng")
     if rng is not None and (rng.dtype != torch.uint8 or rng.numel() != torch.get_rng_state().numel()):
         return "the random-number state is not one"

@@ -21,18 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from . import __version__
 from .config import is_finite_number
-from .errors import ConfigError, IncompatibleError
+from .errors import ConfigError, DataError, IncompatibleError
 from .files import read_tagged, write_tagged, write_text
-from .images import load_image
+from .images import UNREADABLE, describe, image_pixels, load_image
 from .inference import autocast, image_source, score
 from .objectives import mcm_scores
 from .predict import decide, threshold_warning
 from .prompts import PromptLearner
 from .state import AdaptedState
 from .tuning import apply_adapted_state
+from .views import checked_item
 
 CLASSIFIER_FORMAT = "ueo-classifier/1"
 SCORE_RULE = (
@@ -59,6 +61,25 @@ class Scores:
     probabilities: torch.Tensor
 
 
+def _listed(images) -> list:
+    """The images of a call, as a list: one path or PIL image, or any sequence or iterable of them."""
+    if images is None or hasattr(images, "__array__"):
+        hint = " (PIL.Image.fromarray(array) makes an image of an HxWx3 uint8 array)" if images is not None else ""
+        raise DataError(
+            f"images are paths, PIL images or a tensor batch [B, 3, S, S]; got {type(images).__name__}{hint}."
+        )
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    try:
+        items = list(images)
+    except TypeError:
+        raise DataError(f"images are paths, PIL images or a tensor batch; got {type(images).__name__}.") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike, Image.Image)):
+            raise DataError(f"image {i} is a {type(item).__name__}; give paths or PIL images (or one tensor batch).")
+    return items
+
+
 class _Items(torch.utils.data.Dataset):
     """(image, -1) items from PIL images or file paths (read with ueo's own loader)."""
 
@@ -70,7 +91,18 @@ class _Items(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         item = self.items[i]
-        return (load_image(Path(item)) if isinstance(item, (str, os.PathLike)) else item), -1
+        if not isinstance(item, (str, os.PathLike)):
+            return item, -1
+        try:
+            return load_image(Path(item)), -1
+        except UNREADABLE as error:
+            raise DataError(f"{item}: unreadable image ({describe(error)}).") from None
+
+    def pixel_count(self, i: int) -> int:
+        """The pixels of item i to decode: a file's, from its header (see images.PixelBudget); 0 for an
+        image already in memory."""
+        item = self.items[i]
+        return image_pixels(Path(item)) if isinstance(item, (str, os.PathLike)) else 0
 
 
 class Classifier:
@@ -90,6 +122,8 @@ class Classifier:
         bundle.model.eval()
         with torch.no_grad(), autocast(bundle.device, None):
             self.text_features = learner.text_features().float()
+        if not torch.isfinite(self.text_features).all():
+            raise IncompatibleError("This adapted state gives non-finite text features on this model: it is damaged.")
         fitted = (state.threshold or {}).get("threshold")
         if threshold is None and fitted is None:
             import warnings
@@ -125,10 +159,14 @@ class Classifier:
         """Raw cosines and their softmax for ``images``: PIL images or file paths (one or a list), or a
         normalised tensor batch [B, 3, S, S] (or one image [3, S, S]). Each image is scored on its own."""
         if torch.is_tensor(images):
+            if images.dim() not in (3, 4):
+                raise DataError(f"a tensor of images is [B, 3, S, S] or [3, S, S]; got {list(images.shape)}.")
             batch = images[None] if images.dim() == 3 else images
             dataset: Any = [(image, -1) for image in batch]
+            for i, item in enumerate(dataset):
+                checked_item(item, i, self.bundle.image_size)
         else:
-            dataset = _Items(list(images) if isinstance(images, (list, tuple)) else [images])
+            dataset = _Items(_listed(images))
         if len(dataset) == 0:
             empty = torch.zeros(0, len(self.classes))
             return Scores(empty, empty)

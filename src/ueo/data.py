@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
+from .predict import UNKNOWN
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -82,10 +83,23 @@ def parse_class_names(spec: str | Sequence[str]) -> list[str]:
     return _unique(names, where)
 
 
+def check_class_names(names: Sequence[str]) -> list[str]:
+    """The class names, refused when one is blank, duplicates another (ignoring case and '_') or is the
+    rejection label 'unknown'."""
+    if any(not isinstance(n, str) or not n.strip() for n in names):
+        raise DataError(f"The class list {list(names)!r:.200} has an empty name (or one that is not a text).")
+    return _unique(list(names), [f"class {i + 1}" for i in range(len(names))])
+
+
 def _unique(names: list[str], where: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     for name, loc in zip(names, where):
         key = fold(name)
+        if key == fold(UNKNOWN):
+            raise DataError(
+                f"{loc}: a class cannot be called {name!r}: {UNKNOWN!r} is what ueo calls an image of no listed "
+                "class (in predictions.csv, the report and the confusion matrix); rename it, e.g. 'unknown object'."
+            )
         if key in seen:
             raise DataError(f"{loc}: class {name!r} duplicates {seen[key]} (names are compared ignoring case and '_').")
         seen[key] = f"{name!r} ({loc})"
@@ -239,17 +253,25 @@ def read_images(
     raise DataError(f"{spec}: no such folder or list file.")
 
 
+def file_state(stat: os.stat_result) -> str:
+    """What says that a file is still the one seen before: size, modification and change times, inode and
+    device. Writing a file, extracting an archive over it (tar restores the modification time, not the
+    change time) or editing it in place and resetting its modification time all change its change time,
+    which only the kernel sets; a file copied elsewhere is another inode. Assumed: the clock does not go
+    back and no one rewrites the change time (that takes resetting the system clock)."""
+    return f"{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\t{stat.st_ino}\t{stat.st_dev}"
+
+
 def fingerprint(images: ImageList) -> str:
-    """A short hash of what a list of images is: every path, size, modification time and label. Two runs
-    over the same files give the same fingerprint; a file added, removed, replaced or relabeled changes it."""
+    """A short hash of what a list of images is: every path, its ``file_state`` and label. Two runs over the
+    same files give the same fingerprint; a file added, removed, replaced, rewritten or relabeled changes it."""
     import hashlib
 
     digest = hashlib.sha256()
     for path, label in zip(images.paths, images.labels):
         name = os.fsencode(os.path.abspath(path))  # bytes: any file name, also one that is not UTF-8
         try:
-            stat = os.stat(path)
-            digest.update(name + f"\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+            digest.update(name + f"\t{file_state(os.stat(path))}\t{label}\n".encode())
         except OSError:
             digest.update(name + f"\tmissing\t{label}\n".encode())
     return digest.hexdigest()[:16]

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .images import shrink
+from .errors import ConfigError
+from .images import PixelBudget, shrink
+from .pixels import as_rgb
 from .resample import resize_box, window
-from .views import Batch, Plan, ViewSpec, chunks, empty_batch, view_seed
+from .views import Batch, Plan, ViewSpec, checked_item, chunks, empty_batch, view_seed
 
 
 @dataclass
@@ -66,11 +68,16 @@ def build_cache(dataset, short_side: int, threads: int = 8, progress: bool = Fal
     not image files; files go through the persistent decode cache, ``ueo.cache``)."""
     from tqdm.auto import tqdm
 
+    budget = PixelBudget()
+    count = getattr(dataset, "pixel_count", None)  # image files: decoded under the pixel budget
+
     def load(i):
-        image, label = dataset[i][0], dataset[i][1]
-        if torch.is_tensor(image):
-            raise TypeError("The fast path caches PIL images; this dataset yields tensors.")
-        return shrink(image, short_side), (image.height, image.width), -1 if label is None else int(label)
+        with budget(count(i) if count is not None else 0):
+            image, label = checked_item(dataset[i], i)
+            if torch.is_tensor(image):
+                raise ConfigError("The fast path decodes PIL images; this dataset yields tensors (use fast=False).")
+            image = as_rgb(image)
+            return shrink(image, short_side), (image.height, image.width), label
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         items = list(

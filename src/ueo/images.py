@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .data import ImageList
 from .errors import DataError, TrainingInterrupted
+from .pixels import as_rgb
 
 DECODE_BUDGET_PIXELS = 100_000_000  # pixels being decoded at once, over all threads (bounds the memory)
 
@@ -57,36 +58,24 @@ def image_pixels(path: Path) -> int:
 
 
 def load_image(path: Path, max_side: int | None = None) -> Image.Image:
-    """Open an image as RGB with its EXIF orientation applied (alpha over white, 16-bit scaled to 8).
+    """Open an image file as the RGB image ueo sees of it (``pixels.as_rgb``: EXIF orientation, alpha over
+    white, high bit depths scaled to 8 bits).
 
     max_side: a JPEG is decoded at a reduced scale whose longer side stays >= max_side (libjpeg's DCT
     scaling: less memory and time for large photos). Other formats are decoded at full size.
-    Raises OSError/ValueError/Image.DecompressionBombError for unreadable files and absurd sizes
-    (more pixels than PIL.Image.MAX_IMAGE_PIXELS).
+    Raises OSError/ValueError for unreadable files and Image.DecompressionBombError for absurd sizes (more
+    than twice PIL.Image.MAX_IMAGE_PIXELS: PIL's own limit; images under it decode within the pixel budget).
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _load_image(path, max_side)
-
-
-def _load_image(path: Path, max_side: int | None) -> Image.Image:
-    with Image.open(path) as image:
-        if max_side is not None and image.format == "JPEG":
-            w, h = image.size
-            scale = max_side / max(w, h)
-            if scale < 1:
-                image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.split()[-1])
-            return background
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            image = image.point(lambda v: v / 256).convert("L")
-        image = image.convert("RGB")
-        image.load()
-        return image
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel budget bounds the memory
+        with Image.open(path) as image:
+            if max_side is not None and image.format == "JPEG":
+                w, h = image.size
+                scale = max_side / max(w, h)
+                if scale < 1:
+                    image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+            image.load()
+            return as_rgb(image)
 
 
 def shrink(image: Image.Image, short_side: int) -> np.ndarray:
@@ -169,3 +158,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return load_image(self.images.paths[i]), self.images.labels[i]
+
+    def pixel_count(self, i: int) -> int:
+        """The pixels of image i, from its header (what decoding it takes; see PixelBudget)."""
+        return image_pixels(self.images.paths[i])

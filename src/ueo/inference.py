@@ -18,14 +18,14 @@ from tqdm.auto import tqdm
 
 from .config import DEFAULT_INIT
 from .distributed import gather_in_order, rank_indices, rank_world
-from .errors import ConfigError, DataError, TrainingInterrupted
+from .errors import ConfigError, DataError, IncompatibleError, TrainingInterrupted
 from .fastpath import CachedImages, build_cache, decoded_short_side
 from .metrics import compute_metrics
 from .objectives import mcm_scores
 from .prompts import PromptLearner
 from .state import AdaptedState
 from .tuning import applied
-from .views import LoadedImages
+from .views import LoadedImages, checked_item
 
 
 @dataclass
@@ -87,7 +87,8 @@ def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers:
     read from it, memory-mapped; other images are decoded into memory."""
     device = bundle.device
     use_fast = fast if fast is not None else True
-    if use_fast and torch.is_tensor(dataset[0][0]):
+    first, _ = checked_item(dataset[0], 0, bundle.image_size)
+    if use_fast and torch.is_tensor(first):
         if fast:
             raise ConfigError("fast=True needs datasets of PIL images (the fast path decodes and augments them).")
         use_fast = False
@@ -159,12 +160,14 @@ def evaluate(
     progress: bool = False,
     fast: bool | None = None,
     init: str = DEFAULT_INIT,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[dict, Outputs]:
     """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on the dataset ``test``.
 
     class_names default to the adapted state's. Returns (metrics dict, Outputs).
     init: the prompt's words when no adapted state is given (the zero-shot prompt "{init} {name}.").
     fast: decode once and make the eval views on the device (None: yes, for datasets of PIL images).
+    should_stop: polled between batches; when it returns True, TrainingInterrupted is raised.
     The bundle's model is left unchanged.
     """
     if adapted is not None:
@@ -181,6 +184,8 @@ def evaluate(
     with applied(bundle.model, learner, adapted.tensors if adapted is not None else {}):
         with torch.no_grad(), autocast(bundle.device, amp):
             text = learner.text_features().float()
+        if not torch.isfinite(text).all():
+            raise IncompatibleError("The adapted state gives non-finite text features on this model: it is damaged.")
         source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress)
-        out = score(bundle.model, text, source, batch_size, amp, progress)
+        out = score(bundle.model, text, source, batch_size, amp, progress, should_stop=should_stop)
     return out.metrics(len(class_names)), out

@@ -28,6 +28,7 @@ from open_clip.transformer import TextTransformer, text_global_pool
 from torch import nn
 
 from .config import DEFAULT_INIT
+from .data import check_class_names
 from .errors import ConfigError, DataError, ModelUnavailableError
 
 
@@ -169,7 +170,7 @@ class PromptLearner(nn.Module):
         if not class_names:
             raise DataError("class_names is empty: give at least one known class.")
         self.tower = TextTower.of(bundle.model)
-        self.class_names = list(class_names)
+        self.class_names = check_class_names(class_names)
         self.init = init
         self.chunk_size = int(chunk_size)
         layout = PromptLayout.of(bundle.tokenizer, self.class_names, init)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -97,9 +99,14 @@ def plot_scores(labels, scores, num_known: int, threshold, path) -> None:
     plt.close(fig)
 
 
+CONFUSION_PLOT_CLASSES = 200  # above, a K x K picture is unreadable and costly: the page lists the largest cells
+
+
 def plot_confusion(labels, predictions, class_names: Sequence[str], path) -> None:
-    """Row-normalised confusion matrix of the known-class samples."""
+    """Row-normalised confusion matrix of the known-class samples (none over CONFUSION_PLOT_CLASSES classes)."""
     k = len(class_names)
+    if k > CONFUSION_PLOT_CLASSES:
+        return
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     known = known_mask(labels, k)
     matrix = np.zeros((k, k))
@@ -110,8 +117,9 @@ def plot_confusion(labels, predictions, class_names: Sequence[str], path) -> Non
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
     if k <= 40:
-        ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
-        ax.set_yticks(range(k), class_names, fontsize=7)
+        names = [name.replace("$", r"\$") for name in class_names]  # plain text, not matplotlib's maths
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title="Known classes (row-normalised)")
     _save(fig, path)
     plt.close(fig)
@@ -212,26 +220,44 @@ def find_runs(paths: Iterable) -> list[Path]:
 
 def collect(paths: Iterable) -> tuple[list[dict], list[tuple[str, str]]]:
     """(rows, left out): one row per run — what defines it (benchmark, domain, scenario, method, model,
-    weights, settings), its seed and its adapted test metrics — and (path, why) for each metrics.json that
-    gives no row (unreadable, or a run without labeled test images)."""
+    weights, settings, the data it was made of), its seed and its adapted test metrics — and (path, why)
+    for each metrics.json that gives no row: unreadable or damaged, a run without labeled test images, or
+    a run already counted (the same folder given twice, or a copy of a run: the same record)."""
     rows, left_out = [], []
+    seen_files: set[str] = set()
+    seen_runs: dict[str, str] = {}
     for path in find_runs(paths):
+        real = os.path.realpath(path)
+        if real in seen_files:
+            continue  # the same file, reached twice (a folder and its parent, or one given twice)
+        seen_files.add(real)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             left_out.append((str(path), f"not a readable metrics.json: {error}"))
             continue
-        adapted = data.get("adapted") if isinstance(data, dict) else None
-        if not isinstance(adapted, dict) or all(adapted.get(m) is None for m in TABLE_METRICS):
+        problem = record_problem(data)
+        if problem:
+            left_out.append((str(path), problem))
+            continue
+        adapted = data.get("adapted") or {}
+        if all(adapted.get(m) is None for m in TABLE_METRICS):
             left_out.append((str(path), "no metrics: the run had no labeled test images"))
             continue
         run = data.get("run") if isinstance(data.get("run"), dict) else {}
+        identity = hashlib.sha256(json.dumps([run, adapted], sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        if identity in seen_runs:
+            left_out.append((str(path), f"the same run as {seen_runs[identity]} (a copy, or given twice)"))
+            continue
+        seen_runs[identity] = str(path.parent)
         settings = run.get("settings") if isinstance(run.get("settings"), dict) else {}
         rows.append(
             {
-                **{k: run.get(k, "-") for k in RUN_KEYS},
-                "model": _model_label(run.get("model"), run.get("pretrained")),
+                **{k: str(run.get(k, "-")) for k in RUN_KEYS},
+                "model": _model_label(run.get("model"), run.get("pretrained"), run.get("weights")),
                 "settings": " ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "-",
+                "data": str(run.get("data_fingerprint") or run.get("data") or run.get("domain", "-")),
+                "data_path": str(run.get("data") or ""),
                 "seed": run.get("seed", "-"),
                 **{m: adapted.get(m) for m in TABLE_METRICS},
                 "path": str(path.parent),
@@ -240,9 +266,50 @@ def collect(paths: Iterable) -> tuple[list[dict], list[tuple[str, str]]]:
     return rows, left_out
 
 
-def _model_label(model, pretrained) -> str:
+def record_problem(data) -> str | None:
+    """What makes a metrics.json unusable (None: nothing): not a mapping, or a field of the wrong type."""
+    if not isinstance(data, dict):
+        return f"damaged: a metrics.json holds a mapping, not a {type(data).__name__}"
+
+    def number(value, integer=False):
+        kinds = (int,) if integer else (int, float)
+        return not isinstance(value, bool) and isinstance(value, kinds) and math.isfinite(value)
+
+    for key in ("adapted", "zeroshot"):
+        row = data.get(key)
+        if row is None:
+            continue
+        if not isinstance(row, dict):
+            return f"damaged: {key!r} is not a mapping"
+        for metric in TABLE_METRICS:
+            value = row.get(metric)
+            if value is not None and not number(value):
+                return f"damaged: {key} {metric} is {value!r:.40}, not a number"
+    for key in ("run", "tuning", "predictions"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            return f"damaged: {key!r} is not a mapping"
+    threshold = data.get("threshold")
+    if threshold is not None and not (isinstance(threshold, dict) and number(threshold.get("threshold"))):
+        return f"damaged: 'threshold' is {threshold!r:.60}, not a record with a number"
+    names = data.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return "damaged: 'class_names' is not a list of names"
+    for key in ("num_adaptation_images", "num_test_images", "num_skipped", "tuned_parameters"):
+        if data.get(key) is not None and not number(data[key], integer=True):
+            return f"damaged: {key!r} is {data[key]!r:.40}, not a count"
+    if data.get("seconds") is not None and not number(data["seconds"]):
+        return f"damaged: 'seconds' is {data['seconds']!r:.40}, not a number"
+    return None
+
+
+def _model_label(model, pretrained, weights=None) -> str:
+    """The model and its weights, in a table cell: the tag or file name, with a short digest of a file's
+    contents (two files of one name are different weights). Random weights are drawn from the run's seed,
+    so runs over seeds are runs over random models: they are grouped."""
     if not model:
         return "-"
+    if isinstance(weights, dict) and "sha256_ends" in weights:
+        return f"{model} ({weights.get('file')} {str(weights['sha256_ends'])[:8]})"
     return f"{model} ({Path(str(pretrained)).name})" if pretrained else f"{model} (random weights)"
 
 
@@ -253,24 +320,64 @@ def mean_std(values: Sequence[float]):
     return float(np.mean(values)), float(np.std(values))
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """The difference of two methods paired by seed: {"mean", "se", "differs", "n"} of a_i - b_i, where se
+    is the standard error of the mean (sample std / sqrt(n)) and "differs" says whether the mean is more
+    than two standard errors from zero (None with fewer than two pairs)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need as many of each: {len(a)} and {len(b)}")
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(diffs)
+    if n < 2:
+        return {"mean": float(diffs.mean()) if n else None, "se": None, "differs": None, "n": n}
+    se = float(diffs.std(ddof=1) / np.sqrt(n))
+    return {"mean": float(diffs.mean()), "se": se, "differs": bool(abs(diffs.mean()) > 2 * se), "n": n}
+
+
 GROUP_KEYS = (*RUN_KEYS, "model", "settings")
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
-    """Group runs that differ only in their seed (same benchmark, domain, scenario, method, model, weights
-    and settings): mean and std over the seeds of each metric, in %."""
+    """Group runs that differ only in their seed (same benchmark, domain, scenario, method, model, weights,
+    settings and data): mean and std over the seeds of each metric, in %. Two groups whose data differ
+    but share a domain name (e.g. Office-31's amazon/images and webcam/images) are told apart by as many
+    trailing parts of their data's path as it takes."""
     groups = defaultdict(list)
     for row in rows:
-        groups[tuple(row[k] for k in GROUP_KEYS)].append(row)
+        groups[(*(row[k] for k in GROUP_KEYS), row.get("data", row["domain"]))].append(row)
+    names = _distinct_names({key: members[0] for key, members in groups.items()})
     table = []
-    for key, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for key, members in sorted(groups.items(), key=lambda kv: (names[kv[0]], *map(str, kv[0]))):
         entry = dict(zip(GROUP_KEYS, key), runs=len(members))
+        entry["domain"] = names[key]
         for metric in TABLE_METRICS:
             entry[metric], entry[f"{metric}_std"] = mean_std(
                 [100 * r[metric] for r in members if r.get(metric) is not None]
             )
         table.append(entry)
     return table
+
+
+def _distinct_names(first_rows: dict) -> dict:
+    """{group key: its domain as shown}: the domain name, or, where groups of other data share it, the
+    shortest trailing part of each one's data path that tells them apart."""
+    by_name = defaultdict(set)
+    for row in first_rows.values():
+        by_name[(row["benchmark"], row["domain"])].add(row.get("data", row["domain"]))
+    names = {}
+    for key, row in first_rows.items():
+        clash = [r for r in first_rows.values() if (r["benchmark"], r["domain"]) == (row["benchmark"], row["domain"])]
+        if len(by_name[(row["benchmark"], row["domain"])]) < 2 or not row.get("data_path"):
+            names[key] = row["domain"]
+            continue
+        parts = Path(row["data_path"]).parts
+        for depth in range(1, len(parts) + 1):
+            mine = "/".join(parts[-depth:])
+            others = {"/".join(Path(r["data_path"]).parts[-depth:]) for r in clash if r.get("data") != row.get("data")}
+            if mine not in others:
+                break
+        names[key] = mine
+    return names
 
 
 def cell(mean, std, runs: int) -> str:

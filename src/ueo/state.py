@@ -18,7 +18,7 @@ from .config import DEFAULT_INIT, RULES, TUNE_CHOICES, is_finite_number
 from .data import fold
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
-from .tuning import tunable_parameters
+from .tuning import damaged_tensors, tunable_parameters
 
 STATE_FORMAT = "ueo-adapted-state/1"
 
@@ -111,9 +111,9 @@ class AdaptedState:
             value = self.threshold.get("threshold") if isinstance(self.threshold, dict) else None
             if not is_finite_number(value):
                 return f"threshold must be {{'threshold': a number, 'rule': ...}}, got {self.threshold!r:.80}"
-        bad = [name for name, value in self.tensors.items() if not torch.isfinite(value).all()]
-        if bad:
-            return f"non-finite values in {bad[:3]}"
+        problem = damaged_tensors(self.tensors)
+        if problem:
+            return problem
         if self.tune in ("prompt", "both") and self.tensors.get("prompt.ctx", torch.zeros(0)).dim() != 2:
             return "no prompt context [m, W]"
         return None

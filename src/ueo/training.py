@@ -28,7 +28,7 @@ from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
 from .predict import otsu_threshold
 from .prompts import PromptLearner
 from .state import AdaptedState
-from .tuning import adapted_state, apply_adapted_state, configure_tuning, resolve_rule
+from .tuning import adapted_state, applied, apply_adapted_state, configure_tuning, resolve_rule
 from .views import epoch_batches
 
 
@@ -235,7 +235,11 @@ def fit(
             weights = confidence_weights(cfg, zero_shot_train, len(class_names)) if needs_weights else None
         run.weights = weights.to(device) if weights is not None else None
         if training:
-            train_loop(run, *start)
+            try:
+                train_loop(run, *start)
+            except DivergedError as error:
+                error.last_good.threshold = last_good_threshold(run, error.last_good)
+                raise
         result.weights = run.weights.cpu() if run.weights is not None else None
         result.adapted = run.state()
         train_out = result.outputs.get("train")
@@ -252,6 +256,19 @@ def fit(
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
     return result
+
+
+def last_good_threshold(run: Run, state: AdaptedState) -> dict:
+    """The threshold of a diverged run's last good state: Otsu's rule on the adaptation set scored with it
+    (so that predictions with it decide each image alone, as with a finished run's state)."""
+    with applied(run.bundle.model, run.learner, state.tensors):
+        scores = run.score("train").scores.numpy()
+    state.info["diverged"] = "training diverged; this is the state from the start of the epoch that failed"
+    return {
+        "threshold": otsu_threshold(scores),
+        "rule": "otsu",
+        "source": f"the adaptation set ({len(scores)} images), scored with this state",
+    }
 
 
 def run_identity(bundle, train, test, extra: dict | None = None) -> dict:

@@ -133,3 +133,20 @@ def applied(model: nn.Module, prompt_learner: nn.Module | None, state: dict[str,
         yield
     finally:
         apply_adapted_state(model, prompt_learner, previous)
+
+
+# Tuned values are word embeddings (~1e-2) and norm scales and shifts (~1): far larger ones are damage (a
+# flipped exponent bit gives 1e37), not learning. Refused in states and checkpoints.
+MAX_TUNED_MAGNITUDE = 1e4
+
+
+def damaged_tensors(tensors: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with tuned tensors (non-finite, or implausibly large values), or None."""
+    bad = [name for name, value in tensors.items() if not value.is_floating_point() or not torch.isfinite(value).all()]
+    if bad:
+        return f"non-finite values in {bad[:3]}"
+    large = [name for name, value in tensors.items() if value.numel() and value.abs().max() > MAX_TUNED_MAGNITUDE]
+    if large:
+        worst = max(float(tensors[name].abs().max()) for name in large)
+        return f"values up to {worst:.3g} in {large[:3]}, far beyond any tuned value (damaged, e.g. flipped bits)"
+    return None

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from .errors import ModelUnavailableError
+from .errors import DataError, ModelUnavailableError
+from .pixels import as_rgb
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images [B, 3, S, S], labels [B], dataset indices [B]
 INTERPOLATIONS = ("bicubic", "bilinear")  # what PIL and the fast path's resampler both do
@@ -137,7 +138,7 @@ class ViewSpec:
         """PIL image -> normalised float tensor [3, S, S]: the train view."""
         return T.Compose(
             [
-                T.Lambda(_to_rgb),
+                T.Lambda(as_rgb),
                 T.RandomResizedCrop(
                     self.size, scale=self.crop_scale, ratio=self.crop_ratio, interpolation=self.pil_interpolation
                 ),
@@ -148,7 +149,8 @@ class ViewSpec:
         )
 
     def eval_transform(self) -> Callable:
-        """PIL image -> normalised float tensor [3, S, S]: the model's own eval preprocessing."""
+        """PIL image -> normalised float tensor [3, S, S]: the model's own eval preprocessing (open_clip's),
+        after ``pixels.as_rgb`` (what ueo sees of any image: orientation, transparency, bit depth)."""
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
         cfg = PreprocessCfg(
@@ -159,11 +161,7 @@ class ViewSpec:
             resize_mode=self.resize_mode,
             fill_color=self.fill_color,
         )
-        return image_transform_v2(cfg, is_train=False)
-
-
-def _to_rgb(image):
-    return image.convert("RGB")
+        return T.Compose([T.Lambda(as_rgb), image_transform_v2(cfg, is_train=False)])
 
 
 def view_seed(seed: int, epoch: int, index: int) -> int:
@@ -193,10 +191,7 @@ class SeededViews(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        item = self.dataset[index]
-        if not isinstance(item, (tuple, list)) or len(item) < 2:
-            raise TypeError(f"Dataset items must be (image, label) pairs; item {index} is {type(item).__name__}.")
-        image, label = item[0], item[1]
+        image, label = checked_item(self.dataset[index], index)
         if not torch.is_tensor(image):
             if self.seed is None:
                 image = self.transform(image)
@@ -204,7 +199,40 @@ class SeededViews(torch.utils.data.Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(view_seed(self.seed, self.epoch, index))
                     image = self.transform(image)
-        return image, -1 if label is None else int(label), index
+        return image, label, index
+
+
+def checked_item(item, index: int, size: int | None = None) -> tuple:
+    """(image, label) of a dataset item, refused with a DataError that names it unless it is a pair of a PIL
+    image (or a finite float tensor [3, size, size], normalised) and an int label (-1 or None: none)."""
+    from PIL import Image
+
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise DataError(f"Dataset items must be (image, label) pairs; item {index} is {type(item).__name__}.")
+    image, label = item[0], item[1]
+    if torch.is_tensor(image):
+        wanted = f"[3, {size}, {size}]" if size else "[3, S, S]"
+        if (
+            not image.is_floating_point()
+            or image.dim() != 3
+            or image.shape[0] != 3
+            or (size and image.shape[1:] != (size, size))
+        ):
+            raise DataError(
+                f"item {index}: a tensor image must be a normalised float {wanted}; got {image.dtype} {list(image.shape)}."
+            )
+        if not torch.isfinite(image).all():
+            raise DataError(f"item {index}: the tensor image holds NaN or infinite values.")
+    elif not isinstance(image, Image.Image):
+        hint = " (PIL.Image.fromarray(array) makes one of an HxWx3 uint8 array)" if hasattr(image, "__array__") else ""
+        raise DataError(f"item {index}: images are PIL images or tensors [3, S, S]; got {type(image).__name__}{hint}.")
+    if label is None:
+        label = -1
+    if isinstance(label, bool) or (
+        not isinstance(label, (int, np.integer)) and not (torch.is_tensor(label) and label.numel() == 1)
+    ):
+        raise DataError(f"item {index}: the label must be a class index (an int, -1 for none); got {label!r:.40}.")
+    return image, int(label)
 
 
 def collate(items) -> Batch:

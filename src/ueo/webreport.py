@@ -20,7 +20,7 @@ from pathlib import Path
 from .files import atomic_path, write_text
 from .images import load_image
 from .predict import UNKNOWN
-from .report import TABLE_METRICS, cell, identity_columns, pyplot
+from .report import TABLE_METRICS, cell, identity_columns, pyplot, record_problem
 
 PER_GALLERY = 12  # images shown in each gallery
 PER_CELL = 4  # examples of one confusion-matrix cell
@@ -211,7 +211,7 @@ def _changed(thumbs: Thumbs, rows: list[dict]) -> str:
     return "".join(parts) + "</section>"
 
 
-def _confusion(thumbs: Thumbs, rows: list[dict], classes: list[str]) -> str:
+def _confusion(thumbs: Thumbs, rows: list[dict], classes: list[str], plot: bool = True) -> str:
     """Rows: the true class (unknown classes together); columns: the decision. Cells link to examples."""
     names = [*classes, UNKNOWN]
     truth = lambda r: r["label"] if r["label"] in classes else UNKNOWN  # noqa: E731
@@ -246,9 +246,14 @@ def _confusion(thumbs: Thumbs, rows: list[dict], classes: list[str]) -> str:
         for i, j in sorted(shown)
     )
     return (
-        f'<section id="confusion"><h2>Confusion</h2><p>Every cell with a link shows its examples below.</p>'
-        f'{matrix}<p><img src="confusion.png" alt="confusion matrix of the known classes" style="max-width:100%"'
-        f'></p></section><section id="confusion-examples"><h2>Examples of each cell</h2>{examples}</section>'
+        '<section id="confusion"><h2>Confusion</h2><p>Every cell with a link shows its examples below.</p>'
+        + matrix
+        + (
+            '<p><img src="confusion.png" alt="confusion matrix of the known classes" style="max-width:100%"></p>'
+            if plot
+            else ""
+        )
+        + f'</section><section id="confusion-examples"><h2>Examples of each cell</h2>{examples}</section>'
     )
 
 
@@ -279,10 +284,16 @@ def _plots(run_dir: Path) -> str:
     return f'<section id="plots"><h2>Plots</h2><div class="plots">{images}</div></section>' if images else ""
 
 
-def write_run_report(run_dir) -> Path:
-    """report.html (+ thumbs/) of a run folder, from the files the run wrote. Returns the page's path."""
+def write_run_report(run_dir, metrics: dict | None = None) -> Path:
+    """report.html (+ thumbs/) of a run folder, from the files the run wrote and its ``metrics`` (default:
+    its metrics.json; a run writes the page before metrics.json, so that metrics.json, written last,
+    means that everything was written). Returns the page's path. ValueError names a damaged field."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    if metrics is None:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    problem = record_problem(metrics)
+    if problem:
+        raise ValueError(f"metrics.json: {problem}")
     rows = _read_csv(run_dir / "predictions.csv")
     classes = metrics.get("class_names") or sorted({r["top1"] for r in rows})
     threshold = float((metrics.get("threshold") or {}).get("threshold", 0.0))
@@ -299,7 +310,8 @@ def write_run_report(run_dir) -> Path:
         ("changed", _changed(thumbs, rows)),
     ]
     if labeled:
-        sections += [("confusion", _confusion(thumbs, rows, classes)), ("mistakes", _mistakes(rows, classes))]
+        plot = (run_dir / "confusion.png").is_file()
+        sections += [("confusion", _confusion(thumbs, rows, classes, plot)), ("mistakes", _mistakes(rows, classes))]
     sections.append(("plots", _plots(run_dir)))  # (the unknown gallery is part of the classes' html)
     nav = "".join(f'<a href="#{name}">{name}</a>' for name, html in sections if html or name == "unknown")
     title = f"ueo run: {run_dir.name}"

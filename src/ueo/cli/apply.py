@@ -18,10 +18,9 @@ from ..webreport import write_run_report, write_table_page
 from .common import (
     about,
     check_not_inside,
-    check_out,
     checked,
     choose_threshold,
-    claim_out,
+    clear_outputs,
     decode_cache,
     describe_threshold,
     labeled_images,
@@ -29,10 +28,12 @@ from .common import (
     say,
     say_done,
     say_or_warn,
+    take_out,
     threshold_spec,
     warn,
 )
 from .options import flag_names
+from .stop import interruptible
 
 
 def state_and_bundle(args):
@@ -54,7 +55,7 @@ def state_and_bundle(args):
     return state, bundle
 
 
-def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
+def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict]:
     """What eval and predict share: check everything, read the state and the images, score them (and, for
     the report, score them zero-shot too), choose the threshold, write predictions.csv. Returns (the
     output folder, the contents of metrics.json)."""
@@ -65,8 +66,8 @@ def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
     if args.tpr is not None and not args.val:
         raise ConfigError("--tpr needs labeled validation images: pass --val.")
     spec = getattr(args, images_flag.lstrip("-"))
-    out = check_out(args.out, args.overwrite)
-    check_not_inside(out, {images_flag: spec, "--val": args.val})
+    check_not_inside(Path(args.out) if args.out else None, {images_flag: spec, "--val": args.val})
+    out = take_out(args.out, args.overwrite)
     state, bundle = state_and_bundle(args)
     names = state.class_names
     if labeled:
@@ -77,14 +78,15 @@ def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
     val = labeled_images(args.val, names, args.root, "--val") if args.val else None
     store = decode_cache(args)
     side = decoded_short_side(bundle.views)
-    images, skipped = checked(listed, args.strict, store=store, short_side=side, progress=not args.quiet)
-    claim_out(out, clear=args.overwrite)
+    images, skipped = checked(listed, args.strict, stop, store=store, short_side=side, progress=not args.quiet)
+    if args.overwrite:
+        clear_outputs(out)
     report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
-    score = dict(batch_size=args.batch_size, progress=not args.quiet)
+    score = dict(batch_size=args.batch_size, progress=not args.quiet, should_stop=stop)
     _, outputs = evaluate(bundle, None, ImageFiles(images, store), adapted=state, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:
-        val_files = ImageFiles(checked(val, args.strict, store=store, short_side=side)[0], store)
+        val_files = ImageFiles(checked(val, args.strict, stop, store=store, short_side=side)[0], store)
         _, val_outputs = evaluate(bundle, None, val_files, adapted=state, **score)
     threshold = choose_threshold(
         args.threshold,
@@ -118,22 +120,26 @@ def apply_state(args, images_flag: str, labeled: bool) -> tuple[Path, dict]:
 
 
 def finish(args, out: Path, metrics: dict) -> None:
-    """metrics.json, then (unless --no-report) report.html."""
-    report.write_json(out / "metrics.json", metrics)
+    """report.html (unless --no-report), then metrics.json: written last, it means everything was written."""
     if not args.no_report:
-        write_run_report(out)
+        write_run_report(out, metrics)
+    report.write_json(out / "metrics.json", metrics)
 
 
 def cmd_eval(args) -> int:
-    out, metrics = apply_state(args, "--test", labeled=True)
-    finish(args, out, metrics)
+    with interruptible(args.out) as stop:
+        out, metrics = apply_state(args, "--test", labeled=True, stop=stop)
+        stop.check("writing the outputs")
+        finish(args, out, metrics)
     say_done(metrics, out)
     return 0
 
 
 def cmd_predict(args) -> int:
-    out, metrics = apply_state(args, "--data", labeled=False)
-    finish(args, out, metrics)
+    with interruptible(args.out) as stop:
+        out, metrics = apply_state(args, "--data", labeled=False, stop=stop)
+        stop.check("writing the outputs")
+        finish(args, out, metrics)
     summary = metrics["predictions"]
     say(
         f"{summary['num_images']} images, {summary['num_predicted_unknown']} predicted unknown; "
@@ -147,11 +153,14 @@ EXPORT_OUTPUTS = ("open_clip_model.safetensors", "open_clip_config.json", "class
 
 
 def cmd_export(args) -> int:
-    out = check_out(args.out, args.overwrite)
-    state, bundle = state_and_bundle(args)
-    classifier = Classifier(bundle, state)
-    claim_out(out, clear=args.overwrite, names=EXPORT_OUTPUTS)
-    classifier.export(out)
+    out = take_out(args.out, args.overwrite)
+    with interruptible(out) as stop:
+        state, bundle = state_and_bundle(args)
+        classifier = Classifier(bundle, state)
+        stop.check("loading the model")
+        if args.overwrite:
+            clear_outputs(out, EXPORT_OUTPUTS)
+        classifier.export(out)  # (a stop request heard while writing waits for the files to be complete)
     say(
         f"wrote {', '.join(EXPORT_OUTPUTS)} to {out}: open_clip alone runs the adapted model "
         f"({len(classifier.classes)} classes, threshold {classifier.threshold:.4f}); see {out / 'README.md'}"
@@ -192,7 +201,7 @@ def cmd_report(args) -> int:
     if path.suffix.lower() not in (".md", ""):
         raise ConfigError(f"--out {path}: the table is Markdown (.md), with a .csv beside it; name a .md file.")
     md_path = path.with_suffix(".md")
-    for target in (md_path, md_path.with_suffix(".csv")):
+    for target in (md_path, md_path.with_suffix(".csv"), md_path.with_suffix(".html")):
         if target.exists() and not args.overwrite and not _is_table(target):
             raise ConfigError(
                 f"--out {path}: {target} exists and is not a table of `ueo report`; choose another "
@@ -232,6 +241,8 @@ def _is_table(path: Path) -> bool:
         first = path.read_text(encoding="utf-8").splitlines()[:1]
     except (OSError, UnicodeDecodeError):
         return False
+    if path.suffix == ".html":  # table.html of `ueo report` (a run's report.html is not one)
+        return bool(first) and "<title>ueo runs</title>" in first[0]
     return bool(first) and (
         first[0].startswith(TABLE_HEADER) or first[0].startswith("benchmark,domain,scenario,method")
     )
@@ -243,6 +254,7 @@ def cmd_demo(args) -> int:
     with flag_names({"epochs": "--epochs", "seed": "--seeds"}):
         for seed in args.seeds:
             FitConfig(epochs=args.epochs, seed=seed).validate()
-    out = check_out(args.out, args.overwrite)
-    claim_out(out, clear=args.overwrite, names=DEMO_OUTPUTS)
+    out = take_out(args.out, args.overwrite)
+    if args.overwrite:
+        clear_outputs(out, DEMO_OUTPUTS)
     return run_demo(out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios)

@@ -13,19 +13,33 @@ from .fit import run_fit
 from .options import absolute_paths, resolve_config
 
 
+def once(values: list, flag: str) -> list:
+    """The values in order, each once (a run given twice would be counted twice as two seeds)."""
+    unique = list(dict.fromkeys(values))
+    if len(unique) < len(values):
+        repeated = ", ".join(str(v) for v in unique if values.count(v) > 1)
+        warn(f"warning: {flag} names {repeated} more than once; each is run once")
+    return unique
+
+
 def cmd_bench(args) -> int:
     base = absolute_paths(resolve_config(args))
     benchmark = base["benchmark"]
     if not benchmark:
         raise ConfigError("bench needs --benchmark (and --root).")
     out = Path(base["out"] or "bench")
-    domains = args.domains or list(protocols.get_benchmark(benchmark).domains)
+    domains = once(args.domains or list(protocols.get_benchmark(benchmark).domains), "--domains")
+    scenarios, methods, seeds = (
+        once(args.scenarios, "--scenarios"),
+        once(args.methods, "--methods"),
+        once(args.seeds, "--seeds"),
+    )
     store = decode_cache(args)  # one cache for the whole grid: each image is decoded once
     run_dirs = []
     for domain in domains:
-        for scenario in args.scenarios:
-            for method in args.methods:
-                for seed in args.seeds:
+        for scenario in scenarios:
+            for method in methods:
+                for seed in seeds:
                     run_dir = out / benchmark / domain / scenario / method / f"seed{seed}"
                     run_dirs.append(run_dir)
                     if (run_dir / "metrics.json").is_file() and not args.overwrite:
@@ -56,6 +70,7 @@ def cmd_bench(args) -> int:
                         quiet=args.quiet,
                         report_html=not args.no_report,
                         store=store,
+                        resuming=checkpoint is not None,
                     )
                     say(summary_line(metrics))
     rows, left_out = report.collect(run_dirs)

@@ -38,6 +38,7 @@ RUN_OUTPUTS = (
     "thumbs",
 )
 _held_locks: list = []  # open lock files, held until the command ends (release_locks)
+_created: list[Path] = []  # output folders this command created
 
 
 def say(message: str) -> None:
@@ -66,27 +67,27 @@ def about(flag: str):
         raise
 
 
-def check_out(out, overwrite: bool, resumable: bool = False) -> Path:
-    """The output folder, checked (nothing is written): an existing non-empty one only with ``overwrite``."""
+def take_out(out, overwrite: bool, resumable: bool = False, resuming: bool = False) -> Path:
+    """The output folder, taken for this command before any work: created, locked (a second ueo command
+    into it is refused until this one ends), then checked: a folder that holds anything but the lock is
+    refused unless ``overwrite`` (the earlier outputs are removed by :func:`clear_outputs` once every check
+    has passed) or ``resuming``. A folder that this command created and leaves empty is removed when the
+    command ends: a refused command leaves nothing behind."""
     if not out:
         raise ConfigError("--out is required: the folder for the results.")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder.")
-    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
+    if not is_main():
+        return out
+    if not out.exists():
+        out.mkdir(parents=True)
+        _created.append(out)
+    lock_folder(out)
+    if not (resuming or overwrite) and any(p.name != LOCK_NAME for p in out.iterdir()):
         hint = f" (or --resume {out} to continue an interrupted run)" if resumable else ""
         raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace its outputs{hint}.")
     return out
-
-
-def claim_out(out: Path, clear: bool, names: Sequence[str] = RUN_OUTPUTS) -> None:
-    """Create the output folder, lock it for this process, and (``clear``) remove an earlier run's outputs
-    (``names``: what the command writes there)."""
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        lock_folder(out)
-        if clear:
-            clear_outputs(out, names)
 
 
 def lock_folder(out: Path) -> None:
@@ -107,11 +108,21 @@ def lock_folder(out: Path) -> None:
 
 
 def release_locks() -> None:
+    """Release this command's folders; remove those it created and left empty (but for the lock)."""
     while _held_locks:
         _held_locks.pop().close()  # closing the file releases its lock
+    while _created:
+        folder = _created.pop()
+        with contextlib.suppress(OSError):
+            if [p.name for p in folder.iterdir()] in ([], [LOCK_NAME]):
+                (folder / LOCK_NAME).unlink(missing_ok=True)
+                folder.rmdir()
 
 
 def clear_outputs(out: Path, names: Sequence[str] = RUN_OUTPUTS) -> None:
+    """Remove an earlier run's outputs (``names``: what the command writes there), nothing else."""
+    if not is_main():
+        return
     for name in names:
         path = out / name
         if path.is_dir() and not path.is_symlink():
@@ -120,9 +131,11 @@ def clear_outputs(out: Path, names: Sequence[str] = RUN_OUTPUTS) -> None:
             path.unlink()
 
 
-def check_not_inside(out: Path, inputs: dict) -> None:
+def check_not_inside(out: Path | None, inputs: dict) -> None:
     """Refuse an output folder inside an input folder: the run's own files would become images of the
     next run over that folder."""
+    if not out:
+        return
     out_real = os.path.realpath(out)
     for flag, value in inputs.items():
         if value and Path(value).is_dir():

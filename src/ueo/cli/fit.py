@@ -28,10 +28,9 @@ from .common import (
     about,
     check_device,
     check_not_inside,
-    check_out,
     checked,
     choose_threshold,
-    claim_out,
+    clear_outputs,
     decode_cache,
     labeled_images,
     load_bundle,
@@ -39,6 +38,7 @@ from .common import (
     say,
     say_done,
     say_or_warn,
+    take_out,
     threshold_spec,
 )
 from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
@@ -69,7 +69,7 @@ def cmd_fit(args) -> int:
     if args.resume:
         return resume(args)
     config = absolute_paths(resolve_config(args))
-    out = check_out(config["out"], args.overwrite, resumable=True)
+    out = Path(config["out"]) if config["out"] else None
     config["device"] = init_from_environment(config["device"])
     metrics = run_fit(
         config,
@@ -125,6 +125,7 @@ def resume(args) -> int:
         quiet=args.quiet,
         report_html=not args.no_report,
         store=decode_cache(args),
+        resuming=True,
     )
     say_done(metrics, run_dir)
     return 0
@@ -139,14 +140,19 @@ def run_fit(
     quiet: bool = False,
     report_html: bool = True,
     store=None,
+    resuming: bool = False,
 ) -> dict:
     """The whole fit job for a resolved config; rank 0 writes every output into ``out``; returns metrics.json.
+    ``out`` is taken (locked) before any work; it must be empty unless ``overwrite`` (its earlier outputs are
+    removed once every check has passed) or ``resuming`` (it holds the run being finished).
 
     Every check (options, class names, data, weights, prompts, image files, the checkpoint) runs before
     anything is written. A checkpoint is written after every epoch; SIGINT/SIGTERM stop the run at any
     phase with TrainingInterrupted, and ``ueo fit --resume`` finishes it with the same outputs.
     """
     started = time.monotonic()
+    check_not_inside(out, {"--data": config["data"], "--test": config["test"], "--val": config["val"]})
+    out = take_out(out, overwrite, resumable=True, resuming=resuming)
     new = checkpoint is None and not (out / "config.yaml").is_file()
     stop = StopRequest()
     try:
@@ -155,9 +161,9 @@ def run_fit(
             if checkpoint is not None:
                 with about(f"--resume {out}"):
                     check_resumable(checkpoint, job.settings, job.class_names, job.bundle.name, job.identity)
-            check_not_inside(out, {"--data": config["data"], "--test": config["test"], "--val": config["val"]})
             stop.check("checking the inputs")
-            claim_out(out, clear=overwrite)
+            if overwrite:
+                clear_outputs(out)
             if is_main():
                 if new or overwrite:
                     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -312,6 +318,9 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
             "seed": config["seed"],
             "model": config["model"],
             "pretrained": config["pretrained"],
+            "weights": job.bundle.identity,
+            "data": str(Path(config["root"]) / job.run["domain"]) if config["benchmark"] else config["data"],
+            "data_fingerprint": job.identity.get("adaptation_files"),
             "settings": {
                 k: config[k]
                 for k in ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights")
@@ -357,7 +366,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
             out, target, outputs, job.class_names, threshold["threshold"], num_known, zeroshot, result.adapted.threshold
         )
         metrics["seconds"] = round(time.monotonic() - started, 1)
-        report.write_json(out / "metrics.json", metrics)
         if report_html:
-            write_run_report(out)
+            write_run_report(out, metrics)
+        report.write_json(out / "metrics.json", metrics)  # last: a run with metrics.json is finished
     return metrics

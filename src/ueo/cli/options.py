@@ -133,11 +133,26 @@ PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out")
 RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the option {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path) -> dict[str, Any]:
     """The options of a YAML file, with their types checked (see :func:`typed`)."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
-        loaded = yaml.safe_load(text) or {}
+        loaded = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         mark = getattr(error, "problem_mark", None)
