@@ -344,7 +344,8 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     trailing parts of their data's path as it takes."""
     groups = defaultdict(list)
     for row in rows:
-        groups[(*(row[k] for k in GROUP_KEYS), row.get("data", row["domain"]))].append(row)
+        key = tuple(row[k] for k in GROUP_KEYS) + (row.get("data", row["domain"]),)
+        groups[key].append(row)
     names = _distinct_names({key: members[0] for key, members in groups.items()})
     table = []
     for key, members in sorted(groups.items(), key=lambda kv: (names[kv[0]], *map(str, kv[0]))):
