@@ -129,3 +129,21 @@ def psnr(a, b):
     """Peak signal-to-noise ratio in dB of two images in [0, 1] (arrays or tensors of one shape)."""
     mse = float(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean())
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def odd_images(folder):
+    """Files whose pixels need care: transparency, an EXIF rotation, 16-bit grey, float and 32-bit TIFFs."""
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    rgba = np.dstack([base, np.where(np.arange(60) < 30, 0, 255).astype(np.uint8)[None].repeat(40, 0)])
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° when shown
+    Image.fromarray(base).save(folder / "rotated.jpg", exif=exif)
+    grey = (np.linspace(0, 65535, 40 * 60).reshape(40, 60)).astype(np.uint16)
+    Image.fromarray(grey).save(folder / "deep.png")
+    Image.fromarray(np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60), "F").save(folder / "float.tif")
+    wide = (np.linspace(0, 2**31 - 1, 40 * 60)).astype(np.int32).reshape(40, 60)
+    Image.fromarray(wide, "I").save(folder / "int32.tif")
+    return sorted(folder.iterdir())

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import ueo.cache as cache_module
-from helpers import fit_args, read_csv
+from helpers import fit_args, odd_images, read_csv
 from ueo.cli import main
 from ueo.data import fingerprint, read_folder
 
@@ -208,24 +208,6 @@ def test_a_class_named_unknown_is_refused(fitted, tmp_path, capsys, classes, tin
 
 
 # ------------------------------------------------------------------ 7, 9. one image, one decision, any format
-def odd_images(folder):
-    """Files whose pixels need care: transparency, an EXIF rotation, 16-bit grey, float and 32-bit TIFFs."""
-    rng = np.random.default_rng(3)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
-    rgba = np.dstack([base, np.where(np.arange(60) < 30, 0, 255).astype(np.uint8)[None].repeat(40, 0)])
-    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° when shown
-    Image.fromarray(base).save(folder / "rotated.jpg", exif=exif)
-    grey = (np.linspace(0, 65535, 40 * 60).reshape(40, 60)).astype(np.uint16)
-    Image.fromarray(grey).save(folder / "deep.png")
-    Image.fromarray(np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60), "F").save(folder / "float.tif")
-    wide = (np.linspace(0, 2**31 - 1, 40 * 60)).astype(np.int32).reshape(40, 60)
-    Image.fromarray(wide, "I").save(folder / "int32.tif")
-    return sorted(folder.iterdir())
-
-
 def test_a_path_and_the_same_image_as_pil_decide_alike(fitted, tmp_path, tiny_vit_weights):
     import ueo
 

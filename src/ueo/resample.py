@@ -5,8 +5,8 @@ its own with a convolution: output pixel ``o`` of a box ``[start, end)`` resized
 at ``c_o = start + (o + 0.5) * s`` with ``s = (end - start) / n``, and takes the input pixels ``j`` with
 weights ``k((j + 0.5 - c_o) / f)``, normalised to sum to 1, where ``f = max(s, 1)`` widens the kernel
 when shrinking (antialiasing) and ``k`` is the bicubic kernel (a = -0.5, support 2) or the triangle
-(bilinear, support 1). PIL clips the first pass's result to the pixel range before the second pass;
-so does this module.
+(bilinear, support 1). For 8-bit images PIL rounds each pass's result to whole levels and clips it to
+the pixel range; so does this module.
 
 Written as a matrix per axis, a resize is ``rows @ image @ cols.T``: one small matrix product per image
 on any device. The box may have fractional corners, which is what cutting the reference's crop (drawn on
@@ -80,7 +80,8 @@ def resize_box(
     along_x = matrix(left, right, width, c0, cn, x_lo, x_hi, name, image.device)
     along_y = matrix(top, bottom, height, r0, rn, y_lo, y_hi, name, image.device)
     region = image[:, y_lo:y_hi, x_lo:x_hi].float()
-    # The horizontal pass first, its result clipped to the pixel range, as PIL has long done it. (Pillow 13
-    # sometimes runs the vertical pass first; the order matters only where a pass overshoots the range.)
-    across = (region @ along_x.T).clamp_(0, 255)
-    return (along_y @ across).clamp_(0, 255).div_(255)
+    # The horizontal pass first, its result rounded to whole levels and clipped to the pixel range, then the
+    # vertical pass, rounded and clipped: as PIL does it for 8-bit images. (Pillow 13 sometimes runs the
+    # vertical pass first; the order matters only where a pass overshoots the range.)
+    across = (region @ along_x.T).round_().clamp_(0, 255)
+    return (along_y @ across).round_().clamp_(0, 255).div_(255)
