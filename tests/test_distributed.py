@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import ueo
-from helpers import CLASSES, GeneratedImages
+from helpers import CLASSES, GeneratedImages, read_csv
 
 SETTINGS = dict(epochs=2, batch_size=8, lr_prompt=0.05, lr_norm=0.05, seed=3, eval_train=False)
 
@@ -124,3 +124,13 @@ def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_
     for name, value in single.items():
         assert torch.allclose(ddp[name], value, atol=1e-5), name
     assert len(json.loads((run_dir / "metrics.json").read_text())["evaluations"]) >= 2
+    # what the class list misses: features gathered from both ranks, rank 0 alone clustering, as one process
+    for name in ("absent.csv", "discovered.csv"):
+        one, two = read_csv(tmp_path / "single" / name), read_csv(run_dir / name)
+        assert [{k: v for k, v in r.items() if k != "share"} for r in one] == [
+            {k: v for k, v in r.items() if k != "share"} for r in two
+        ], name
+    assert [float(r["share"]) for r in read_csv(run_dir / "absent.csv")] == pytest.approx(
+        [float(r["share"]) for r in read_csv(tmp_path / "single" / "absent.csv")], abs=1e-5
+    )
+    assert read_csv(run_dir / "discovered.csv"), "no image was decided unknown: nothing gathered was tested"

@@ -83,6 +83,7 @@ def workspace(tmp_path_factory):
     for name in ("photos", "labeled"):
         write_photos(root / name, sizes=[(120, 90), (90, 120), (160, 60)], classes=("cat", "dog", "horse"))
     write_photos(root / "new_photos" / "any", sizes=[(100, 80), (80, 100)])
+    (root / "names.txt").write_text("zebra\nhorse\nteapot\nfox\n", encoding="utf-8")  # a vocabulary
     for name in ("a.jpg", "b.jpg"):
         tw.render(tw.TARGET_STYLE, 0, len(name), seed=0).save(root / name)
 

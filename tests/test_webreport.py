@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import shutil
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ueo.cli import main
 from ueo.webreport import MAX_CELLS, PER_CELL, PER_GALLERY, write_run_report
 
 ODD_NAMES = ["with space.png", "quote'\"s.png", "<b>bold&amp;.png", "ünïcødé 🐱.png"]
+ODD_VOCABULARY = ["<b>bolder</b>", "fish & chips", "quote'\"s name", "ünï 🐱"]  # names for the unknown groups
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -57,6 +59,7 @@ def run(tiny_vit_weights, tmp_path_factory):
             pixels[:, :, c] += 150
             file = ODD_NAMES[i] if name == "cat" and i < len(ODD_NAMES) else f"{i}.png"
             Image.fromarray(pixels).save(root / "data" / name / file)
+    (root / "names.txt").write_text("\n".join(ODD_VOCABULARY) + "\n", encoding="utf-8")
     assert (
         main(
             fit_args(
@@ -65,6 +68,8 @@ def run(tiny_vit_weights, tmp_path_factory):
                 root / "run",
                 "--test",
                 str(root / "data"),
+                "--vocabulary",
+                str(root / "names.txt"),
                 epochs=2,
                 batch_size=6,
                 lr=0.05,
@@ -101,6 +106,8 @@ def test_the_run_page_has_its_sections_and_bounded_galleries(run):
         "plots",
         "class-0",
         "class-1",
+        "discovery",
+        "what-changed",
     } <= page.ids
     assert all(count <= max(PER_GALLERY, PER_CELL) for count in page.galleries)
     check_links(folder, page)
@@ -123,6 +130,12 @@ def test_file_names_are_escaped_and_inject_nothing(run):
     shown = {Path(t).name for t in page.titles if t}
     assert set(ODD_NAMES) <= shown  # each name reads back exactly, quotes, <, & and non-ASCII included
     assert "&lt;b&gt;bold&amp;amp;.png" in text
+    found = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["discovery"]
+    named = {n for g in found["groups"] for n, _ in g["names"]}
+    assert named and named <= set(ODD_VOCABULARY)  # the groups' names, from the vocabulary file
+    for name in named:
+        assert escape(name) in text and (name == escape(name) or name not in text)
+    assert f'id="group-{found["groups"][0]["group"]}"' in text
 
 
 def test_the_page_can_be_rebuilt_and_stays_small_for_large_runs(run, tmp_path, capsys):

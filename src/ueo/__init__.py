@@ -22,6 +22,8 @@ _PUBLIC = {
     "FitResult": "config",
     "METHODS": "config",
     "RULES": "config",
+    "Discovery": "discovery",
+    "discover": "discovery",
     "UeoError": "errors",
     "DataError": "errors",
     "ConfigError": "errors",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from .classifier import Classifier, Prediction, load_adapted
     from .clip import ClipBundle, load_clip
     from .config import METHODS, RULES, FitConfig, FitResult
+    from .discovery import Discovery, discover
     from .errors import (
         ConfigError,
         DataError,

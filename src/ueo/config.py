@@ -136,6 +136,7 @@ class FitResult:
     zeroshot_outputs: the zero-shot evaluation's raw outputs per split (empty for a resumed run).
     zeroshot_threshold: Otsu's rule on the zero-shot scores (of the adaptation set when they were computed,
         else of the test set): what the zero-shot model's decisions are compared with.
+    bundle: the CLIP it was fitted on (what ``ueo.discover(result, images)`` and later evaluations use).
     """
 
     config: FitConfig
@@ -147,6 +148,7 @@ class FitResult:
     weights: Any = None
     outputs: dict[str, Any] = field(default_factory=dict)
     zeroshot_outputs: dict[str, Any] = field(default_factory=dict)
+    bundle: Any = None
     zeroshot_threshold: float | None = None  # Otsu's cut of the zero-shot scores (adaptation set, else test)
 
     @property

@@ -61,14 +61,15 @@ def parse_class_names(spec: str | Sequence[str]) -> list[str]:
         raise DataError(f"class names must be a file, a,b,c or a list of names, got {spec!r}.")
     path = Path(spec)
     if path.is_file():
-        names = [line.strip() for line in read_text(path).splitlines()]
-        while names and not names[-1]:  # trailing blank lines are harmless
-            names.pop()
-        if "" in names:  # a blank line inside would shift every later class index
-            raise DataError(
-                f"{spec}:{names.index('') + 1}: empty line in the class list (one name a line, in label order)."
-            )
-        where = [f"{spec}:{i + 1}" for i in range(len(names))]
+        # lines starting with '#' are comments (suggested_classes.txt says what it changed in them)
+        lines = [(n + 1, line.strip()) for n, line in enumerate(read_text(path).splitlines())]
+        lines = [(n, line) for n, line in lines if not line.startswith("#")]
+        while lines and not lines[-1][1]:  # trailing blank lines are harmless
+            lines.pop()
+        blank = [n for n, line in lines if not line]
+        if blank:  # a blank line inside would shift every later class index
+            raise DataError(f"{spec}:{blank[0]}: empty line in the class list (one name a line, in label order).")
+        names, where = [line for _, line in lines], [f"{spec}:{n}" for n, _ in lines]
     elif "," in spec or (spec.strip() and not _looks_like_a_path(spec)):
         names = [n.strip() for n in spec.split(",")]
         where = [f"item {i + 1} of {spec!r}" for i in range(len(names))]

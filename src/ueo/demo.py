@@ -43,7 +43,7 @@ def run_scenario(
 
     train, test = tw.scenario(scenario, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
-    results = {}
+    results, truth = {}, None
     for method in methods:
         per_seed = []
         for seed in seeds:
@@ -58,6 +58,10 @@ def run_scenario(
                 **(settings or DEMO_SETTINGS),
             )
             per_seed.append({k: result.metrics["adapted"][k] for k in KEYS})
+            pages = out is not None and method == "ueo" and seed == seeds[0]
+            found = discover_toy(bundle, result, train, out if pages else None) if pages else None
+            if found is not None:
+                truth = against_truth(found, [label for label, _ in train.samples], scenario)
             if out is not None:
                 write_run(
                     out,
@@ -68,18 +72,85 @@ def run_scenario(
                     result,
                     len(train),
                     test,
-                    pages=method == "ueo" and seed == seeds[0],
+                    pages=pages,
+                    discovery=found,
                 )
         entry = {}
         for k in KEYS:
             entry[k], entry[f"{k}_std"] = report.mean_std([row[k] for row in per_seed if row[k] is not None])
         entry["seeds"] = per_seed
+        if method == "ueo" and truth is not None:
+            entry["discovery"] = truth
         results[method] = entry
     return results
 
 
+def discover_toy(bundle, result, train, out: Path | None):
+    """What the class list misses in the adaptation set, named from the toy vocabulary (ueo.discover; with
+    ``out``, of the images written there as files, so that the run's page shows them)."""
+    from .discovery import discover
+
+    return discover(result, image_files(out, train).paths if out is not None else train, vocabulary=tw.VOCABULARY)
+
+
+def against_truth(found, labels: Sequence[int], scenario: str) -> dict:
+    """A discovery of a toy adaptation set against the truth (``labels``: the true class of each image):
+    the absent classes flagged (truth: the known classes the scenario leaves out), the groups' purity and
+    adjusted mutual information with the true classes of the images decided unknown (the images in no group
+    together as one more group), and for each unknown class in the set whether the group holding most of
+    its images has its name first, or among its 3 names. Beside each, what a trivial rule gets: every class
+    present (recall 0), one group (purity: the largest class's fraction; AMI 0), a random allowed name."""
+    from collections import Counter
+
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    present = set(tw.SCENARIOS[scenario])
+    truly_absent = {tw.CLASS_NAMES[k] for k in range(tw.NUM_KNOWN) if k not in present}
+    flagged = set(found.absent_classes)
+    hits = len(flagged & truly_absent)
+    group_of = {i: g.number for g in found.groups for i in g.members}
+    true = [labels[i] for i in found.unknown]
+    grouped = [(labels[i], group_of[i]) for i in found.unknown if i in group_of]
+    purity = (
+        sum(max(Counter(t for t, g in grouped if g == n).values()) for n in {g for _, g in grouped}) / len(grouped)
+        if grouped
+        else None
+    )
+    listed = tw.CLASS_NAMES[: tw.NUM_KNOWN]
+    allowed = [n for n in tw.VOCABULARY if n not in listed]
+    named = {}
+    for c in sorted({label for label in labels if label >= tw.NUM_KNOWN}):
+        held = Counter(group_of[i] for i in found.unknown if labels[i] == c and i in group_of)
+        group = next((g for g in found.groups if held and g.number == held.most_common(1)[0][0]), None)
+        top = [n for n, _ in group.names] if group is not None else []
+        named[tw.CLASS_NAMES[c]] = {
+            "group": group.number if group is not None else None,
+            "names": top,
+            "top1": top[:1] == [tw.CLASS_NAMES[c]],
+            "top3": tw.CLASS_NAMES[c] in top,
+        }
+    return {
+        "absent_truth": sorted(truly_absent),
+        "absent_flagged": sorted(flagged),
+        "absent_precision": hits / len(flagged) if flagged else None,
+        "absent_recall": hits / len(truly_absent) if truly_absent else None,
+        "absent_false_flags": len(flagged - truly_absent),
+        "num_unknown": len(found.unknown),
+        "groups": [
+            {"group": g.number, "size": len(g.members), "names": [n for n, _ in g.names], "looks_like": g.looks_like}
+            for g in found.groups
+        ],
+        "purity": purity,
+        "purity_one_group": max(Counter(true).values()) / len(true) if true else None,
+        "ami": adjusted_mutual_info_score(true, [group_of.get(i, 0) for i in found.unknown]) if len(true) > 1 else None,
+        "named": named,
+        "random_top1": 1 / len(allowed),
+        "random_top3": min(3, len(allowed)) / len(allowed),
+    }
+
+
 def image_files(out: Path, test) -> ImageList:
-    """The test images as files (once per demo folder), so that pages can show them."""
+    """The images of a toy set as files (once per demo folder), so that pages can show them."""
     paths = []
     for i, (label, index) in enumerate(test.samples):
         path = out / "images" / tw.CLASS_NAMES[label].replace(" ", "_") / f"{index}.png"
@@ -93,7 +164,16 @@ def image_files(out: Path, test) -> ImageList:
 
 
 def write_run(
-    out: Path, run_dir: Path, scenario: str, method: str, seed: int, result, train_size: int, test, pages: bool
+    out: Path,
+    run_dir: Path,
+    scenario: str,
+    method: str,
+    seed: int,
+    result,
+    train_size: int,
+    test,
+    pages: bool,
+    discovery=None,
 ) -> None:
     from . import report
     from .webreport import write_run_report
@@ -134,6 +214,11 @@ def write_run(
         )
         if result.history:
             report.plot_loss(result.history, run_dir / "loss.png")
+    if discovery is not None:
+        from .discovery import write_discovery
+
+        write_discovery(run_dir, discovery)
+        metrics["discovery"] = discovery.record()
     report.write_json(run_dir / "metrics.json", {k: v for k, v in metrics.items() if v is not None})
     if pages:
         write_run_report(run_dir)
@@ -205,11 +290,18 @@ def run_demo(
             print(f"{scenario:>5} {method:>9}  PACC {100 * row['pacc']:5.1f}  AUROC {auroc}  HM {hm}", flush=True)
         for line in compare(scenario, table[scenario]):
             print(f"      UEO − InfoMax {line}", flush=True)
+        truth = table[scenario].get("ueo", {}).get("discovery")
+        if truth is not None:
+            flagged, absent = ", ".join(truth["absent_flagged"]) or "none", ", ".join(truth["absent_truth"]) or "none"
+            print(
+                f"      seem absent: {flagged} (truly absent: {absent}); {len(truth['groups'])} group(s) of unknown images",
+                flush=True,
+            )
     report.write_json(out / "demo.json", table)
     write_text(out / "table.md", format_table(table))
     rows, _ = report.collect([out / scenario for scenario in scenarios])
     write_table_page(report.summarise(rows), out / "table.html")
-    write_index(out, scenarios)
+    write_index(out, scenarios, table, seeds[0])
     print(
         f"wrote {out / 'demo.json'}, {out / 'table.md'}, {out / 'table.html'} and one folder per run; "
         f"open {out / 'index.html'} ({time.time() - start:.0f}s)"
@@ -217,19 +309,46 @@ def run_demo(
     return 0
 
 
-def write_index(out: Path, scenarios: Sequence[str]) -> None:
-    """index.html: the way into the demo's pages."""
+def write_index(out: Path, scenarios: Sequence[str], table: dict | None = None, seed: int = 0) -> None:
+    """index.html: the way into the demo's pages, and per scenario what the class list misses against the truth."""
     from html import escape
 
     from .files import write_text
 
-    links = "".join(f'<li><a href="{s}/ueo/seed0/report.html">{s}: UEO, what it decided</a></li>' for s in scenarios)
+    links = "".join(
+        f'<li><a href="{s}/ueo/seed{seed}/report.html">{s}: UEO, what it decided</a></li>' for s in scenarios
+    )
+    rows = []
+    for scenario in scenarios:
+        truth = ((table or {}).get(scenario, {}).get("ueo") or {}).get("discovery")
+        if truth is None:
+            continue
+        groups = "; ".join(
+            f"{g['size']} images: " + (f"looks like {g['looks_like']}" if g["looks_like"] else " | ".join(g["names"]))
+            for g in truth["groups"]
+        )
+        named = ", ".join(
+            f"{name} → group {v['group']} ({'first name' if v['top1'] else 'in its 3 names' if v['top3'] else 'not named'})"
+            for name, v in truth["named"].items()
+        )
+        rows.append(
+            f"<tr><td>{scenario}</td><td>{escape(', '.join(truth['absent_flagged']) or 'none')}</td>"
+            f"<td>{escape(', '.join(truth['absent_truth']) or 'none')}</td><td>{escape(groups or 'none')}</td>"
+            f"<td>{escape(named or 'no unknown class in the adaptation set')}</td></tr>"
+        )
+    found = (
+        "<h2>What the class list misses (UEO, adaptation set)</h2><table border=1 cellpadding=4>"
+        "<tr><th>scenario</th><th>flagged absent</th><th>truly absent</th><th>groups of unknown images (names)</th>"
+        f"<th>true unknown classes → their group</th></tr>{''.join(rows)}</table>"
+        if rows
+        else ""
+    )
     write_text(
         out / "index.html",
         (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ueo demo</title></head><body>'
             f"<h1>ueo demo: the toy world, {escape(tw.TARGET_STYLE)} style</h1>"
             '<p><a href="table.html">All methods and scenarios: the table and charts</a></p>'
-            f"<ul>{links}</ul></body></html>\n"
+            f"<ul>{links}</ul>{found}</body></html>\n"
         ),
     )

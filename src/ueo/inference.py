@@ -30,10 +30,12 @@ from .views import LoadedImages, checked_item
 
 @dataclass
 class Outputs:
-    """Raw outputs of one evaluation pass, in dataset order. cosines: [N, K] raw cosine similarities."""
+    """Raw outputs of one evaluation pass, in dataset order. cosines: [N, K] raw cosine similarities;
+    features: [N, D] the L2-normalised image features, when asked for (None otherwise)."""
 
     cosines: torch.Tensor
     labels: torch.Tensor
+    features: torch.Tensor | None = None
 
     @property
     def predictions(self) -> torch.Tensor:
@@ -49,7 +51,8 @@ class Outputs:
 
     def part(self, positions: torch.Tensor, labels: torch.Tensor) -> Outputs:
         """The outputs of the images at ``positions``, with their own ``labels``."""
-        return Outputs(self.cosines[positions], labels)
+        features = self.features[positions] if self.features is not None else None
+        return Outputs(self.cosines[positions], labels, features)
 
 
 def positions_in(part, whole) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -117,9 +120,10 @@ def score(
     amp: bool | None,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    keep_features: bool = False,
 ) -> Outputs:
-    """Raw cosines [N, K] and labels of every image of ``source`` (an image source of ``views`` or
-    ``fastpath``), in dataset order. Under torch.distributed each rank scores every world-th image and the
+    """Raw cosines [N, K] and labels (and, with ``keep_features``, image features [N, D]) of every image of
+    ``source`` (an image source of ``views`` or ``fastpath``), in dataset order. Under torch.distributed each rank scores every world-th image and the
     results are gathered: every image counted exactly once.
 
     should_stop: polled between batches (under torch.distributed every 10 batches, at batches every rank
@@ -128,7 +132,7 @@ def score(
     mine = rank_indices(len(source))
     rank, world = rank_world()
     shared = len(source) // world // batch_size  # batches that every rank has
-    cosines, labels = [], []
+    cosines, labels, kept = [], [], []
     batches = tqdm(
         source.eval_batches(mine, batch_size),
         desc="evaluate",
@@ -144,9 +148,15 @@ def score(
             feats = image_features(model, images.to(device, non_blocking=True))
         cosines.append((feats @ text_features.float().T).float())
         labels.append(batch_labels.to(device))
+        if keep_features:
+            kept.append(feats.float())
     cos = torch.cat(cosines) if cosines else torch.zeros(0, text_features.shape[0], device=device)
     lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    return Outputs(gather_in_order(cos, len(source)).cpu(), gather_in_order(lab, len(source)).cpu())
+    features = None
+    if keep_features:
+        feats = torch.cat(kept) if kept else torch.zeros(0, text_features.shape[1], device=device)
+        features = gather_in_order(feats, len(source)).cpu()
+    return Outputs(gather_in_order(cos, len(source)).cpu(), gather_in_order(lab, len(source)).cpu(), features)
 
 
 def evaluate(
@@ -161,6 +171,7 @@ def evaluate(
     fast: bool | None = None,
     init: str = DEFAULT_INIT,
     should_stop: Callable[[], bool] | None = None,
+    features: bool = False,
 ) -> tuple[dict, Outputs]:
     """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on the dataset ``test``.
 
@@ -168,6 +179,7 @@ def evaluate(
     init: the prompt's words when no adapted state is given (the zero-shot prompt "{init} {name}.").
     fast: decode once and make the eval views on the device (None: yes, for datasets of PIL images).
     should_stop: polled between batches; when it returns True, TrainingInterrupted is raised.
+    features: also keep the image features (``Outputs.features``), e.g. for ``ueo.discover``.
     The bundle's model is left unchanged.
     """
     if adapted is not None:
@@ -187,5 +199,7 @@ def evaluate(
         if not torch.isfinite(text).all():
             raise IncompatibleError("The adapted state gives non-finite text features on this model: it is damaged.")
         source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress)
-        out = score(bundle.model, text, source, batch_size, amp, progress, should_stop=should_stop)
+        out = score(
+            bundle.model, text, source, batch_size, amp, progress, should_stop=should_stop, keep_features=features
+        )
     return out.metrics(len(class_names)), out

@@ -299,6 +299,14 @@ def record_problem(data) -> str | None:
             return f"damaged: {key!r} is {data[key]!r:.40}, not a count"
     if data.get("seconds") is not None and not number(data["seconds"]):
         return f"damaged: 'seconds' is {data['seconds']!r:.40}, not a number"
+    found = data.get("discovery")
+    if found is not None and not (
+        isinstance(found, dict)
+        and isinstance(found.get("summary"), str)
+        and isinstance(found.get("groups"), list)
+        and all(isinstance(g, dict) and number(g.get("size"), integer=True) for g in found["groups"])
+    ):
+        return "damaged: 'discovery' is not a record with a summary and groups"
     return None
 
 

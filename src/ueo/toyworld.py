@@ -52,6 +52,17 @@ SCENARIOS: dict[str, list[int]] = {
     "opda": list(range(12)) + list(range(16, 20)),
 }
 TEST_CLASSES = list(range(24))
+# The toy vocabulary for naming groups of unknown images: the world's 24 names and distractors that it never
+# draws, made of the words the toy CLIP learned (its 2 colours and 12 shapes): each word alone, a shape in
+# both colours, and two shapes together. (A word it never saw is an untrained token embedding, which no real
+# CLIP has: such names would test the toy's untrained corners, not the naming.)
+VOCABULARY = (
+    CLASS_NAMES
+    + COLOURS
+    + SHAPES
+    + [f"red and blue {shape}" for shape in SHAPES]
+    + [f"{a} and {b}" for i, a in enumerate(SHAPES) for b in SHAPES[i + 1 :]]
+)
 CAPTION_TEMPLATES = [
     "a photo of a {}.",
     "a {}.",

@@ -198,7 +198,7 @@ def fit(
     rule = resolve_rule(model, cfg.rule)  # what "auto" stands for on this model
     tuned = configure_tuning(model, learner, cfg.tune, rule)
     originals = adapted_state(tuned)
-    result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()}, rule=rule)
+    result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()}, rule=rule, bundle=bundle)
     sources = {
         name: image_source(bundle, data, cfg.fast, cfg.seed, cfg.num_workers, cfg.progress)
         for name, data in (("train", train), ("test", test))

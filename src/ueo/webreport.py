@@ -274,6 +274,70 @@ def _mistakes(rows: list[dict], classes: list[str]) -> str:
     )
 
 
+def _lead(metrics: dict) -> str:
+    """The first screen's sentence: what the class list misses."""
+    found = metrics.get("discovery")
+    if not found:
+        return ""
+    return (
+        f'<p id="what-changed"><strong>{escape(found["summary"])}</strong> '
+        '<a href="#discovery">Details</a> · <a href="suggested_classes.txt">suggested_classes.txt</a></p>'
+    )
+
+
+def _discovery(thumbs: Thumbs, metrics: dict, run_dir: Path) -> str:
+    """The listed classes that seem absent, and the groups of unknown images with their names and galleries
+    (most central first), from absent.csv and discovered.csv."""
+    found = metrics.get("discovery")
+    if not found:
+        return ""
+    absent = [r for r in _read_csv(run_dir / "absent.csv") if r.get("verdict") == "absent"]
+    rows = (
+        "".join(
+            f"<tr><td>{escape(r['class'])}</td><td>{100 * float(r['share']):.2f}</td><td>{escape(r['decided'])}</td></tr>"
+            for r in absent
+        )
+        if absent
+        else ""
+    )
+    table = (
+        f"<table><tr><th>class</th><th>share (%)</th><th>decided</th></tr>{rows}</table>"
+        if rows
+        else '<p class="muted">Every listed class seems present.</p>'
+    )
+    members = defaultdict(list)
+    for row in _read_csv(run_dir / "discovered.csv"):
+        members[row["group"]].append(row)
+    parts = [
+        f'<section id="discovery"><h2>What the class list misses</h2><p>{escape(found["summary"])}</p>'
+        f'<h3>Listed classes that seem absent <span class="muted">({len(absent)})</span></h3>{table}'
+        '<p class="muted">All classes with their shares: <a href="absent.csv">absent.csv</a>.</p>'
+        f"<h3>Groups among the {found.get('num_unknown', 0)} images decided unknown</h3>"
+    ]
+    if not found["groups"]:
+        parts.append('<p class="muted">No group.</p>')
+    for group in found["groups"]:
+        names = ", ".join(f"{escape(str(n))} ({float(s):.3f})" for n, s in group.get("names") or [])
+        title = (
+            f"looks like {escape(group['looks_like'])}, below the threshold"
+            if group.get("looks_like")
+            else names or "not named"
+        )
+        parts.append(
+            f'<h3 id="group-{int(group["group"])}">Group {int(group["group"])}: {title} '
+            f'<span class="muted">({int(group["size"])} images)</span></h3>'
+            + (f'<p class="muted">names: {names}</p>' if group.get("looks_like") and names else "")
+            + _gallery(thumbs, members.get(str(group["group"]), []), lambda r: escape(Path(r["path"]).name))
+        )
+    if found.get("num_other"):
+        parts.append(f'<h3>Other <span class="muted">({found["num_other"]} images in no group)</span></h3>')
+        parts.append(_gallery(thumbs, members.get("other", []), lambda r: escape(Path(r["path"]).name)))
+    parts.append(
+        '<p>Listed classes, corrected: <a href="suggested_classes.txt">suggested_classes.txt</a> (works as --classes).</p>'
+    )
+    return "".join(parts) + "</section>"
+
+
 def _plots(run_dir: Path) -> str:
     names = {
         "roc.png": "ROC: known vs unknown",
@@ -304,6 +368,7 @@ def write_run_report(run_dir, metrics: dict | None = None) -> Path:
     labeled = bool(rows) and "label" in rows[0]
     sections = [
         ("summary", _summary(metrics, rows, run_dir)),
+        ("discovery", _discovery(thumbs, metrics, run_dir)),
         ("classes", _galleries(thumbs, rows, classes)),
         ("unknown", ""),
         ("borderline", _borderline(thumbs, rows, threshold)),
@@ -317,7 +382,7 @@ def write_run_report(run_dir, metrics: dict | None = None) -> Path:
     title = f"ueo run: {run_dir.name}"
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1><nav>{nav}</nav>"
+        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{_lead(metrics)}<nav>{nav}</nav>"
         f"{''.join(html for _, html in sections)}"
         "</body></html>\n"
     )

@@ -23,6 +23,8 @@ from .common import (
     clear_outputs,
     decode_cache,
     describe_threshold,
+    discover_into,
+    discovery_names,
     labeled_images,
     load_bundle,
     say,
@@ -56,15 +58,16 @@ def state_and_bundle(args):
 
 
 def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict]:
-    """What eval and predict share: check everything, read the state and the images, score them (and, for
-    the report, score them zero-shot too), choose the threshold, write predictions.csv. Returns (the
-    output folder, the contents of metrics.json)."""
+    """What eval, predict and discover share: check everything, read the state and the images, score them
+    (and, for the report, score them zero-shot too), choose the threshold, write predictions.csv and (unless
+    --no-discover) what the class list misses. Returns (the output folder, the contents of metrics.json)."""
     started = time.monotonic()
     threshold_spec(args.threshold, args.tpr)
     with flag_names({"eval_batch_size": "--batch-size"}):
         FitConfig(eval_batch_size=args.batch_size).validate()
     if args.tpr is not None and not args.val:
         raise ConfigError("--tpr needs labeled validation images: pass --val.")
+    vocabulary = discovery_names(args.vocabulary) if args.discover else None
     spec = getattr(args, images_flag.lstrip("-"))
     check_not_inside(Path(args.out) if args.out else None, {images_flag: spec, "--val": args.val})
     out = take_out(args.out, args.overwrite)
@@ -83,7 +86,7 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
         clear_outputs(out)
     report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
     score = dict(batch_size=args.batch_size, progress=not args.quiet, should_stop=stop)
-    _, outputs = evaluate(bundle, None, ImageFiles(images, store), adapted=state, **score)
+    _, outputs = evaluate(bundle, None, ImageFiles(images, store), adapted=state, features=args.discover, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:
         val_files = ImageFiles(checked(val, args.strict, stop, store=store, short_side=side)[0], store)
@@ -103,6 +106,22 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
     predictions = report.write_predictions(
         out, images, outputs, names, threshold["threshold"], len(names), zeroshot, state.threshold
     )
+    discovery = (
+        discover_into(
+            out,
+            outputs,
+            bundle,
+            state,
+            threshold["threshold"],
+            vocabulary,
+            cache_dir=store.root if store is not None else None,
+            paths=images.paths,
+            seed=state.seed,
+            progress=not args.quiet,
+        )
+        if args.discover
+        else None
+    )
     metrics = {
         "class_names": names,
         "predictions": predictions,
@@ -111,6 +130,8 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
         "source": str(args.adapted),
         "run": {"model": state.model, "pretrained": state.pretrained, "method": state.info.get("method", "-")},
     }
+    if discovery is not None:
+        metrics["discovery"] = discovery
     if images.labeled:
         metrics["adapted"] = outputs.metrics(len(names))
         if zeroshot is not None:
@@ -145,6 +166,19 @@ def cmd_predict(args) -> int:
         f"{summary['num_images']} images, {summary['num_predicted_unknown']} predicted unknown; "
         f"{describe_threshold(metrics['threshold'])}\nwrote {out / 'predictions.csv'}"
         + ("" if args.no_report else f" and {out / 'report.html'}")
+    )
+    return 0
+
+
+def cmd_discover(args) -> int:
+    args.discover = True
+    with interruptible(args.out) as stop:
+        out, metrics = apply_state(args, "--data", labeled=False, stop=stop)
+        stop.check("writing the outputs")
+        finish(args, out, metrics)
+    say(
+        f"wrote {out / 'absent.csv'}, {out / 'discovered.csv'} and {out / 'suggested_classes.txt'}"
+        + ("" if args.no_report else f"; open {out / 'report.html'}")
     )
     return 0
 

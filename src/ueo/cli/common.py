@@ -36,6 +36,9 @@ RUN_OUTPUTS = (
     "loss.png",
     "report.html",
     "thumbs",
+    "absent.csv",
+    "discovered.csv",
+    "suggested_classes.txt",
 )
 _held_locks: list = []  # open lock files, held until the command ends (release_locks)
 _created: list[Path] = []  # output folders this command created
@@ -295,3 +298,24 @@ def summary_line(metrics: dict) -> str:
     if ad.get("auroc") is None:
         lines.append("(AUROC and HM need unknown-class images among the test images)")
     return "\n".join(lines)
+
+
+def discovery_names(spec):
+    """The candidate names of --vocabulary, read and checked before any work (None: groups left unnamed)."""
+    from ..discovery import vocabulary_names
+
+    with about("--vocabulary"):
+        return vocabulary_names(spec, warn=warn)
+
+
+def discover_into(out: Path, outputs, bundle, state, threshold: float, names, *, cache_dir, paths, seed, progress):
+    """Find what the class list misses in scored ``outputs`` (with features), write absent.csv,
+    discovered.csv and suggested_classes.txt into ``out`` (rank 0), say it in a line; returns its record."""
+    from ..discovery import discover_outputs, write_discovery
+
+    found = discover_outputs(
+        outputs, bundle, state, threshold, names=names, cache_dir=cache_dir, seed=seed, progress=progress, paths=paths
+    )
+    write_discovery(out, found)
+    say(f"{found.summary} See {out / 'suggested_classes.txt'}.")
+    return found.record()

@@ -32,6 +32,8 @@ from .common import (
     choose_threshold,
     clear_outputs,
     decode_cache,
+    discover_into,
+    discovery_names,
     labeled_images,
     load_bundle,
     require_known,
@@ -60,6 +62,8 @@ class FitJob:
     bundle: Any = None
     identity: dict = field(default_factory=dict)
     store: Any = None  # the decode cache (None: images decoded in memory, or the plain path)
+    vocabulary: list[str] | None = None  # the candidate names for the groups of unknown images
+    cache_dir: Path | None = None  # where the vocabulary's text features are kept (None: nowhere)
 
     def files(self, images: ImageList) -> ImageFiles:
         return ImageFiles(images, self.store)
@@ -184,7 +188,9 @@ def run_fit(
 def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True, store=None) -> FitJob:
     """Check the options, read the class names and the data, load the model, check every image."""
     settings = fit_config(config, progress=progress and is_main())
+    cache_dir = store.root if store is not None else None
     store = None if settings.fast is False else store  # the plain path decodes as it goes
+    vocabulary = discovery_names(config["vocabulary"]) if config["discover"] else None
     threshold_spec(config["threshold"], config["tpr"])
     if parse_threshold(config["threshold"]) == "fitted":
         raise ConfigError(
@@ -216,6 +222,8 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True,
         skipped,
         bundle,
         store=store,
+        vocabulary=vocabulary,
+        cache_dir=cache_dir,
     )
     files = {"adaptation_files": fingerprint(job.train), "test_files": fingerprint(job.test) if job.test else None}
     job.identity = run_identity(bundle, job.train, job.test, files)
@@ -296,8 +304,9 @@ def train(job: FitJob, out: Path, checkpoint: dict | None, stop: StopRequest):
 
 
 def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: float, report_html: bool = True) -> dict:
-    """adapted.safetensors, history.csv (+ loss.png), predictions.csv (+ plots), report.html and, last,
-    metrics.json; returns the metrics."""
+    """adapted.safetensors, history.csv (+ loss.png), predictions.csv (+ plots), what the class list misses
+    (absent.csv, discovered.csv, suggested_classes.txt), report.html and, last, metrics.json; returns the
+    metrics."""
     config, num_known = job.config, len(job.class_names)
     zeroshot_cut = result.adapted.threshold.get("zeroshot")
     if config["tpr"] is not None:
@@ -356,8 +365,32 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     zeroshot = result.zeroshot_outputs.get(split) if report_html else None
     if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
         _, zeroshot = evaluate(job.bundle, job.class_names, job.files(target), batch_size=config["eval_batch_size"])
+    found = None
+    if config["discover"]:  # on the adaptation set: its features are gathered, rank 0 alone clusters
+        _, found = evaluate(
+            job.bundle,
+            None,
+            job.files(job.train),
+            adapted=result.adapted,
+            batch_size=config["eval_batch_size"],
+            should_stop=stop,
+            features=True,
+        )
     stop.check("writing the outputs")
     if is_main():
+        if found is not None:
+            metrics["discovery"] = discover_into(
+                out,
+                found,
+                job.bundle,
+                result.adapted,
+                threshold["threshold"],
+                job.vocabulary,
+                cache_dir=job.cache_dir,
+                paths=job.train.paths,
+                seed=config["seed"],
+                progress=job.settings.progress,
+            )
         result.adapted.save(out / "adapted.safetensors")
         report.write_history(out, result.history)
         if result.history:

@@ -1,6 +1,6 @@
 """ueo: adapt CLIP to an unlabeled image collection (Universal Entropy Optimization).
 
-Commands: fit, eval, predict, export, splits, report, bench, demo.  `ueo COMMAND --help` shows each one's options.
+Commands: fit, eval, predict, discover, export, splits, report, bench, demo.  `ueo COMMAND --help` shows each one's options.
 Exit codes: 0 done, 1 a bug in ueo (reported with its traceback), 2 bad input (data, class names,
 weights, options, states), 3 training diverged, 128+N stopped by signal N (a checkpoint was saved).
 """
@@ -16,7 +16,7 @@ import traceback
 
 from .. import __version__
 from ..errors import DivergedError, TrainingInterrupted, UeoError
-from .options import SCENARIO_CHOICES, add_cache_options, add_fit_options
+from .options import NO_DISCOVER_HELP, SCENARIO_CHOICES, VOCABULARY_HELP, add_cache_options, add_fit_options
 
 # command -> (module, function): imported only when the command runs, so that --help stays fast
 COMMANDS = {
@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": ("bench", "cmd_bench"),
     "eval": ("apply", "cmd_eval"),
     "predict": ("apply", "cmd_predict"),
+    "discover": ("apply", "cmd_discover"),
     "export": ("apply", "cmd_export"),
     "splits": ("apply", "cmd_splits"),
     "report": ("apply", "cmd_report"),
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("eval", "evaluate an adapted state on labeled test images"),
         ("predict", "predict a class or 'unknown' for each image"),
+        ("discover", "say which listed classes seem absent from images and what their unknown images are"),
     ):
         p = sub.add_parser(
             name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".", formatter_class=defaults
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="write no report.html (and skip the zero-shot pass it compares with)",
         )
+        p.add_argument("--vocabulary", default="default", help=VOCABULARY_HELP)
+        if name != "discover":
+            p.add_argument("--no-discover", dest="discover", action="store_false", help=NO_DISCOVER_HELP)
         add_cache_options(p)
 
     p = sub.add_parser(

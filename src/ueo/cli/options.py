@@ -17,6 +17,11 @@ from ..errors import ConfigError
 SCENARIO_CHOICES = ("cda", "pda", "oda", "opda", "csda")
 BENCHMARK_CHOICES = ("office31", "officehome", "visda", "domainnet")
 FAST_CHOICES = {"auto": None, "on": True, "off": False}
+VOCABULARY_HELP = (
+    "candidate names for the groups of unknown images: a file (one name a line), "
+    "'default' (the ImageNet-21k names timm ships) or 'none' (groups left unnamed)"
+)
+NO_DISCOVER_HELP = "do not look for absent listed classes and groups of unknown images (absent.csv, discovered.csv)"
 
 # FitConfig fields that the command line sets (the others keep their defaults).
 ENGINE_KEYS = (
@@ -53,6 +58,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "threshold": "auto",
     "tpr": None,
     "out": None,
+    "discover": True,
+    "vocabulary": "default",
 }
 _ENGINE_DEFAULTS = FitConfig()
 DEFAULTS: dict[str, Any] = {**RUN_DEFAULTS, **{k: getattr(_ENGINE_DEFAULTS, k) for k in ENGINE_KEYS}, "fast": "auto"}
@@ -95,6 +102,7 @@ FIT_OPTIONS = (
     ("--threshold", "threshold", "unknown threshold: auto (Otsu on the adaptation set's scores) or a number", {}),
     ("--tpr", "tpr", "choose the threshold that accepts this fraction of the known --val images", {"type": float}),
     ("--out", "out", "output folder", {}),
+    ("--vocabulary", "vocabulary", VOCABULARY_HELP, {}),
 )
 
 
@@ -104,6 +112,9 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     for flag, key, help_text, extra in FIT_OPTIONS:
         shown = SHOWN_DEFAULTS.get(key, DEFAULTS[key])
         parser.add_argument(flag, dest=key, default=None, help=f"{help_text} (default: {shown})", **extra)
+    parser.add_argument(
+        "--no-discover", dest="discover", action="store_const", const=False, default=None, help=NO_DISCOVER_HELP
+    )
     parser.add_argument("--config", default=None, help="YAML file with any of these options; flags override it")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     parser.add_argument(
@@ -198,6 +209,10 @@ def typed(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise wrong("a file, a,b,c or a list of names")
         return value
+    if key == "discover":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
     if key in ("threshold", "fast"):
         if isinstance(value, (bool, int, float, str)):
             return value
@@ -231,7 +246,7 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_KEYS:
         if config.get(key):
             config[key] = os.path.abspath(config[key])
-    for key in ("classes", "pretrained"):  # a file, or a list / a tag
+    for key in ("classes", "pretrained", "vocabulary"):  # a file, or a list / a tag / a word
         if isinstance(config.get(key), str) and os.path.isfile(config[key]):
             config[key] = os.path.abspath(config[key])
     return config
