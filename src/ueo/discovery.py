@@ -111,9 +111,16 @@ class Discovery:
             looks = [g for g in self.groups if g.looks_like]
             many = len(self.groups) != 1
             second = f"{len(self.groups)} group{'s' * many} of unknown images"
-            second += f" look{'' if many else 's'} like {_and(named)}" if named else " (not named)"
-            if looks:
-                second += f"; {len(looks)} look{'s' * (len(looks) == 1)} like listed classes below the threshold"
+            if named and len(named) == len(self.groups):
+                second += f" look{'' if many else 's'} like {_and(named)}"
+            else:
+                unnamed = len(self.groups) - len(named) - len(looks)
+                bits = [f"{len(named)} look{'s' * (len(named) == 1)} like {_and(named)}"] if named else []
+                bits += [
+                    f"{len(looks)} look{'s' * (len(looks) == 1)} like {'a listed class' if len(looks) == 1 else 'listed classes'} below the threshold"
+                ] * bool(looks)
+                bits += [f"{unnamed} not named"] * bool(unnamed)
+                second += ": " + ", ".join(bits)
         return f"{first[0].upper()}{first[1:]}; {second}."
 
     def record(self) -> dict:
