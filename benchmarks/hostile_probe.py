@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import json
 import os
@@ -74,8 +75,9 @@ def damaged_metrics(work: Path, good: Path) -> dict[str, str]:
         "run a list": {**record, "run": ["x"]},
         "discovery a text": {**record, "discovery": "none"},
     }
-    texts = {name: json.dumps(value) for name, value in variants.items()}
-    texts |= {"truncated": json.dumps(record)[:40], "empty": "", "Infinity": json.dumps(record).replace("0.", "Infinity, \"x\": 0.", 1)}
+    variants["infinite metric"] = {**record, "adapted": {**record["adapted"], "pacc": float("inf")}}
+    texts = {name: json.dumps(value) for name, value in variants.items()}  # (NaN and Infinity as JSON writes them)
+    texts |= {"truncated": json.dumps(record)[:40], "empty": ""}
     outcomes = {}
     for i, (name, text) in enumerate({**texts, "non-UTF-8": None}.items()):
         folder = work / f"damaged{i}"
@@ -90,7 +92,18 @@ def damaged_metrics(work: Path, good: Path) -> dict[str, str]:
 
 
 def class_names(work: Path, data: Path) -> dict[str, str]:
-    names = ["$$", "$x^2$", "back\\slash", "100%", "{}", "🐱 cat", "x" * 300, "<b>bold</b>", "Unknown", "  red circle  "]
+    names = [
+        "$$",
+        "$x^2$",
+        "back\\slash",
+        "100%",
+        "{}",
+        "🐱 cat",
+        "x" * 300,
+        "<b>bold</b>",
+        "Unknown",
+        "  red circle  ",
+    ]
     outcomes = {}
     for i, name in enumerate(names):
         code, err = run(["fit", *FIT, "--data", data, "--classes", f"{name},blue circle", "--out", work / f"names{i}"])
@@ -168,9 +181,13 @@ def vocabularies(work: Path, data: Path, adapted: Path) -> dict[str, str]:
     for i, (name, content) in enumerate(variants.items()):
         path = work / f"vocabulary{i}.txt"
         path.write_bytes(content)
-        code, err = run(["discover", *TOY, "--adapted", adapted, "--data", data, "--vocabulary", path, "--out", work / f"v{i}"])
+        code, err = run(
+            ["discover", *TOY, "--adapted", adapted, "--data", data, "--vocabulary", path, "--out", work / f"v{i}"]
+        )
         outcomes[name] = ended(code, err)
-    code, err = run(["discover", *TOY, "--adapted", adapted, "--data", data, "--vocabulary", work, "--out", work / "vdir"])
+    code, err = run(
+        ["discover", *TOY, "--adapted", adapted, "--data", data, "--vocabulary", work, "--out", work / "vdir"]
+    )
     outcomes["a folder"] = ended(code, err)
     return outcomes
 
@@ -188,7 +205,18 @@ def rewritten_images(work: Path, adapted: Path) -> dict[str, str]:
             folder.mkdir()
             path = folder / f"0.{ext}"
             render(TARGET_STYLE, 0, 0, seed=0).resize((400, 300)).save(path)
-            args = ["predict", *TOY, "--adapted", adapted, "--data", folder, "--cache-dir", cache, "--vocabulary", "none"]
+            args = [
+                "predict",
+                *TOY,
+                "--adapted",
+                adapted,
+                "--data",
+                folder,
+                "--cache-dir",
+                cache,
+                "--vocabulary",
+                "none",
+            ]
             run([*args, "--out", work / f"{folder.name}_a"])
             stat = path.stat()
             if change == "repaint":
@@ -217,8 +245,8 @@ def duplicated_runs(work: Path, good: Path) -> dict[str, str]:
     outcomes = {}
     for i, (name, folders) in enumerate(variants.items()):
         code, err = run(["report", *folders, "--out", work / f"dup{i}.md"])
-        rows = (work / f"dup{i}.csv").read_text().splitlines()[1:] if code == 0 else []
-        runs = {line.split(",")[4] for line in rows}
+        with open(work / f"dup{i}.csv", newline="") as f:
+            runs = {row["runs"] for row in csv.DictReader(f)} if code == 0 else set()
         outcomes[name] = ended(code, err) if code != 0 else ("ok" if runs == {"1"} else "wrong")
     return outcomes
 
@@ -233,7 +261,9 @@ def main() -> None:
         os.environ["UEO_CACHE_DIR"] = str(work / "default-cache")
         data = toy_folder(work / "data")
         good = work / "runs" / "good"
-        code, err = run(["fit", *FIT, "--data", data, "--test", data, "--classes", "red circle,blue circle", "--out", good])
+        code, err = run(
+            ["fit", *FIT, "--data", data, "--test", data, "--classes", "red circle,blue circle", "--out", good]
+        )
         assert code == 0, err
         adapted = good / "adapted.safetensors"
         families = {
@@ -255,7 +285,9 @@ def main() -> None:
     print(f"all: {sum(total.values())} inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(total.items())))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"families": families, "total": dict(total), "seconds": round(time.time() - started)}, indent=1))
+    out.write_text(
+        json.dumps({"families": families, "total": dict(total), "seconds": round(time.time() - started)}, indent=1)
+    )
     print(f"wrote {out} ({time.time() - started:.0f} s)")
 
 

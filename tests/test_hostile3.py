@@ -422,6 +422,23 @@ def test_bad_inputs_to_the_classifier_are_named(fitted, tiny_vit_weights, images
         classifier.predict(images)
 
 
+def test_float16_and_float64_tensor_batches_score_as_float32(fitted, tiny_vit_weights):
+    """Found by benchmarks/hostile_probe.py: a float64 batch passed the checks, then failed in the model."""
+    import torch
+
+    import ueo
+
+    _, run_dir = fitted
+    classifier = ueo.load_adapted(run_dir / "adapted.safetensors", device="cpu", pretrained=tiny_vit_weights)
+    size = classifier.bundle.image_size
+    batch = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    reference = classifier.scores(batch).cosines
+    assert torch.equal(classifier.scores(batch.double()).cosines, reference)
+    assert torch.allclose(classifier.scores(batch.half()).cosines, reference, atol=5e-3)
+    _, outputs = ueo.evaluate(classifier.bundle, ["cat", "dog"], [(image.double(), 0) for image in batch])
+    assert outputs.cosines.shape == (3, 2)
+
+
 def test_one_unreadable_file_among_many_is_named_and_generators_work(fitted, tmp_path, tiny_vit_weights):
     import ueo
 

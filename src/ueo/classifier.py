@@ -162,9 +162,7 @@ class Classifier:
             if images.dim() not in (3, 4):
                 raise DataError(f"a tensor of images is [B, 3, S, S] or [3, S, S]; got {list(images.shape)}.")
             batch = images[None] if images.dim() == 3 else images
-            dataset: Any = [(image, -1) for image in batch]
-            for i, item in enumerate(dataset):
-                checked_item(item, i, self.bundle.image_size)
+            dataset: Any = [checked_item((image, -1), i, self.bundle.image_size) for i, image in enumerate(batch)]
         else:
             dataset = _Items(_listed(images))
         if len(dataset) == 0:

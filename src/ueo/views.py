@@ -204,7 +204,8 @@ class SeededViews(torch.utils.data.Dataset):
 
 def checked_item(item, index: int, size: int | None = None) -> tuple:
     """(image, label) of a dataset item, refused with a DataError that names it unless it is a pair of a PIL
-    image (or a finite float tensor [3, size, size], normalised) and an int label (-1 or None: none)."""
+    image (or a finite float tensor [3, size, size], normalised; returned as float32) and an int label (-1 or
+    None: none)."""
     from PIL import Image
 
     if not isinstance(item, (tuple, list)) or len(item) < 2:
@@ -223,6 +224,7 @@ def checked_item(item, index: int, size: int | None = None) -> tuple:
             )
         if not torch.isfinite(image).all():
             raise DataError(f"item {index}: the tensor image holds NaN or infinite values.")
+        image = image.float()  # float16/float64 images are scored as the model's float32 ones
     elif not isinstance(image, Image.Image):
         hint = " (PIL.Image.fromarray(array) makes one of an HxWx3 uint8 array)" if hasattr(image, "__array__") else ""
         raise DataError(f"item {index}: images are PIL images or tensors [3, S, S]; got {type(image).__name__}{hint}.")
