@@ -54,3 +54,19 @@ def tiny_vit_weights(tmp_path_factory):
 @pytest.fixture(scope="session")
 def generated():
     return GeneratedImages
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The number of images decoded into the decode cache."""
+    import ueo.cache as cache_module
+
+    calls = {"n": 0}
+    real = cache_module.decode
+
+    def decode(path, short_side):
+        calls["n"] += 1
+        return real(path, short_side)
+
+    monkeypatch.setattr(cache_module, "decode", decode)
+    return calls

@@ -147,3 +147,16 @@ def odd_images(folder):
     wide = (np.linspace(0, 2**31 - 1, 40 * 60)).astype(np.int32).reshape(40, 60)
     Image.fromarray(wide, "I").save(folder / "int32.tif")
     return sorted(folder.iterdir())
+
+
+def make_folder(root, classes=("cat", "dog", "zebra"), n=4, size=(30, 24), seed=0, ext="jpg"):
+    """Class folders of ``n`` noisy images each, coloured by class (a BMP's file size depends on its
+    dimensions only: what a test that rewrites a file with its old size needs)."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8)
+            pixels[:, :, c % 3] += 150
+            Image.fromarray(pixels).save(root / name / f"{i}.{ext}")
+    return root

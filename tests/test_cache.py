@@ -33,20 +33,6 @@ def make_images(folder: Path, n: int, seed: int = 0, classes=("cat", "dog")) -> 
     return folder
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """The number of images decoded into the cache."""
-    calls = {"n": 0}
-    real = cache_module.decode
-
-    def decode(path, short_side):
-        calls["n"] += 1
-        return real(path, short_side)
-
-    monkeypatch.setattr(cache_module, "decode", decode)
-    return calls
-
-
 def pixels_of(pixels):
     return [pixels.image(i).clone() for i in range(len(pixels))]
 

@@ -7,27 +7,15 @@ import os
 import shutil
 import signal
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from helpers import fit_args, read_csv
+from helpers import fit_args, make_folder, read_csv
 from ueo import AdaptedState, load_checkpoint, save_checkpoint
 from ueo.cli import main
 from ueo.cli.common import lock_folder
-
-
-def make_folder(root, classes=("cat", "dog", "zebra"), n=4, size=(30, 24), seed=0):
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            pixels = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8)
-            pixels[:, :, c % 3] += 150
-            Image.fromarray(pixels).save(root / name / f"{i}.jpg")
-    return root
 
 
 @pytest.fixture(scope="module")

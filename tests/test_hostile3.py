@@ -14,21 +14,9 @@ import pytest
 from PIL import Image
 
 import ueo.cache as cache_module
-from helpers import fit_args, odd_images, read_csv
+from helpers import fit_args, make_folder, odd_images, read_csv
 from ueo.cli import main
 from ueo.data import fingerprint, read_folder
-
-
-def make_folder(root, classes=("cat", "dog", "zebra"), n=4, size=(30, 24), seed=0, ext="bmp"):
-    """Class folders of noisy images (BMP by default: a file's size depends on its dimensions only)."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            pixels = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8)
-            pixels[:, :, c % 3] += 150
-            Image.fromarray(pixels).save(root / name / f"{i}.{ext}")
-    return root
 
 
 def run(capsys, args):
@@ -38,23 +26,9 @@ def run(capsys, args):
     return code, captured.out, captured.err
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """The number of images decoded into the decode cache."""
-    calls = {"n": 0}
-    real = cache_module.decode
-
-    def decode(path, short_side):
-        calls["n"] += 1
-        return real(path, short_side)
-
-    monkeypatch.setattr(cache_module, "decode", decode)
-    return calls
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_vit_weights):
-    data = make_folder(tmp_path_factory.mktemp("hostile3") / "data")
+    data = make_folder(tmp_path_factory.mktemp("hostile3") / "data", ext="bmp")
     out = data.parent / "run"
     assert main(fit_args(tiny_vit_weights, data, out, "--test", str(data), epochs="2", lr="0.05")) == 0
     return data, out
@@ -153,7 +127,7 @@ def test_report_counts_each_run_once_and_tells_different_data_apart(tmp_path, ca
     (amazon/images, webcam/images) gives two rows, not one "images" row averaged as seeds."""
     runs = tmp_path / "runs"
     for domain, seed in (("amazon", 0), ("webcam", 1)):
-        data = make_folder(tmp_path / "office31" / domain / "images", seed=seed)
+        data = make_folder(tmp_path / "office31" / domain / "images", seed=seed, ext="bmp")
         out = runs / domain
         assert main(fit_args(tiny_vit_weights, data, out, "--test", str(data), epochs="1", lr="0.05")) == 0
     shutil.copytree(runs / "amazon", tmp_path / "backup" / "amazon")
@@ -179,7 +153,7 @@ def test_report_counts_each_run_once_and_tells_different_data_apart(tmp_path, ca
 def test_bench_runs_a_repeated_seed_once(tmp_path, capsys, tiny_vit_weights):
     root = tmp_path / "office31"
     for i, name in enumerate(["back_pack", "bike", "bike_helmet"]):
-        make_folder(root / "amazon" / "images", classes=(name,), seed=i)
+        make_folder(root / "amazon" / "images", classes=(name,), seed=i, ext="bmp")
     args = ["bench", "--benchmark", "office31", "--root", str(root), "--domains", "amazon", "--scenarios", "opda"]
     args += ["--methods", "zeroshot", "--seeds", "1", "1", "--model", "ueo-tiny-vit", "--pretrained", tiny_vit_weights]
     code, _, err = run(capsys, [*args, "--device", "cpu", "--out", str(tmp_path / "bench"), "--quiet"])
@@ -239,7 +213,7 @@ def test_a_permission_error_is_not_remembered(tmp_path, monkeypatch):
 
     from ueo.cache import DecodeCache
 
-    data = make_folder(tmp_path / "data", classes=("cat",), n=2)
+    data = make_folder(tmp_path / "data", classes=("cat",), n=2, ext="bmp")
     (data / "cat" / "text.jpg").write_text("not an image")
     images = read_folder(data, ["cat"])
     real = cache_module.decode
@@ -260,7 +234,7 @@ def test_a_permission_error_is_not_remembered(tmp_path, monkeypatch):
 def test_a_hung_builder_is_waited_for_only_so_long(tmp_path, monkeypatch):
     from ueo.cache import DecodeCache
 
-    images = read_folder(make_folder(tmp_path / "data", classes=("cat",), n=3), ["cat"])
+    images = read_folder(make_folder(tmp_path / "data", classes=("cat",), n=3, ext="bmp"), ["cat"])
     cache = DecodeCache(tmp_path / "cache", warn=(said := []).append)
     folder = cache.folder(64)
     folder.mkdir(parents=True)
@@ -297,7 +271,7 @@ def test_a_cache_that_cannot_be_written_falls_back_to_memory(fitted, tmp_path, c
 # --------------------------------------------------------------------------------- other defects
 def test_class_names_with_dollars_and_many_classes_do_not_break_the_plots(tmp_path, capsys, tiny_vit_weights):
     names = ["a$$b", "c$d"] + [f"thing {i}" for i in range(250)]  # 252 classes: no K x K picture
-    data = make_folder(tmp_path / "data", classes=("a$$b", "c$d"), n=3)
+    data = make_folder(tmp_path / "data", classes=("a$$b", "c$d"), n=3, ext="bmp")
     (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
     out = tmp_path / "run"
     code, _, err = run(

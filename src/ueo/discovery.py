@@ -274,11 +274,10 @@ def vocabulary_names(vocabulary, warn=print) -> list[str] | None:
 def learned_features(bundle, state, names: Sequence[str]) -> torch.Tensor:
     """[N, D]: the features of "[learned context] name." (the zero-shot prompt when no context was learned)."""
     from .prompts import PromptLearner
+    from .tuning import applied
 
     learner = PromptLearner(bundle, list(names), init=state.init).to(bundle.device)
-    if "prompt.ctx" in state.tensors:
-        learner.ctx.data.copy_(state.tensors["prompt.ctx"].to(learner.ctx.device))
-    with torch.no_grad():
+    with applied(bundle.model, learner, state.tensors), torch.no_grad():
         return learner.text_features().float().cpu()
 
 

@@ -292,13 +292,9 @@ def _discovery(thumbs: Thumbs, metrics: dict, run_dir: Path) -> str:
     if not found:
         return ""
     absent = [r for r in _read_csv(run_dir / "absent.csv") if r.get("verdict") == "absent"]
-    rows = (
-        "".join(
-            f"<tr><td>{escape(r['class'])}</td><td>{100 * float(r['share']):.2f}</td><td>{escape(r['decided'])}</td></tr>"
-            for r in absent
-        )
-        if absent
-        else ""
+    rows = "".join(
+        f"<tr><td>{escape(r['class'])}</td><td>{100 * float(r['share']):.2f}</td><td>{escape(r['decided'])}</td></tr>"
+        for r in absent
     )
     table = (
         f"<table><tr><th>class</th><th>share (%)</th><th>decided</th></tr>{rows}</table>"

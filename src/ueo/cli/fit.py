@@ -357,14 +357,6 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     }
     # Scoring joins the collectives under torch.distributed: every rank does it; rank 0 alone writes.
     split, target = ("test", job.test) if job.test is not None else ("train", job.train)
-    outputs = result.outputs.get(split)
-    if outputs is None:  # a resumed run whose training had finished: score the images again
-        _, outputs = evaluate(
-            job.bundle, None, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
-        )
-    zeroshot = result.zeroshot_outputs.get(split) if report_html else None
-    if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
-        _, zeroshot = evaluate(job.bundle, job.class_names, job.files(target), batch_size=config["eval_batch_size"])
     found = None
     if config["discover"]:  # on the adaptation set: its features are gathered, rank 0 alone clusters
         _, found = evaluate(
@@ -376,6 +368,16 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
             should_stop=stop,
             features=True,
         )
+    outputs = result.outputs.get(split)
+    if outputs is None and split == "train" and found is not None:
+        outputs = found  # (its features are kept too: one pass serves both)
+    if outputs is None:  # a resumed run whose training had finished: score the images again
+        _, outputs = evaluate(
+            job.bundle, None, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
+        )
+    zeroshot = result.zeroshot_outputs.get(split) if report_html else None
+    if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
+        _, zeroshot = evaluate(job.bundle, job.class_names, job.files(target), batch_size=config["eval_batch_size"])
     stop.check("writing the outputs")
     if is_main():
         if found is not None:
