@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -439,6 +440,7 @@ def test_ctrl_c_while_predict_decodes_says_what_is_left(fitted, tmp_path, capsys
     def decode(path, short_side):
         if once.acquire(blocking=False):  # ctrl-C, once, while the cache is built, before its first shard
             os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the main thread hears it before the other workers decode the rest
         return real(path, short_side)
 
     monkeypatch.setattr(cache_module, "decode", decode)
