@@ -39,9 +39,9 @@ def pixels_of(pixels):
 
 def test_a_second_run_decodes_nothing_and_a_changed_file_is_decoded_again(tmp_path, counted):
     images = read_folder(make_images(tmp_path / "data", 12), ["cat", "dog"])
-    first, problems = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    first, problems = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     assert counted["n"] == 12 and problems == {} and len(first) == 12
-    again, _ = DecodeCache(tmp_path / "cache").ensure(images, SIDE)  # another run: a new process's view
+    again, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)  # another run: a new process's view
     assert counted["n"] == 12
     assert all(torch.equal(a, b) for a, b in zip(pixels_of(first), pixels_of(again)))
     # the same bytes as decoding in memory (the fast path without a cache)
@@ -50,9 +50,9 @@ def test_a_second_run_decodes_nothing_and_a_changed_file_is_decoded_again(tmp_pa
     assert all(min(first.sizes[i]) <= SIDE for i in range(12))
 
     Image.new("RGB", (50, 40), (1, 2, 3)).save(images.paths[3])  # edited: a new size and modification time
-    changed, _ = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    changed, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     assert counted["n"] == 13 and torch.equal(changed.image(3), torch.tensor([1, 2, 3]).view(3, 1, 1).expand(3, 40, 50))
-    other, _ = DecodeCache(tmp_path / "cache").ensure(images, 2 * SIDE)  # another input size: its own geometry
+    other, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, 2 * SIDE)  # another input size: its own geometry
     assert counted["n"] == 25 and max(other.sizes[0]) > SIDE
 
 
@@ -60,11 +60,11 @@ def test_unreadable_files_are_remembered(tmp_path, counted):
     folder = make_images(tmp_path / "data", 4)
     (folder / "cat" / "broken.png").write_bytes(b"not an image")
     images = read_folder(folder, ["cat", "dog"])
-    pixels, problems = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    pixels, problems = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     broken = [i for i, p in enumerate(images.paths) if p.name == "broken.png"]
     assert list(problems) == broken and "cannot identify" in problems[broken[0]] and len(pixels) == 4
     counted["n"] = 0
-    _, again = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    _, again = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     assert again == problems and counted["n"] == 0
 
 
@@ -91,7 +91,7 @@ def test_two_processes_building_at_once_share_one_valid_cache(tmp_path, counted)
         assert w.exitcode == 0
     sums = [json.loads((tmp_path / f"{k}.json").read_text()) for k in range(2)]
     assert sums[0] == sums[1]
-    pixels, _ = DecodeCache(tmp_path / "cache").ensure(read_folder(data, ["cat", "dog"]), SIDE)
+    pixels, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(read_folder(data, ["cat", "dog"]), SIDE)
     assert counted["n"] == 0 and [int(pixels.image(i).sum()) for i in range(60)] == sums[0]
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
@@ -101,11 +101,11 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     monkeypatch.setattr(cache_module, "SHARD_IMAGES", 64)
     code = (
         "import sys, ueo.cache as c\nc.SHARD_IMAGES = 64\nfrom ueo.data import read_folder\n"
-        f"c.DecodeCache({str(tmp_path / 'cache')!r}).ensure(read_folder({str(data)!r}, ['cat', 'dog']), {SIDE}, "
+        f"c.DecodeCache({str(tmp_path / 'cache')!r}, format='raw').ensure(read_folder({str(data)!r}, ['cat', 'dog']), {SIDE}, "
         "threads=1)\n"
     )
     process = subprocess.Popen([sys.executable, "-c", code])
-    folder = DecodeCache(tmp_path / "cache").folder(SIDE)
+    folder = DecodeCache(tmp_path / "cache", format="raw").folder(SIDE)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and len(list(folder.glob("*.shard"))) < 1:
         time.sleep(0.01)
@@ -115,7 +115,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     assert 1 <= done < 300 // 64 + 1
     (folder / ".half.tmp").write_bytes(b"\0" * 100)  # what a write cut short leaves
     images = read_folder(data, ["cat", "dog"])
-    pixels, problems = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    pixels, problems = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     assert problems == {} and len(pixels) == 300 and counted["n"] == 300 - 64 * done
     assert not list(folder.glob("*.tmp"))
     fresh = build_cache(ImageFiles(images), SIDE)
@@ -130,8 +130,8 @@ def test_a_full_disk_writes_no_shard_and_the_images_are_decoded_in_memory(tmp_pa
 
     monkeypatch.setattr(cache_module.os, "fsync", full)
     warnings = []
-    pixels, problems = DecodeCache(tmp_path / "cache", warn=warnings.append).ensure(images, SIDE)
-    folder = DecodeCache(tmp_path / "cache").folder(SIDE)
+    pixels, problems = DecodeCache(tmp_path / "cache", warn=warnings.append, format="raw").ensure(images, SIDE)
+    folder = DecodeCache(tmp_path / "cache", format="raw").folder(SIDE)
     assert not list(folder.glob("*.shard")) and not list(folder.glob("*.tmp"))
     assert len(warnings) == 1 and "No space left" in warnings[0] and "decoded in memory" in warnings[0]
     memory = build_cache(ImageFiles(images), SIDE)
@@ -141,7 +141,7 @@ def test_a_full_disk_writes_no_shard_and_the_images_are_decoded_in_memory(tmp_pa
 @pytest.mark.parametrize("damage", ["truncate", "index", "pixels"])
 def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, counted, damage):
     images = read_folder(make_images(tmp_path / "data", 6), ["cat", "dog"])
-    original, _ = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    original, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     expected = pixels_of(original)
     shard = next((tmp_path / "cache").rglob("*.shard"))
     data = bytearray(shard.read_bytes())
@@ -153,14 +153,14 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, counted, damage)
         data[cache_module.HEADER.size + 10] ^= 0xFF  # a pixel of the first image
     shard.write_bytes(bytes(data))
     warnings = []
-    store = DecodeCache(tmp_path / "cache", warn=warnings.append)
+    store = DecodeCache(tmp_path / "cache", warn=warnings.append, format="raw")
     pixels, problems = store.ensure(images, SIDE)
     got = pixels_of(pixels)
     assert problems == {} and all(torch.equal(a, b) for a, b in zip(got, expected))
     assert len(warnings) == 1 and "is damaged" in warnings[0] and not shard.exists()
     assert counted["n"] == (12 if damage != "pixels" else 7)  # rebuilt, or (pixels) decoded from the file
     if damage == "pixels":  # the next run rebuilds the shard
-        again, _ = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+        again, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
         assert counted["n"] == 13 and all(torch.equal(a, b) for a, b in zip(pixels_of(again), expected))
 
 
@@ -168,7 +168,7 @@ def test_the_cache_writes_only_inside_its_folder(tmp_path, monkeypatch):
     data = make_images(tmp_path / "data", 4)
     monkeypatch.chdir(tmp_path)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
-    DecodeCache(tmp_path / "cache").ensure(read_folder(data, ["cat", "dog"]), SIDE)
+    DecodeCache(tmp_path / "cache", format="raw").ensure(read_folder(data, ["cat", "dog"]), SIDE)
     after = {p for p in tmp_path.rglob("*") if p not in before or p.stat().st_mtime_ns != before[p]}
     assert after and all(tmp_path / "cache" in p.parents or p == tmp_path / "cache" for p in after), after
 
@@ -215,7 +215,7 @@ def test_reading_does_not_grow_the_process_memory_with_the_collection(tmp_path):
 def test_fit_through_the_cache_equals_fit_in_memory(tmp_path, tiny_vit):
     images = read_folder(make_images(tmp_path / "data", 16), ["cat", "dog"])
     settings = dict(epochs=2, batch_size=8, lr_prompt=0.05, lr_norm=0.05, eval_train=False, fast=True)
-    cached = ueo.fit(tiny_vit, ["cat", "dog"], ImageFiles(images, DecodeCache(tmp_path / "c")), **settings)
+    cached = ueo.fit(tiny_vit, ["cat", "dog"], ImageFiles(images, DecodeCache(tmp_path / "c", format="raw")), **settings)
     memory = ueo.fit(tiny_vit, ["cat", "dog"], ImageFiles(images), **settings)
     assert [h["loss"] for h in cached.history] == [h["loss"] for h in memory.history]
     assert all(torch.equal(cached.adapted.tensors[k], v) for k, v in memory.adapted.tensors.items())
@@ -223,7 +223,7 @@ def test_fit_through_the_cache_equals_fit_in_memory(tmp_path, tiny_vit):
 
 def test_the_stager_sends_what_a_direct_copy_sends(tmp_path):
     images = read_folder(make_images(tmp_path / "data", 10), ["cat", "dog"])
-    pixels, _ = DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    pixels, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     stager = Stager(pixels, "cpu", pin=False)
     for indices in ([3, 1, 4], [9], [0, 2, 5, 7, 8, 6]):
         regions = [(i, 2, 1, 12, 10) for i in indices]

@@ -13,6 +13,10 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _PUBLIC = {
+    "read_images": "data",
+    "ImageFiles": "images",
+    "load_image": "images",
+    "DecodeCache": "cache",
     "ClipBundle": "clip",
     "load_clip": "clip",
     "Classifier": "classifier",
@@ -70,6 +74,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load on first use
+    from .cache import DecodeCache
     from .checkpoint import load_checkpoint, save_checkpoint
     from .classifier import Classifier, Prediction, load_adapted
     from .clip import ClipBundle, load_clip
@@ -85,6 +90,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
         UeoError,
         WeightsUnavailableError,
     )
+    from .data import read_images
+    from .images import ImageFiles, load_image
     from .inference import Outputs, evaluate
     from .metrics import compute_metrics, open_set_metrics
     from .objectives import entropy, entropy_loss, infomax_loss, mcm_scores, ueo_loss

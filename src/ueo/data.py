@@ -111,10 +111,11 @@ def _unique(names: list[str], where: list[str]) -> list[str]:
 class ImageList:
     """Paths (absolute) with integer labels; ``labeled`` tells whether the labels are real."""
 
-    paths: list[Path]
+    paths: list  # Path of an image file, or ``ueo.sources.Member`` of an image inside a container
     labels: list[int]
     labeled: bool
     unknown_names: dict[int, str] = field(default_factory=dict)  # label -> folder name, for unknown folders
+    skipped: list[dict] = field(default_factory=list)  # what listing found unreadable (skipped.csv rows)
 
     def __len__(self):
         return len(self.paths)
@@ -122,7 +123,11 @@ class ImageList:
     def subset(self, keep: Sequence[int]) -> ImageList:
         keep = list(keep)
         return ImageList(
-            [self.paths[i] for i in keep], [self.labels[i] for i in keep], self.labeled, dict(self.unknown_names)
+            [self.paths[i] for i in keep],
+            [self.labels[i] for i in keep],
+            self.labeled,
+            dict(self.unknown_names),
+            list(self.skipped),
         )
 
 
@@ -220,6 +225,8 @@ def scan_folder(folder: str | os.PathLike) -> list[Path]:
 def read_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = None) -> ImageList:
     """Images under ``folder``; labeled by first-level sub-folder when any sub-folder matches a class name."""
     folder = Path(folder)
+    if (folder / METADATA).is_file():
+        return read_metadata(folder, class_names)
     paths = scan_folder(folder)
     index = {fold(n): i for i, n in enumerate(class_names or [])}
     tops = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in paths]
@@ -232,18 +239,67 @@ def read_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = N
             f"folder (e.g. {loose[0].name}): move them into their class folder, or into a folder named after "
             "what they are (a folder that matches no class name is an unknown class)."
         )
+    labels, unknown, _ = name_labels(tops, class_names or [])
+    return ImageList(paths, labels, labeled=True, unknown_names=unknown)
+
+
+def name_labels(names: Sequence[str], class_names: Sequence[str]) -> tuple[list[int], dict[int, str], bool]:
+    """(labels, {label: name} of the unknown ones, whether any name is a listed class) of images named by
+    class names (folders, dataset labels): a listed name (ignoring case and '_') gets its index, each other
+    name a label of its own from K on."""
+    index = {fold(n): i for i, n in enumerate(class_names)}
     unknown: dict[str, int] = {}
     labels = []
-    for top in tops:
-        key = fold(top)
-        labels.append(index[key] if key in index else unknown.setdefault(top, len(index) + len(unknown)))
-    return ImageList(paths, labels, labeled=True, unknown_names={v: k for k, v in unknown.items()})
+    for name in names:
+        key = fold(name)
+        labels.append(index[key] if key in index else unknown.setdefault(name, len(index) + len(unknown)))
+    return labels, {v: k for k, v in unknown.items()}, any(fold(n) in index for n in names)
+
+
+METADATA = "metadata.csv"  # Hugging Face's imagefolder: a file_name column and the labels
+LABEL_COLUMNS = ("label", "labels", "cls", "class")
+
+
+def read_metadata(folder: Path, class_names: Sequence[str] | None) -> ImageList:
+    """An ``imagefolder`` with ``metadata.csv`` (Hugging Face's layout): a ``file_name`` column of paths
+    relative to the folder, and a label column (label, labels, cls or class) of class names or indices."""
+    import csv
+
+    where = folder / METADATA
+    rows = list(csv.DictReader(read_text(where).splitlines()))
+    columns = list(rows[0]) if rows else []
+    if "file_name" not in columns:
+        raise DataError(f"{where}: no file_name column (columns: {', '.join(columns) or 'none'}).")
+    label = next((c for c in columns if c.lower() in LABEL_COLUMNS), None)
+    paths, raw = [], []
+    for number, row in enumerate(rows, 2):
+        full = Path(os.path.normpath(folder / (row["file_name"] or "")))
+        if os.path.commonpath([os.path.abspath(folder), os.path.abspath(full)]) != os.path.abspath(folder):
+            raise DataError(f"{where}:{number}: path {row['file_name']!r} escapes the folder {folder}.")
+        if not full.is_file():
+            raise DataError(f"{where}:{number}: file not found: {full}")
+        paths.append(full)
+        raw.append((row.get(label) or "").strip() if label else "")
+    if not paths:
+        raise DataError(f"{where}: no image rows.")
+    if not label or not class_names or not all(raw):
+        if label and class_names and any(raw):
+            raise DataError(f"{where}: some rows have a {label} and others do not.")
+        return ImageList(paths, [-1] * len(paths), labeled=False)
+    if all(_is_int(r) for r in raw):
+        return ImageList(paths, [int(r) if int(r) >= 0 else -1 for r in raw], labeled=True)
+    labels, unknown, labeled = name_labels(raw, class_names)
+    return ImageList(paths, labels if labeled else [-1] * len(paths), labeled, unknown if labeled else {})
 
 
 def read_images(
     spec: str | os.PathLike, class_names: Sequence[str] | None = None, root: str | os.PathLike | None = None
 ) -> ImageList:
-    """A folder or a list file (see the module's docstring)."""
+    """A folder, a list file, WebDataset shards or a Hugging Face dataset (``ueo.sources``)."""
+    from . import sources
+
+    if sources.kind(spec) is not None:
+        return sources.read_source(spec, class_names)
     spec = Path(spec)
     if spec.is_dir():
         return read_folder(spec, class_names)
@@ -270,9 +326,17 @@ def fingerprint(images: ImageList) -> str:
 
     digest = hashlib.sha256()
     for path, label in zip(images.paths, images.labels):
-        name = os.fsencode(os.path.abspath(path))  # bytes: any file name, also one that is not UTF-8
         try:
-            digest.update(name + f"\t{file_state(os.stat(path))}\t{label}\n".encode())
+            digest.update(identity(path) + f"\t{label}\n".encode())
         except OSError:
-            digest.update(name + f"\tmissing\t{label}\n".encode())
+            digest.update(os.fsencode(os.path.abspath(path)) + f"\tmissing\t{label}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def identity(item) -> bytes:
+    """What an image is, for the decode cache and for resuming: a file's real path (bytes: any file name)
+    and ``file_state``, or an image inside a container (``ueo.sources.Member.identity``). OSError when a
+    file is missing."""
+    if hasattr(item, "identity"):
+        return item.identity()
+    return os.fsencode(os.path.realpath(item)) + f"\0{file_state(os.stat(item))}".encode()

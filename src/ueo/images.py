@@ -7,7 +7,6 @@ import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,17 +47,27 @@ class _Held:
             self.budget._cond.notify_all()
 
 
-def image_pixels(path: Path) -> int:
-    """Width x height from the file's header (no decoding); 0 when the header cannot be read."""
+def image_pixels(path) -> int:
+    """Width x height from the image's header (no decoding); 0 when the header cannot be read. ``path``: a
+    file, an image inside a container (``ueo.sources.Member``) or an open file of its bytes."""
     try:
-        with Image.open(path) as image:
+        with Image.open(_opened(path)) as image:
             return image.width * image.height
     except Exception:  # the decode that follows reports the problem
         return 0
 
 
-def load_image(path: Path, max_side: int | None = None) -> Image.Image:
-    """Open an image file as the RGB image ueo sees of it (``pixels.as_rgb``: EXIF orientation, alpha over
+def _opened(item):
+    from .sources import opened
+
+    if hasattr(item, "read") and hasattr(item, "seek"):  # bytes already read
+        item.seek(0)
+        return item
+    return opened(item)
+
+
+def load_image(path, max_side: int | None = None) -> Image.Image:
+    """Open an image (a file, a ``ueo.sources.Member`` or an open file of its bytes) as the RGB image ueo sees of it (``pixels.as_rgb``: EXIF orientation, alpha over
     white, high bit depths scaled to 8 bits).
 
     max_side: a JPEG is decoded at a reduced scale whose longer side stays >= max_side (libjpeg's DCT
@@ -68,7 +77,7 @@ def load_image(path: Path, max_side: int | None = None) -> Image.Image:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel budget bounds the memory
-        with Image.open(path) as image:
+        with Image.open(_opened(path)) as image:
             if max_side is not None and image.format == "JPEG":
                 w, h = image.size
                 scale = max_side / max(w, h)
@@ -89,6 +98,7 @@ def shrink(image: Image.Image, short_side: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
 
 
+SKIPPED_COLUMNS = ["path", "shard", "key", "reason"]  # skipped.csv (shard, key: of an image inside a container)
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
@@ -135,15 +145,21 @@ def sort_out(
 ) -> tuple[ImageList, list[dict[str, str]]]:
     """(the readable images, [{"path", "reason"}] of the others) from {position: why it is unreadable}, with
     a warning for each; strict: DataError at the first. DataError when no image is readable."""
-    skipped = []
+    from .sources import where
+
+    skipped = list(images.skipped)  # found while listing (a truncated shard), warned about then
+    if strict and skipped:
+        raise DataError(f"{skipped[0]['path']}: {skipped[0]['reason']}.")
     for i in sorted(problems):
         if strict:
             raise DataError(f"{images.paths[i]}: unreadable image ({problems[i]}).")
         warn(f"warning: skipping {images.paths[i]}: {problems[i]}")
-        skipped.append({"path": str(images.paths[i]), "reason": problems[i]})
+        skipped.append({"path": str(images.paths[i]), **where(images.paths[i]), "reason": problems[i]})
     if len(problems) == len(images):
         raise DataError("No readable image: every file was skipped (see the warnings).")
-    return images.subset([i for i in range(len(images)) if i not in problems]), skipped
+    kept = images.subset([i for i in range(len(images)) if i not in problems])
+    kept.skipped = []
+    return kept, skipped
 
 
 class ImageFiles(torch.utils.data.Dataset):

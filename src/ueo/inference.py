@@ -90,14 +90,15 @@ def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers:
     read from it, memory-mapped; other images are decoded into memory."""
     device = bundle.device
     use_fast = fast if fast is not None else True
-    first, _ = checked_item(dataset[0], 0, bundle.image_size)
-    if use_fast and torch.is_tensor(first):
-        if fast:
-            raise ConfigError("fast=True needs datasets of PIL images (the fast path decodes and augments them).")
-        use_fast = False
+    store = getattr(dataset, "store", None)  # image files (and images in containers): images, not tensors
+    if store is None or not use_fast:
+        first, _ = checked_item(dataset[0], 0, bundle.image_size)
+        if use_fast and torch.is_tensor(first):
+            if fast:
+                raise ConfigError("fast=True needs datasets of PIL images (the fast path decodes and augments them).")
+            use_fast = False
     if not use_fast:
         return LoadedImages(dataset, bundle.views, seed=seed, num_workers=num_workers, pin_memory=device.type == "cuda")
-    store = getattr(dataset, "store", None)
     if store is not None:
         pixels, problems = store.ensure(dataset.images, decoded_short_side(bundle.views), progress=progress)
         if problems:

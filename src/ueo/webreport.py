@@ -21,6 +21,7 @@ from .files import atomic_path, write_text
 from .images import load_image
 from .predict import UNKNOWN
 from .report import TABLE_METRICS, cell, identity_columns, pyplot, record_problem
+from .sources import resolve
 
 PER_GALLERY = 12  # images shown in each gallery
 PER_CELL = 4  # examples of one confusion-matrix cell
@@ -61,7 +62,7 @@ class Thumbs:
             target = self.folder / name
             try:
                 if not target.is_file():
-                    image = load_image(Path(path), max_side=2 * THUMB_SIDE)
+                    image = load_image(resolve(path), max_side=2 * THUMB_SIDE)
                     image.thumbnail((THUMB_SIDE, THUMB_SIDE))
                     with atomic_path(target) as tmp:
                         image.save(tmp, format="JPEG", quality=80)

@@ -11,7 +11,7 @@ from ..config import FitConfig
 from ..data import read_images
 from ..errors import ConfigError, IncompatibleError
 from ..fastpath import decoded_short_side
-from ..images import ImageFiles
+from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
 from ..state import AdaptedState
 from ..webreport import write_run_report, write_table_page
@@ -84,7 +84,7 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
     images, skipped = checked(listed, args.strict, stop, store=store, short_side=side, progress=not args.quiet)
     if args.overwrite:
         clear_outputs(out)
-    report.write_csv(out / "skipped.csv", skipped, ["path", "reason"])
+    report.write_csv(out / "skipped.csv", skipped, SKIPPED_COLUMNS)
     score = dict(batch_size=args.batch_size, progress=not args.quiet, should_stop=stop)
     _, outputs = evaluate(bundle, None, ImageFiles(images, store), adapted=state, features=args.discover, **score)
     val_outputs = None

@@ -214,6 +214,13 @@ def checked(
     per image, and none for images already there)."""
     try:
         if store is None:
+            streamed = next((p for p in images.paths if getattr(p, "streamed", False)), None)
+            if streamed is not None:
+                raise ConfigError(
+                    f"{streamed.container} is read as a stream (a pipe: command or a compressed shard): ueo reads "
+                    "it once into the decode cache and trains from there, so it needs the cache (drop --no-cache "
+                    "and --fast off, or unpack the shards into plain .tar files)."
+                )
             return check_images(images, strict=strict, warn=warn, should_stop=should_stop)
         _, problems = store.ensure(images, short_side, should_stop=should_stop, progress=progress)
         return sort_out(images, problems, strict, warn)
@@ -230,7 +237,13 @@ def decode_cache(args, fast=None):
         return None
     from ..cache import DecodeCache
 
-    return DecodeCache(getattr(args, "cache_dir", None), warn=warn)
+    with about("--cache-max-size"):
+        return DecodeCache(
+            getattr(args, "cache_dir", None),
+            warn=warn,
+            format=getattr(args, "cache_format", "auto"),
+            max_size=getattr(args, "cache_max_size", None),
+        )
 
 
 def threshold_spec(spec, tpr) -> None:

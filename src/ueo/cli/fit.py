@@ -17,10 +17,11 @@ from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
 from ..fastpath import decoded_short_side
 from ..files import write_text
-from ..images import ImageFiles
+from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
 from ..predict import parse_threshold
 from ..prompts import PromptLearner
+from ..sources import class_names_of
 from ..training import fit, run_identity
 from ..tuning import configure_tuning, resolve_rule
 from ..webreport import write_run_report
@@ -171,7 +172,7 @@ def run_fit(
             if is_main():
                 if new or overwrite:
                     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-                report.write_csv(out / "skipped.csv", job.skipped, ["set", "path", "reason"])
+                report.write_csv(out / "skipped.csv", job.skipped, ["set", *SKIPPED_COLUMNS])
             result = train(job, out, checkpoint, stop)
             stop.check("writing the outputs")
             return write_outputs(job, result, out, stop, started, report_html)
@@ -264,10 +265,19 @@ def load_inputs(config: dict):
         )
         run = {"benchmark": split.benchmark, "domain": split.domain, "scenario": split.scenario}
         return split.known_classes, split.train, split.test, optional_images(config, "val", split.known_classes), run
-    if not config["data"] or not config["classes"]:
+    if not config["data"]:
         raise ConfigError("Give --data and --classes (or --benchmark, --domain, --scenario, --root).")
-    with about("--classes"):
-        names = parse_class_names(config["classes"])
+    if config["classes"]:
+        with about("--classes"):
+            names = parse_class_names(config["classes"])
+    else:
+        with about(f"--data {config['data']}"):
+            names = class_names_of(config["data"])  # classnames.txt, a dataset's ClassLabel
+        if not names:
+            raise ConfigError(f"Give --classes: --data {config['data']} names no classes of its own.")
+        say(
+            f"class names: the {len(names)} that --data names ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+        )
     with about(f"--data {config['data']}"):
         train = read_images(config["data"], names, config["root"])
     require_known(train, len(names), "--data")

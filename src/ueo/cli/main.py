@@ -1,6 +1,6 @@
 """ueo: adapt CLIP to an unlabeled image collection (Universal Entropy Optimization).
 
-Commands: fit, eval, predict, discover, export, splits, report, bench, demo.  `ueo COMMAND --help` shows each one's options.
+Commands: fit, eval, predict, discover, export, splits, report, bench, demo, cache.  `ueo COMMAND --help` shows each one's options.
 Exit codes: 0 done, 1 a bug in ueo (reported with its traceback), 2 bad input (data, class names,
 weights, options, states), 3 training diverged, 128+N stopped by signal N (a checkpoint was saved).
 """
@@ -29,6 +29,7 @@ COMMANDS = {
     "splits": ("apply", "cmd_splits"),
     "report": ("apply", "cmd_report"),
     "demo": ("apply", "cmd_demo"),
+    "cache": ("store", "cmd_cache"),
 }
 # errno values that say the machine refused (not that ueo has a bug)
 ENVIRONMENT_ERRORS = {
@@ -116,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "discover":
             p.add_argument("--no-discover", dest="discover", action="store_false", help=NO_DISCOVER_HELP)
         add_cache_options(p)
+
+    p = sub.add_parser(
+        "cache",
+        help="see the decode cache (info), remove its stale entries (prune), or remove it (clear)",
+        description="The decode cache keeps each image decoded once, for later runs. info: where it is, its "
+        "size and bound, shards, images per geometry, last use. prune: remove damaged shards, older versions and "
+        "the entries of files that no longer exist or have changed. clear: remove every shard. Shards in use by "
+        "a running ueo are never removed.",
+        formatter_class=defaults,
+    )
+    p.add_argument("action", choices=("info", "prune", "clear"))
+    p.add_argument("--cache-dir", default=None, help="the cache (default: $UEO_CACHE_DIR, else ~/.cache/ueo)")
 
     p = sub.add_parser(
         "export",

@@ -134,6 +134,20 @@ def add_cache_options(parser: argparse.ArgumentParser) -> None:
         help="where decoded images are kept between runs (default: $UEO_CACHE_DIR, else ~/.cache/ueo)",
     )
     parser.add_argument("--no-cache", action="store_true", help="decode the images in memory, keep nothing on disk")
+    parser.add_argument(
+        "--cache-format",
+        choices=("auto", "raw", "jpeg"),
+        default="auto",
+        help="how new cache entries are stored: raw pixels, or JPEG at quality 95 (about a tenth of the disk); "
+        "auto: JPEG for images shrunk to the cap, raw for smaller ones",
+    )
+    parser.add_argument(
+        "--cache-max-size",
+        default=None,
+        metavar="SIZE",
+        help="bound of the decode cache, e.g. 50GB (default: $UEO_CACHE_MAX_SIZE, else the smaller of 50 GB and "
+        "20%% of the free disk at first use); least recently used shards are removed to stay under it",
+    )
 
 
 INT_KEYS = ("epochs", "batch_size", "seed", "eval_every", "eval_batch_size", "num_workers")
@@ -142,6 +156,12 @@ REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weights")
 PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out")
 # What a resumed run may change: how it runs, not what it computes.
 RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size")
+
+
+def absolute(spec: str) -> str:
+    """A path made absolute (a run's config names its inputs wherever it is resumed from); of shards joined
+    by '::', each one; a pipe: command as it is."""
+    return "::".join(part if part.startswith("pipe:") else os.path.abspath(part) for part in str(spec).split("::"))
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -245,7 +265,7 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     config = dict(config)
     for key in PATH_KEYS:
         if config.get(key):
-            config[key] = os.path.abspath(config[key])
+            config[key] = absolute(config[key])
     for key in ("classes", "pretrained", "vocabulary"):  # a file, or a list / a tag / a word
         if isinstance(config.get(key), str) and os.path.isfile(config[key]):
             config[key] = os.path.abspath(config[key])
