@@ -52,7 +52,9 @@ def test_a_second_run_decodes_nothing_and_a_changed_file_is_decoded_again(tmp_pa
     Image.new("RGB", (50, 40), (1, 2, 3)).save(images.paths[3])  # edited: a new size and modification time
     changed, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     assert counted["n"] == 13 and torch.equal(changed.image(3), torch.tensor([1, 2, 3]).view(3, 1, 1).expand(3, 40, 50))
-    other, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(images, 2 * SIDE)  # another input size: its own geometry
+    other, _ = DecodeCache(tmp_path / "cache", format="raw").ensure(
+        images, 2 * SIDE
+    )  # another input size: its own geometry
     assert counted["n"] == 25 and max(other.sizes[0]) > SIDE
 
 
@@ -215,7 +217,9 @@ def test_reading_does_not_grow_the_process_memory_with_the_collection(tmp_path):
 def test_fit_through_the_cache_equals_fit_in_memory(tmp_path, tiny_vit):
     images = read_folder(make_images(tmp_path / "data", 16), ["cat", "dog"])
     settings = dict(epochs=2, batch_size=8, lr_prompt=0.05, lr_norm=0.05, eval_train=False, fast=True)
-    cached = ueo.fit(tiny_vit, ["cat", "dog"], ImageFiles(images, DecodeCache(tmp_path / "c", format="raw")), **settings)
+    cached = ueo.fit(
+        tiny_vit, ["cat", "dog"], ImageFiles(images, DecodeCache(tmp_path / "c", format="raw")), **settings
+    )
     memory = ueo.fit(tiny_vit, ["cat", "dog"], ImageFiles(images), **settings)
     assert [h["loss"] for h in cached.history] == [h["loss"] for h in memory.history]
     assert all(torch.equal(cached.adapted.tensors[k], v) for k, v in memory.adapted.tensors.items())

@@ -82,15 +82,24 @@ def views_of(pixels, spec, kind, epoch=0):
     return [v * std + mean for v in views]  # back to [0, 1]
 
 
+# (the least PSNR in dB, the largest mean absolute difference) of a view against the reference's: raw
+# entries hold the decoded pixels; JPEG entries (quality 95, no chroma subsampling) lose a little, most
+# where an image is kept whole (jpeg), least where it was shrunk (what auto stores as JPEG)
+FIDELITY = {"raw": (45, 1 / 255), "auto": (41, 2 / 255), "jpeg": (36, 3 / 255)}  # measured: 45.1, 42.6, 37.6 dB
+
+
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
-def test_views_from_the_decode_cache_equal_the_reference_on_real_size_photos(photos, tmp_path, interpolation):
+@pytest.mark.parametrize("fmt", ["raw", "auto", "jpeg"])
+def test_views_from_the_decode_cache_equal_the_reference_on_real_size_photos(photos, tmp_path, interpolation, fmt):
     folder, _ = photos
+    least, most = FIDELITY[fmt]
+    worst = [99.0, 0.0]
     images = read_folder(folder, ["cat", "dog"])
     originals = [Image.open(p).convert("RGB") for p in images.paths]
     for size in (224, 96):
         for mode in ("shortest", "squash", "longest"):
             spec = ViewSpec(size, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), interpolation, mode, fill_color=30)
-            pixels, problems = DecodeCache(tmp_path / "cache").ensure(images, decoded_short_side(spec))
+            pixels, problems = DecodeCache(tmp_path / "cache", format=fmt).ensure(images, decoded_short_side(spec))
             assert not problems
             # the cache keeps an image whole unless its shorter side is over twice the input size
             for (h, w), (oh, ow) in zip(pixels.sizes, pixels.originals):
@@ -98,11 +107,14 @@ def test_views_from_the_decode_cache_equal_the_reference_on_real_size_photos(pho
             for image, got in zip(originals, views_of(pixels, spec, "eval")):
                 want = reference_eval_view(image, spec)
                 assert got.shape == want.shape == (3, size, size)
-                assert psnr(got, want) >= 45 and (got - want).abs().mean() <= 1 / 255, (image.size, size, mode)
+                worst[:] = min(worst[0], psnr(got, want)), max(worst[1], float((got - want).abs().mean()))
+                assert psnr(got, want) >= least and (got - want).abs().mean() <= most, (image.size, size, mode)
         for epoch in (0, 1, 2):
             for i, (image, got) in enumerate(zip(originals, views_of(pixels, spec, "train", epoch))):
                 want = reference_train_view(image, spec, seed=7, epoch=epoch, index=i)
-                assert psnr(got, want) >= 45 and (got - want).abs().mean() <= 1 / 255, (image.size, size, epoch)
+                worst[:] = min(worst[0], psnr(got, want)), max(worst[1], float((got - want).abs().mean()))
+                assert psnr(got, want) >= least and (got - want).abs().mean() <= most, (image.size, size, epoch)
+    print(f"{fmt} {interpolation}: least PSNR {worst[0]:.1f} dB, largest mean difference {worst[1] * 255:.2f}/255")
 
 
 def test_views_of_images_in_memory_equal_the_reference():

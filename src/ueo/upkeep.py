@@ -148,6 +148,9 @@ def prune(root: Path) -> dict:
                 tmp.unlink(missing_ok=True)
             for path in sorted(folder.glob("*.shard")):
                 _prune_shard(path, folder.parent.name != f"v{VERSION}", done)
+    for older in root.glob("v*"):
+        if older.is_dir() and older.name != f"v{VERSION}" and not list(older.rglob("*.shard")):
+            shutil.rmtree(older, ignore_errors=True)
     return done
 
 

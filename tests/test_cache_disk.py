@@ -1,0 +1,228 @@
+"""A decode cache that fits on the disk: JPEG entries, a bound with least-recently-used eviction that never
+removes a shard in use (two processes), a free-space floor, and `ueo cache info|prune|clear`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import fit_args, photo, psnr
+
+import ueo.cache as cache_module
+from ueo.cache import DecodeCache
+from ueo.cli import main
+from ueo.data import read_folder
+
+SIDE = 128
+
+
+def write_collection(folder: Path, n: int, seed: int, size=(400, 300)) -> Path:
+    """``n`` textured JPEG photos larger than the cap (stored as JPEG by default)."""
+    for i in range(n):
+        target = folder / ("cat" if i % 2 else "dog")
+        target.mkdir(parents=True, exist_ok=True)
+        photo(*size, seed=seed * 1000 + i).save(target / f"{i:04d}.jpg", quality=90)
+    return folder
+
+
+def shard_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*.shard"))
+
+
+def run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_jpeg_entries_take_a_fraction_of_raw_and_stay_close(tmp_path):
+    images = read_folder(write_collection(tmp_path / "data", 12, seed=0), ["cat", "dog"])
+    raw, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(images, SIDE)
+    jpeg, _ = DecodeCache(tmp_path / "jpeg", format="jpeg").ensure(images, SIDE)
+    auto, _ = DecodeCache(tmp_path / "auto").ensure(images, SIDE)  # every image is shrunk: JPEG
+    assert shard_bytes(tmp_path / "jpeg") < 0.4 * shard_bytes(tmp_path / "raw")
+    assert shard_bytes(tmp_path / "auto") == pytest.approx(shard_bytes(tmp_path / "jpeg"), rel=0.01)
+    for i in range(len(images)):
+        assert jpeg.sizes[i] == raw.sizes[i] and jpeg.originals[i] == raw.originals[i]
+        assert psnr(jpeg.image(i).float() / 255, raw.image(i).float() / 255) >= 36  # 37.4 measured (textured)
+    # an image smaller than the cap is kept raw by auto: exactly its pixels
+    small = read_folder(write_collection(tmp_path / "small", 4, seed=1, size=(120, 90)), ["cat", "dog"])
+    kept, _ = DecodeCache(tmp_path / "auto").ensure(small, SIDE)
+    exact, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(small, SIDE)
+    assert all(torch.equal(kept.image(i), exact.image(i)) for i in range(4))
+    assert all(int(kept.format[i]) == cache_module.RAW for i in range(4))
+
+
+def test_the_bound_is_respected_and_the_least_recently_used_go_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "SHARD_IMAGES", 4)
+    a = read_folder(write_collection(tmp_path / "a", 8, seed=2), ["cat", "dog"])
+    b = read_folder(write_collection(tmp_path / "b", 8, seed=3), ["cat", "dog"])
+    DecodeCache(tmp_path / "probe").ensure(a, SIDE)
+    one = shard_bytes(tmp_path / "probe") / 2  # about the size of a shard of 4 images
+    limit = int(3.2 * one)  # room for three shards of the four that a and b need
+    said = []
+    first = DecodeCache(tmp_path / "cache", warn=said.append, max_size=str(limit))
+    first.ensure(a, SIDE)
+    a_shards = sorted((tmp_path / "cache").rglob("*.shard"))
+    assert len(a_shards) == 2 and not said
+    first.release()  # a's run is over: its shards may go
+    os.utime(a_shards[0], ns=(1, 1))  # a_shards[0] used long ago, a_shards[1] recently
+    DecodeCache(tmp_path / "cache", warn=said.append, max_size=str(limit)).ensure(b, SIDE)
+    assert shard_bytes(tmp_path / "cache") <= limit
+    assert not a_shards[0].exists() and a_shards[1].exists() and not said  # only the oldest made room
+    assert len(list((tmp_path / "cache").rglob("*.shard"))) == 3
+
+
+HOLDER = """
+import sys, zlib
+from ueo.cache import DecodeCache
+from ueo.data import read_folder
+images = read_folder(sys.argv[1], ["cat", "dog"])
+pixels, _ = DecodeCache(sys.argv[2], max_size=sys.argv[3]).ensure(images, int(sys.argv[4]))
+first = [zlib.crc32(pixels.image(i).numpy().tobytes()) for i in range(len(pixels))]
+print("ready", flush=True)
+sys.stdin.readline()  # the other process evicts now
+again = [zlib.crc32(pixels.image(i).numpy().tobytes()) for i in range(len(pixels))]
+print("same" if again == first else "changed", len(pixels), flush=True)
+"""
+
+
+def test_eviction_never_removes_a_shard_another_process_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "SHARD_IMAGES", 4)
+    a = write_collection(tmp_path / "a", 8, seed=4)
+    b = read_folder(write_collection(tmp_path / "b", 8, seed=5), ["cat", "dog"])
+    code = "import ueo.cache as c; c.SHARD_IMAGES = 4\n" + HOLDER
+    cache = tmp_path / "cache"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(a), str(cache), "1GB", str(SIDE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"  # a is in the cache, and held
+        held = sorted(cache.rglob("*.shard"))
+        for path in held:
+            os.utime(path, ns=(1, 1))  # the least recently used: first in line for eviction
+        limit = str(shard_bytes(cache) + 1000)  # b's shards do not fit beside a's
+        said = []
+        pixels, problems = DecodeCache(cache, warn=said.append, max_size=limit).ensure(b, SIDE)
+        assert all(p.exists() for p in held)  # in use: not evicted
+        assert not problems and len(pixels) == 8  # b decoded in memory, with a warning
+        assert len(said) == 1 and "stopped growing" in said[0] and "in use" in said[0]
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().split() == ["same", "8"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    # the holder is gone: now its shards make room
+    DecodeCache(cache, max_size=limit).ensure(b, SIDE)
+    assert not any(p.exists() for p in held) and shard_bytes(cache) <= int(limit)
+
+
+def test_a_full_disk_during_building_the_run_finishes_and_says_the_cache_stopped(
+    tmp_path, capsys, tiny_vit_weights, monkeypatch
+):
+    data = write_collection(tmp_path / "data", 6, seed=6)
+    monkeypatch.setenv("UEO_CACHE_MIN_FREE", "1000000TB")  # whatever the disk has, it is under the floor
+    args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--no-report", "--no-discover")
+    code, out, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0, err
+    assert "decode cache stopped growing" in err and "floor" in err and "decoded in memory" in err
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_adaptation_images"] == 6
+    assert not list((tmp_path / "cache").rglob("*.shard"))
+
+
+def test_a_bad_bound_is_a_clear_error(tmp_path, capsys, tiny_vit_weights):
+    data = write_collection(tmp_path / "data", 2, seed=7)
+    args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--cache-max-size", "lots")
+    code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert code == 2 and "--cache-max-size must be a size such as 50GB" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, size", [("50GB", 50 * 10**9), ("2GiB", 2 * 2**30), ("1.5M", 1_500_000), ("7", 7)])
+def test_sizes_read_as_written(text, size):
+    assert cache_module.parse_size(text) == size
+
+
+def cache_cli(capsys, root, action):
+    code, out, err = run(capsys, ["cache", action, "--cache-dir", str(root)])
+    assert code == 0 and "Traceback" not in err, err
+    return out + err
+
+
+def test_cache_commands_on_an_empty_cache(tmp_path, capsys):
+    for action in ("info", "prune", "clear"):
+        assert "empty" in cache_cli(capsys, tmp_path / "none", action)
+    assert not (tmp_path / "none").exists()
+
+
+def test_cache_commands_on_a_full_cache(tmp_path, capsys, tiny_vit_weights):
+    data = write_collection(tmp_path / "data", 10, seed=8)
+    args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--no-report", "--no-discover")
+    assert run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])[0] == 0
+    text = cache_cli(capsys, tmp_path / "cache", "info")
+    assert "10 image(s) (10 JPEG, 0 raw), 0 unreadable" in text and "v3/short" in text and "bound:" in text
+    assert "1 shard(s)" in text
+    photo(400, 300, seed=99).save(data / "cat" / "0001.jpg")  # changed: its entry is stale
+    (data / "dog" / "0000.jpg").unlink()  # gone: its entry is stale
+    text = cache_cli(capsys, tmp_path / "cache", "prune")
+    assert "1 written again without their 2 stale entrie(s)" in text
+    assert "8 image(s)" in cache_cli(capsys, tmp_path / "cache", "info")
+    text = cache_cli(capsys, tmp_path / "cache", "prune")  # nothing more is stale
+    assert "0 shard(s) removed, 0 written again" in text
+    text = cache_cli(capsys, tmp_path / "cache", "clear")
+    assert "1 shard(s) removed" in text and not list((tmp_path / "cache").rglob("*.shard"))
+    assert "0 shard(s), 0 image(s)" in cache_cli(capsys, tmp_path / "cache", "info")
+
+
+def test_cache_commands_on_a_damaged_cache(tmp_path, capsys):
+    images = read_folder(write_collection(tmp_path / "data", 6, seed=9), ["cat", "dog"])
+    DecodeCache(tmp_path / "cache").ensure(images, SIDE)
+    shard = next((tmp_path / "cache").rglob("*.shard"))
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated
+    (shard.parent / ".left-by-a-crash.tmp").write_bytes(b"\0" * 10)
+    old = tmp_path / "cache" / "v2" / "short128"
+    old.mkdir(parents=True)
+    (old / "x.shard").write_bytes(b"an older layout")
+    text = cache_cli(capsys, tmp_path / "cache", "info")
+    assert "1 damaged shard(s), 1 temporary file(s)" in text and "an older version" in text
+    text = cache_cli(capsys, tmp_path / "cache", "prune")
+    assert "2 shard(s) removed" in text
+    assert not list((tmp_path / "cache").rglob("*.shard")) and not list((tmp_path / "cache").rglob("*.tmp"))
+    text = cache_cli(capsys, tmp_path / "cache", "info")
+    assert "damaged" not in text and "older version" not in text
+
+
+def test_the_views_through_a_jpeg_cache_stay_close_to_open_clips(tmp_path):
+    """ueo.evaluate through a JPEG cache against open_clip's own preprocess + encode_image (random ViT-B-32)."""
+    import open_clip
+    import torch.nn.functional as F
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+
+    import ueo
+    from helpers import write_photos
+
+    paths = write_photos(tmp_path / "photos")
+    bundle = ueo.load_clip("ViT-B-32", pretrained=None, device="cpu", seed=1)
+    names = ["cat", "dog", "house"]
+    images = ueo.read_images(str(tmp_path / "photos"), ["cat", "dog"])
+    files = ueo.ImageFiles(images, ueo.DecodeCache(tmp_path / "cache", format="jpeg"))
+    _, outputs = ueo.evaluate(bundle, names, files, batch_size=8)
+    preprocess = image_transform_v2(PreprocessCfg(**bundle.model.visual.preprocess_cfg), is_train=False)
+    with torch.no_grad():
+        pictures = [Image.open(p).convert("RGB") for p in images.paths]
+        features = F.normalize(bundle.model.encode_image(torch.stack([preprocess(i) for i in pictures])), dim=-1)
+        text = F.normalize(
+            bundle.model.encode_text(open_clip.get_tokenizer("ViT-B-32")([f"a photo of a {n}." for n in names])), dim=-1
+        )
+    want = features @ text.T
+    assert len(paths) == len(images)
+    assert (outputs.cosines - want).abs().max() < 2e-3, (outputs.cosines - want).abs().max()
+    assert np.array_equal(outputs.cosines.argmax(1).numpy(), want.argmax(1).numpy())
