@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fit_args, photo, psnr
 
 import ueo.cache as cache_module
+from helpers import fit_args, photo, psnr
 from ueo.cache import DecodeCache
 from ueo.cli import main
 from ueo.data import read_folder
@@ -44,6 +44,7 @@ def test_jpeg_entries_take_a_fraction_of_raw_and_stay_close(tmp_path):
     raw, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(images, SIDE)
     jpeg, _ = DecodeCache(tmp_path / "jpeg", format="jpeg").ensure(images, SIDE)
     auto, _ = DecodeCache(tmp_path / "auto").ensure(images, SIDE)  # every image is shrunk: JPEG
+    assert all(int(f) == cache_module.JPEG for f in auto.format)
     assert shard_bytes(tmp_path / "jpeg") < 0.4 * shard_bytes(tmp_path / "raw")
     assert shard_bytes(tmp_path / "auto") == pytest.approx(shard_bytes(tmp_path / "jpeg"), rel=0.01)
     for i in range(len(images)):
@@ -131,7 +132,7 @@ def test_a_full_disk_during_building_the_run_finishes_and_says_the_cache_stopped
     data = write_collection(tmp_path / "data", 6, seed=6)
     monkeypatch.setenv("UEO_CACHE_MIN_FREE", "1000000TB")  # whatever the disk has, it is under the floor
     args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--no-report", "--no-discover")
-    code, out, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
     assert "decode cache stopped growing" in err and "floor" in err and "decoded in memory" in err
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_adaptation_images"] == 6
@@ -226,3 +227,21 @@ def test_the_views_through_a_jpeg_cache_stay_close_to_open_clips(tmp_path):
     assert len(paths) == len(images)
     assert (outputs.cosines - want).abs().max() < 2e-3, (outputs.cosines - want).abs().max()
     assert np.array_equal(outputs.cosines.argmax(1).numpy(), want.argmax(1).numpy())
+
+
+def test_batched_decoding_of_jpeg_entries_gives_what_pil_gives(tmp_path):
+    """decode_batch is what places JPEG entries on a GPU (torchvision's batched decoder, with device=cuda
+    there); on the CPU the same call must give PIL's pixels to a level."""
+    from ueo.cache import decode_batch
+
+    images = read_folder(write_collection(tmp_path / "data", 6, seed=10), ["cat", "dog"])
+    small = read_folder(write_collection(tmp_path / "small", 2, seed=11, size=(100, 80)), ["cat", "dog"])
+    both = images.subset(range(6))
+    both.paths += small.paths
+    both.labels += small.labels
+    pixels, _ = DecodeCache(tmp_path / "cache").ensure(both, SIDE)  # 6 JPEG entries, 2 raw ones
+    assert [int(f) for f in pixels.format] == [1] * 6 + [0] * 2
+    for got, i in zip(decode_batch(pixels, range(8), "cpu"), range(8)):
+        want = pixels.image(i)
+        assert got.shape == want.shape and (got.int() - want.int()).abs().max() <= 2
+        assert (got.float() - want.float()).abs().mean() < 0.1

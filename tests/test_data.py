@@ -4,8 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ueo.data import DataError, fold, parse_class_names, read_folder, read_images, read_list_file
+from ueo.data import DataError, fold, parse_class_names, read_folder, read_list_file
 from ueo.images import ImageFiles
+from ueo.sources import read_images
 
 
 def make_image(path, size=(20, 16), mode="RGB"):

@@ -39,7 +39,7 @@ SUBSTITUTIONS = [
 # added to fit, bench and torchrun commands that do not give them: the toy CLIP (the default model needs a
 # download), one epoch on the CPU
 FAST = {"--model": "ueo-toy-rn", "--pretrained": "toyworld", "--epochs": "1", "--batch-size": "16", "--device": "cpu"}
-STANDS_ON = ("make demo", "make test", "make install", "pip install -e .")
+STANDS_ON = ("make demo", "make test", "make install", "pip install -e .", "pip install ueo wds", "pip install ueo hf")
 
 
 def readme_blocks() -> list[tuple[str, str]]:
@@ -86,6 +86,7 @@ def workspace(tmp_path_factory):
     (root / "names.txt").write_text("zebra\nhorse\nteapot\nfox\n", encoding="utf-8")  # a vocabulary
     for name in ("a.jpg", "b.jpg"):
         tw.render(tw.TARGET_STYLE, 0, len(name), seed=0).save(root / name)
+    write_shards(root / "shards")
 
     def classes(benchmark):
         return (CLASSES / f"{benchmark}.txt").read_text().split()
@@ -106,6 +107,22 @@ def workspace(tmp_path_factory):
                 lines.append(f"{relative} {k}")
         (lists / f"sketch_{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def write_shards(folder: Path, count: int = 100) -> None:
+    """WebDataset shards 0000..0099 (webdataset's own writer), a toy image each, with classnames.txt."""
+    import io
+
+    import webdataset as wds
+
+    folder.mkdir()
+    names = tw.CLASS_NAMES[:4]
+    (folder / "classnames.txt").write_text("\n".join(names) + "\n")
+    for i in range(count):
+        buffer = io.BytesIO()
+        tw.render(tw.TARGET_STYLE, i % 4, i, seed=1).save(buffer, format="PNG")
+        with wds.TarWriter(str(folder / f"{i:04d}.tar")) as sink:
+            sink.write({"__key__": f"{i:06d}", "png": buffer.getvalue(), "cls": str(i % 4).encode()})
 
 
 def run_command(words: list[str], cwd: Path) -> None:

@@ -27,9 +27,15 @@ def scores_by_path(csv_path):
     return {row["path"]: (row["prediction"], float(row["score"])) for row in read_csv(csv_path)}
 
 
+# How close load_adapted (which decodes each file itself) comes to the runs' scores: exactly with raw cache
+# entries; with JPEG entries (the default for images shrunk to the cap) to what they lose (measured 3e-4)
+AGAINST_FILES = {"raw": 2e-6, "auto": 2e-3}
+
+
 @pytest.mark.parametrize("model, pretrained", [("ueo-tiny-vit", "none"), ("ueo-toy-rn", "toyworld")])
-def test_fit_eval_predict_and_load_adapted_score_each_image_alike(photos, tmp_path, model, pretrained):
-    common = ["--device", "cpu", "--quiet"]
+@pytest.mark.parametrize("fmt", ["raw", "auto"])
+def test_fit_eval_predict_and_load_adapted_score_each_image_alike(photos, tmp_path, model, pretrained, fmt):
+    common = ["--device", "cpu", "--quiet", "--cache-format", fmt, "--cache-dir", str(tmp_path / "cache")]
     fit = tmp_path / "fit"
     argv = ["fit", "--model", model, "--pretrained", pretrained, "--seed", "7", "--data", str(photos)]
     argv += ["--classes", "cat,dog", "--test", str(photos), "--epochs", "2", "--batch-size", "4", "--out", str(fit)]
@@ -46,8 +52,12 @@ def test_fit_eval_predict_and_load_adapted_score_each_image_alike(photos, tmp_pa
             assert got[path][0] == decision and got[path][1] == pytest.approx(score, abs=2e-6), path
     classifier = ueo.load_adapted(state, device="cpu")
     paths = sorted(fitted)
+    worst = 0.0
     for path, prediction in zip(paths, classifier.predict(paths)):
-        assert prediction.label == fitted[path][0] and prediction.score == pytest.approx(fitted[path][1], abs=2e-6)
+        worst = max(worst, abs(prediction.score - fitted[path][1]))
+        assert prediction.score == pytest.approx(fitted[path][1], abs=AGAINST_FILES[fmt]), path
+        assert prediction.label == fitted[path][0] or abs(fitted[path][1] - classifier.threshold) < AGAINST_FILES[fmt]
+    print(f"{fmt}: load_adapted's scores within {worst:.2g} of the run's")
     if pretrained == "none":  # what rebuilt the model: the seed the state recorded
         assert ueo.AdaptedState.load(state).weights_identity == {"random": 7}
         assert classifier.bundle.identity == {"random": 7}

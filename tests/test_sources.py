@@ -10,8 +10,8 @@ import tarfile
 
 import numpy as np
 import pytest
-from helpers import fit_args, read_csv, write_photos
 
+from helpers import fit_args, read_csv, write_photos
 from ueo.cli import main
 
 wds = pytest.importorskip("webdataset")
@@ -159,7 +159,7 @@ def test_without_classes_the_collection_names_them(photos, tmp_path, capsys, tin
     root = tmp_path / "wds"
     write_shards(root / "test", photos, names=("cat", "dog", "zebra"), classnames=False)
     (root / "classnames.txt").write_text("cat\ndog\nzebra\n")
-    args = [a for a in fit_args(tiny_vit_weights, root, tmp_path / "out", "--no-report", "--no-discover")]
+    args = fit_args(tiny_vit_weights, root, tmp_path / "out", "--no-report", "--no-discover")
     i = args.index("--classes")
     code, out, err = run(capsys, args[:i] + args[i + 2 :] + ["--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
@@ -235,7 +235,7 @@ def test_a_truncated_shard_keeps_what_comes_before_the_cut(photos, tmp_path, cap
     last = sorted(shards.glob("*.tar"))[-1]
     data = last.read_bytes()
     with tarfile.open(last) as tar:
-        members = [m for m in tar.getmembers()]
+        members = tar.getmembers()
     cut = members[3].offset_data + members[3].size // 2  # inside the second sample's image
     last.write_bytes(data[:cut])
     code, err = fit(capsys, tiny_vit_weights, str(shards), tmp_path / "out")
@@ -278,7 +278,8 @@ def test_a_pipe_needs_the_cache_and_says_so(photos, tmp_path, capsys, tiny_vit_w
 def test_a_resumed_run_sees_a_shard_rewritten(photos, tmp_path, capsys, tiny_vit_weights):
     """The identity of an image in a shard is the shard's path, size, times, inode and the member's name."""
     shards = write_shards(tmp_path / "shards", photos)
-    from ueo.data import fingerprint, read_images
+    from ueo.data import fingerprint
+    from ueo.sources import read_images
 
     before = fingerprint(read_images(str(shards), ["cat", "dog"]))
     first = sorted(shards.glob("*.tar"))[0]

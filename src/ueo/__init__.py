@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "read_images": "data",
+    "read_images": "sources",
     "ImageFiles": "images",
     "load_image": "images",
     "DecodeCache": "cache",
@@ -90,12 +90,12 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
         UeoError,
         WeightsUnavailableError,
     )
-    from .data import read_images
     from .images import ImageFiles, load_image
     from .inference import Outputs, evaluate
     from .metrics import compute_metrics, open_set_metrics
     from .objectives import entropy, entropy_loss, infomax_loss, mcm_scores, ueo_loss
     from .prompts import PromptLearner
+    from .sources import read_images
     from .state import AdaptedState
     from .training import fit
     from .tuning import configure_tuning, tunable_parameters

@@ -292,24 +292,6 @@ def read_metadata(folder: Path, class_names: Sequence[str] | None) -> ImageList:
     return ImageList(paths, labels if labeled else [-1] * len(paths), labeled, unknown if labeled else {})
 
 
-def read_images(
-    spec: str | os.PathLike, class_names: Sequence[str] | None = None, root: str | os.PathLike | None = None
-) -> ImageList:
-    """A folder, a list file, WebDataset shards or a Hugging Face dataset (``ueo.sources``)."""
-    from . import sources
-
-    if sources.kind(spec) is not None:
-        return sources.read_source(spec, class_names)
-    spec = Path(spec)
-    if spec.is_dir():
-        return read_folder(spec, class_names)
-    if spec.is_file():
-        if spec.suffix.lower() in IMAGE_EXTENSIONS:
-            raise DataError(f"{spec} is an image: give the folder that holds the images, or a list file.")
-        return read_list_file(spec, root)
-    raise DataError(f"{spec}: no such folder or list file.")
-
-
 def file_state(stat: os.stat_result) -> str:
     """What says that a file is still the one seen before: size, modification and change times, inode and
     device. Writing a file, extracting an archive over it (tar restores the modification time, not the

@@ -224,8 +224,9 @@ class Stager:
 
 def place(pixels, device):
     """Where the pixels live while they are used: on a CUDA device when they take under half its free
-    memory (copied there a shard-sized chunk at a time), else where they are (host memory, or the decode
-    cache's memory maps, read through a Stager)."""
+    memory (copied there 256 images at a time; JPEG entries of the decode cache decoded there, in batches,
+    by torchvision's GPU decoder), else where they are (host memory, or the decode cache's memory maps,
+    read through a Stager)."""
     device = torch.device(device)
     if device.type != "cuda":
         return pixels
@@ -234,12 +235,16 @@ def place(pixels, device):
         return pixels
     if isinstance(pixels, ImageCache):
         return pixels.to(device)
+    from .cache import decode_batch
+
     flat = torch.empty(pixels.nbytes, dtype=torch.uint8, device=device)
     offsets, at = [], 0
     stager = Stager(pixels, device)
+    jpeg = hasattr(pixels, "encoded") and bool(pixels.format.any())
     for start in range(0, len(pixels), 256):
-        regions = whole(pixels, range(start, min(start + 256, len(pixels))))
-        for part in stager.send(*stager.gather(regions)):
+        chunk = range(start, min(start + 256, len(pixels)))
+        parts = decode_batch(pixels, chunk, device) if jpeg else stager.send(*stager.gather(whole(pixels, chunk)))
+        for part in parts:
             flat[at : at + part.numel()].copy_(part.reshape(-1), non_blocking=True)
             offsets.append(at)
             at += part.numel()

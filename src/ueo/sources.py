@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .data import ImageList, file_state, name_labels, read_text
+from .data import IMAGE_EXTENSIONS, ImageList, file_state, name_labels, read_folder, read_list_file, read_text
 from .errors import DataError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -104,13 +104,16 @@ def kind(spec) -> str | None:
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             return "dataset"
-        inside = _tars(path) or _splits(path)
-        if inside:
+        if _tars(path) or ((path / "classnames.txt").is_file() and _splits(path)):
             return "tar"
         if _parquets(path):
             return "parquet"
         return None
     if any(c in text for c in "*?[{") or "::" in text:
+        if text.lower().endswith(".parquet"):
+            return "parquet"
+        if _is_tar(text):  # (a pattern that matches nothing: shards_of says so)
+            return "tar"
         names = expand(text)
         if names and all(_is_tar(n) for n in names):
             return "tar"
@@ -124,16 +127,18 @@ def _is_tar(name: str) -> bool:
 
 
 def _tars(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and _is_tar(p.name))
+    return sorted(str(p) for p in folder.iterdir() if _is_tar(p.name) and p.is_file())
 
 
 def _splits(folder: Path) -> dict[str, Path]:
-    """The split folders of a CLIP_benchmark-style root (sub-folders that hold shards)."""
+    """The split folders of a CLIP_benchmark-style root (sub-folders that hold shards; only looked for
+    beside a classnames.txt, so that a large folder of images is not listed twice)."""
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") and _tars(p)}
 
 
 def _parquets(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*.parquet") if p.is_file())
+    """The parquet files of a folder: at its top, or under data/ (the Hugging Face Hub's layout)."""
+    return sorted(str(p) for p in [*folder.glob("*.parquet"), *folder.glob("data/**/*.parquet")] if p.is_file())
 
 
 def expand(text: str) -> list[str]:
@@ -333,6 +338,22 @@ def _labeled(members: list, raw: list, dataset_names, class_names, spec) -> Imag
     return ImageList(members, labels, labeled=True, unknown_names=unknown)
 
 
+def read_images(
+    spec: str | os.PathLike, class_names: Sequence[str] | None = None, root: str | os.PathLike | None = None
+) -> ImageList:
+    """A folder, a list file (``ueo.data``), WebDataset shards or a Hugging Face dataset (this module)."""
+    if kind(spec) is not None:
+        return read_source(spec, class_names)
+    spec = Path(spec)
+    if spec.is_dir():
+        return read_folder(spec, class_names)
+    if spec.is_file():
+        if spec.suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(f"{spec} is an image: give the folder that holds the images, or a list file.")
+        return read_list_file(spec, root)
+    raise DataError(f"{spec}: no such folder or list file.")
+
+
 # -- Hugging Face datasets --------------------------------------------------------------------------------------
 
 
@@ -352,6 +373,8 @@ def _table_of(spec) -> Table:
     if kind(text) == "dataset":
         return _disk_table(_dataset_folder(Path(text)))
     files = _parquets(Path(text)) if Path(text).is_dir() else (expand(text) if not Path(text).is_file() else [text])
+    if not files:
+        raise DataError(f"{text}: no parquet file matches.")
     return _parquet_table(files, text)
 
 

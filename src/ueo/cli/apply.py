@@ -8,11 +8,11 @@ from pathlib import Path
 from .. import protocols, report
 from ..classifier import Classifier
 from ..config import FitConfig
-from ..data import read_images
 from ..errors import ConfigError, IncompatibleError
 from ..fastpath import decoded_short_side
 from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
+from ..sources import read_images
 from ..state import AdaptedState
 from ..webreport import write_run_report, write_table_page
 from .common import (

@@ -12,12 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..config import is_finite_number
-from ..data import ImageList, read_images
+from ..data import ImageList
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
 from ..images import check_images, sort_out
 from ..metrics import known_mask
 from ..predict import otsu_threshold, parse_threshold, threshold_at_tpr, threshold_warning
+from ..sources import read_images
 
 LOCK_NAME = ".ueo.lock"
 # Everything a run writes into its folder; --overwrite removes these first, so that no file of an earlier

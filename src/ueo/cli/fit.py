@@ -12,7 +12,7 @@ import yaml
 from .. import __version__, protocols, report
 from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..config import FitConfig
-from ..data import ImageList, fingerprint, parse_class_names, read_images
+from ..data import ImageList, fingerprint, parse_class_names
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
 from ..fastpath import decoded_short_side
@@ -21,7 +21,7 @@ from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
 from ..predict import parse_threshold
 from ..prompts import PromptLearner
-from ..sources import class_names_of
+from ..sources import class_names_of, read_images
 from ..training import fit, run_identity
 from ..tuning import configure_tuning, resolve_rule
 from ..webreport import write_run_report
