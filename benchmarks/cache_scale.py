@@ -128,6 +128,9 @@ def main():
     parser.add_argument("--fit-sizes", type=int, nargs="*", default=None, help="sizes to run `ueo fit` on (all)")
     parser.add_argument("--photo", type=int, nargs=2, default=(300, 900), help="image sides, min max")
     parser.add_argument("--sample", type=int, default=2000, help="entries read back for the read speed")
+    parser.add_argument(
+        "--large", type=int, default=50_000, help="from this size on, only JPEG entries (raw ones would fill the disk)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     threads = os.cpu_count() or 2
@@ -157,7 +160,10 @@ def main():
             row: dict = {"generate_s": time.perf_counter() - start}
             row["source_bytes_per_image"] = sum(p.stat().st_size for p in data.rglob("*.jpg")) / n
             images = read_folder(data, ["cat", "dog"])
-            for fmt in FORMATS:
+            formats = FORMATS if n < args.large else ("jpeg",)
+            fit_format = "auto" if "auto" in formats else formats[0]
+            row["fit_cache_format"] = fit_format
+            for fmt in formats:
                 store = tmp / f"cache-{fmt}{n}"
                 start = time.perf_counter()
                 DecodeCache(store, format=fmt, max_size="10TB").ensure(images, side, threads=threads)
@@ -170,14 +176,14 @@ def main():
                 row[f"{fmt}_read_img_s_one_core"] = read_speed(pixels, args.sample)
                 if fmt == "raw" and n == args.sizes[0]:
                     row |= webp_figures(pixels, min(args.sample, 300))
-                if fmt != "auto":
+                if fmt != fit_format:
                     for p in store.rglob("*.shard"):
                         p.unlink()
             if n in fit_sizes:
                 fixed = "--device cpu --classes cat,dog --epochs 1 --batch-size 64 --eval-batch-size 256 --quiet"
                 command = [sys.executable, "-m", "ueo", "fit", "--model", model, "--data", str(data)]
                 command += [*fixed.split(), "--no-report", "--no-discover", "--out", str(tmp / f"run{n}")]
-                command += ["--cache-dir", str(tmp / f"cache-auto{n}"), "--cache-max-size", "10TB"]
+                command += ["--cache-dir", str(tmp / f"cache-{fit_format}{n}"), "--cache-max-size", "10TB"]
                 kb, seconds, code = peak_anon_kb(command, dict(os.environ))
                 assert code == 0, n
                 row["fit_peak_rss_anon_mb"], row["fit_seconds"] = kb / 1024, seconds
@@ -189,9 +195,11 @@ def main():
                 start = time.perf_counter()
                 DecodeCache(tmp / f"cache-wds{n}", max_size="10TB").ensure(listed, side, threads=threads)
                 row["wds_first_pass_img_s"] = n / (time.perf_counter() - start)
-            for p in (tmp / f"cache-auto{n}").rglob("*.shard"):
+            for p in (tmp / f"cache-{fit_format}{n}").rglob("*.shard"):
                 p.unlink()
-            print(n, json.dumps({k: round(v, 2) for k, v in row.items()}), flush=True)
+            for p in data.rglob("*.jpg"):  # room for the next size
+                p.unlink()
+            print(n, json.dumps({k: v if isinstance(v, str) else round(v, 2) for k, v in row.items()}), flush=True)
             results["sizes"][str(n)] = row
             if args.json:  # what is measured so far survives a later failure
                 write_text(args.json, json.dumps(results, indent=2) + "\n")

@@ -58,8 +58,10 @@ def generated():
 
 @pytest.fixture
 def counted(monkeypatch):
-    """The number of images decoded into the decode cache."""
+    """The number of images the decode cache decoded from their files (building, or reading an entry back
+    that failed its checksum)."""
     import ueo.cache as cache_module
+    import ueo.mapped as mapped_module
 
     calls = {"n": 0}
     real = cache_module.decode
@@ -69,4 +71,5 @@ def counted(monkeypatch):
         return real(path, short_side)
 
     monkeypatch.setattr(cache_module, "decode", decode)
+    monkeypatch.setattr(mapped_module, "decode", decode)
     return calls

@@ -15,6 +15,7 @@ from PIL import Image
 
 import ueo
 import ueo.cache as cache_module
+import ueo.shards as shards_module
 from ueo.cache import DecodeCache
 from ueo.data import read_folder
 from ueo.fastpath import Stager, build_cache, fetch, whole
@@ -152,7 +153,7 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, counted, damage)
     elif damage == "index":
         data[-5] ^= 0xFF
     else:
-        data[cache_module.HEADER.size + 10] ^= 0xFF  # a pixel of the first image
+        data[shards_module.HEADER.size + 10] ^= 0xFF  # a pixel of the first image
     shard.write_bytes(bytes(data))
     warnings = []
     store = DecodeCache(tmp_path / "cache", warn=warnings.append, format="raw")

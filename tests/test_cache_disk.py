@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ueo.cache as cache_module
+import ueo.shards as shards_module
 from helpers import fit_args, photo, psnr
 from ueo.cache import DecodeCache
 from ueo.cli import main
@@ -44,7 +45,7 @@ def test_jpeg_entries_take_a_fraction_of_raw_and_stay_close(tmp_path):
     raw, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(images, SIDE)
     jpeg, _ = DecodeCache(tmp_path / "jpeg", format="jpeg").ensure(images, SIDE)
     auto, _ = DecodeCache(tmp_path / "auto").ensure(images, SIDE)  # every image is shrunk: JPEG
-    assert all(int(f) == cache_module.JPEG for f in auto.format)
+    assert all(int(f) == shards_module.JPEG for f in auto.format)
     assert shard_bytes(tmp_path / "jpeg") < 0.4 * shard_bytes(tmp_path / "raw")
     assert shard_bytes(tmp_path / "auto") == pytest.approx(shard_bytes(tmp_path / "jpeg"), rel=0.01)
     for i in range(len(images)):
@@ -55,7 +56,7 @@ def test_jpeg_entries_take_a_fraction_of_raw_and_stay_close(tmp_path):
     kept, _ = DecodeCache(tmp_path / "auto").ensure(small, SIDE)
     exact, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(small, SIDE)
     assert all(torch.equal(kept.image(i), exact.image(i)) for i in range(4))
-    assert all(int(kept.format[i]) == cache_module.RAW for i in range(4))
+    assert all(int(kept.format[i]) == shards_module.RAW for i in range(4))
 
 
 def test_the_bound_is_respected_and_the_least_recently_used_go_first(tmp_path, monkeypatch):
@@ -148,7 +149,7 @@ def test_a_bad_bound_is_a_clear_error(tmp_path, capsys, tiny_vit_weights):
 
 @pytest.mark.parametrize("text, size", [("50GB", 50 * 10**9), ("2GiB", 2 * 2**30), ("1.5M", 1_500_000), ("7", 7)])
 def test_sizes_read_as_written(text, size):
-    assert cache_module.parse_size(text) == size
+    assert shards_module.parse_size(text) == size
 
 
 def cache_cli(capsys, root, action):
@@ -232,7 +233,7 @@ def test_the_views_through_a_jpeg_cache_stay_close_to_open_clips(tmp_path):
 def test_batched_decoding_of_jpeg_entries_gives_what_pil_gives(tmp_path):
     """decode_batch is what places JPEG entries on a GPU (torchvision's batched decoder, with device=cuda
     there); on the CPU the same call must give PIL's pixels to a level."""
-    from ueo.cache import decode_batch
+    from ueo.mapped import decode_batch
 
     images = read_folder(write_collection(tmp_path / "data", 6, seed=10), ["cat", "dog"])
     small = read_folder(write_collection(tmp_path / "small", 2, seed=11, size=(100, 80)), ["cat", "dog"])

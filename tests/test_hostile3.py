@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import ueo.cache as cache_module
+import ueo.shards as shards_module
 from helpers import fit_args, make_folder, odd_images, read_csv
 from ueo.cli import main
 from ueo.data import fingerprint, read_folder
@@ -239,7 +240,7 @@ def test_a_hung_builder_is_waited_for_only_so_long(tmp_path, monkeypatch):
     cache = DecodeCache(tmp_path / "cache", warn=(said := []).append)
     folder = cache.folder(64)
     folder.mkdir(parents=True)
-    monkeypatch.setattr(cache_module, "LOCK_WAIT", 0.0)
+    monkeypatch.setattr(shards_module, "LOCK_WAIT", 0.0)
     with open(folder / ".lock", "a") as held:  # another process builds, and does not finish
         fcntl.flock(held, fcntl.LOCK_EX)
         pixels, problems = cache.ensure(images, 64)

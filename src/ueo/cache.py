@@ -39,54 +39,38 @@ import contextlib
 import fcntl
 import hashlib
 import io
-import json
 import os
-import re
 import shutil
-import struct
-import time
-import uuid
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .data import ImageList, identity
 from .errors import ConfigError, TrainingInterrupted
-from .images import UNREADABLE, PixelBudget, describe, image_pixels, load_image, shrink
-
-VERSION = 3
-MAGIC = b"UEOSHRD3"
-HEADER = struct.Struct("<8sIQQI")  # magic, count, index offset, index length, index crc
-INDEX = np.dtype(
-    [
-        ("key", "S20"),
-        ("offset", "<u8"),
-        ("nbytes", "<u8"),
-        ("format", "<u1"),
-        ("h", "<u4"),
-        ("w", "<u4"),
-        ("original_h", "<u4"),
-        ("original_w", "<u4"),
-        ("crc", "<u4"),
-        ("problem", "<i4"),
-    ]
+from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels
+from .mapped import MappedPixels
+from .shards import (
+    FORMATS,
+    VERSION,
+    Shard,
+    bound,
+    disk_floor,
+    encode,
+    locked,
+    parse_size,
+    read_shard,
+    removable,
+    shard_files,
+    unpack,
+    what_of,
+    write_shard,
 )
-RAW, JPEG = 0, 1
-FORMATS = ("auto", "raw", "jpeg")
-JPEG_QUALITY = 95
+
 SHARD_BYTES = 512 << 20  # stored bytes per shard (a shard is built in memory before it is written)
 SHARD_IMAGES = 8192
-DEFAULT_MAX_SIZE = 50 * 10**9
-DEFAULT_SHARE = 0.2  # of the free disk at first use
-MIN_FREE, MIN_FREE_SHARE = 5 * 10**9, 0.05
-UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9}
-UNITS |= {"t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def default_cache_dir() -> Path:
@@ -96,178 +80,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ueo"
 
 
-def parse_size(text, what: str = "--cache-max-size") -> int:
-    """Bytes of a size such as 50GB, 500M, 2.5GiB or 1000000 (K, M, G, T: powers of 1000; KiB...: of 1024)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in UNITS:
-        raise ConfigError(f"{what} must be a size such as 50GB, 500MB or 2GiB, got {text!r}.")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
-
-
 def file_key(item) -> bytes:
     """The cache key of an image: a hash of ``data.identity``. OSError when a file is missing."""
     return hashlib.sha1(identity(item)).hexdigest()[:20].encode()
-
-
-def decode(source, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 [3, h, w], the original (h, w)) of an image (a file, a member, or an open file of its bytes),
-    its shorter side shrunk to ``short_side`` when it is longer."""
-    image = load_image(source)
-    return shrink(image, short_side), (image.height, image.width)
-
-
-def encode(pixels: np.ndarray, original: tuple[int, int], fmt: str) -> tuple[int, bytes]:
-    """(format, stored bytes) of decoded pixels: JPEG (``auto``: when the image was shrunk) or raw."""
-    shrunk = (pixels.shape[1], pixels.shape[2]) != tuple(original)
-    if fmt == "jpeg" or (fmt == "auto" and shrunk):
-        buffer = io.BytesIO()
-        Image.fromarray(pixels.transpose(1, 2, 0)).save(buffer, "JPEG", quality=JPEG_QUALITY, subsampling=0)
-        return JPEG, buffer.getvalue()
-    return RAW, pixels.tobytes()
-
-
-def unpack(stored, fmt: int, h: int, w: int) -> torch.Tensor:
-    """uint8 [3, h, w] of stored bytes (a view of raw pixels; a JPEG decoded by PIL)."""
-    if fmt == JPEG:
-        with Image.open(io.BytesIO(memoryview(stored))) as image:
-            return torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())
-    return torch.from_numpy(np.asarray(stored)).view(3, h, w)
-
-
-def what_of(item) -> dict:
-    """What an entry was decoded from, as ``ueo cache prune`` needs it to see whether it changed."""
-    if hasattr(item, "container"):
-        return {"container": item.container, "name": item.name, "offset": item.offset, "column": item.column}
-    return {"path": os.fsdecode(os.path.realpath(item))}
-
-
-@dataclass
-class Shard:
-    path: Path
-    index: np.ndarray  # INDEX records
-    problems: list[str]
-    items: list[dict]  # what_of() of each entry
-
-
-def read_shard(path: Path) -> Shard:
-    """A shard's index, after checking its structure; ValueError when the file is damaged."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(HEADER.size)
-        if len(head) < HEADER.size:
-            raise ValueError("truncated header")
-        magic, count, index_at, index_length, index_crc = HEADER.unpack(head)
-        if magic != MAGIC or index_at + index_length != size or index_at < HEADER.size:
-            raise ValueError("bad header or truncated file")
-        f.seek(index_at)
-        blob = f.read(index_length)
-    if zlib.crc32(blob) != index_crc:
-        raise ValueError("index checksum")
-    index = np.frombuffer(blob[: count * INDEX.itemsize], dtype=INDEX)
-    try:
-        notes = json.loads(blob[count * INDEX.itemsize :].decode("utf-8"))
-    except ValueError:
-        raise ValueError("index notes") from None
-    images = index[index["problem"] < 0]  # (entries of unreadable files hold no pixels)
-    ends = images["offset"] + images["nbytes"]
-    if len(index) != count or (len(images) and (images["offset"].min() < HEADER.size or ends.max() > index_at)):
-        raise ValueError("index points outside the pixels")
-    return Shard(path, index, notes["problems"], notes["items"])
-
-
-def write_shard(folder: Path, records: list[tuple]) -> Path:
-    """A new shard of (key, (format, stored bytes, decoded (h, w), original (h, w)) or None, problem or None,
-    what_of), written under a temporary name, synced, then renamed: a shard that exists is complete."""
-    index = np.zeros(len(records), dtype=INDEX)
-    problems: list[str] = []
-    offset = HEADER.size
-    for i, (key, stored, problem, _) in enumerate(records):
-        index[i]["key"] = key
-        index[i]["problem"] = -1
-        if stored is None:
-            index[i]["problem"] = len(problems)
-            problems.append(problem or "unreadable")
-            continue
-        fmt, data, (h, w), (oh, ow) = stored
-        index[i]["offset"], index[i]["nbytes"], index[i]["format"] = offset, len(data), fmt
-        index[i]["h"], index[i]["w"], index[i]["original_h"], index[i]["original_w"] = h, w, oh, ow
-        index[i]["crc"] = zlib.crc32(data)
-        offset += len(data)
-    notes = {"problems": problems, "items": [r[3] for r in records]}
-    blob = index.tobytes() + json.dumps(notes, ensure_ascii=True).encode("utf-8")
-    tmp = folder / f".{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, len(records), offset, len(blob), zlib.crc32(blob)))
-            for _, stored, _, _ in records:
-                if stored is not None:
-                    f.write(stored[1])
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        path = folder / f"{uuid.uuid4().hex}.shard"
-        os.replace(tmp, path)
-        return path
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def shard_files(root: Path) -> list[Path]:
-    """Every shard under the cache's root, of every version and geometry."""
-    return sorted(root.glob("v*/short*/*.shard")) if root.is_dir() else []
-
-
-def removable(path: Path) -> bool:
-    """Remove a shard unless a process uses it (holds its shared lock); whether it was removed."""
-    try:
-        with open(path, "rb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            path.unlink(missing_ok=True)
-            return True
-    except FileNotFoundError:
-        return True
-
-
-def disk_floor(folder: Path) -> int:
-    """The free space building leaves on the disk: $UEO_CACHE_MIN_FREE, else min(5 GB, 5% of the disk)."""
-    if os.environ.get("UEO_CACHE_MIN_FREE"):
-        return parse_size(os.environ["UEO_CACHE_MIN_FREE"], "$UEO_CACHE_MIN_FREE")
-    return int(min(MIN_FREE, MIN_FREE_SHARE * shutil.disk_usage(folder).total))
-
-
-def bound(root: Path, max_size=None, remember: bool = True) -> tuple[int, str]:
-    """(the cache's bound in bytes, where it comes from): ``max_size``, $UEO_CACHE_MAX_SIZE, or the bound
-    set at first use (kept in ``settings.json``, unless not ``remember``: the smaller of 20% of the free
-    disk then and 50 GB)."""
-    if max_size is not None:
-        return parse_size(max_size), "--cache-max-size"
-    if os.environ.get("UEO_CACHE_MAX_SIZE"):
-        return parse_size(os.environ["UEO_CACHE_MAX_SIZE"], "$UEO_CACHE_MAX_SIZE"), "$UEO_CACHE_MAX_SIZE"
-    settings = root / "settings.json"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        kept = json.loads(settings.read_text())
-        return int(kept["max_size"]), kept["why"]
-    free = shutil.disk_usage(root if root.is_dir() else _existing(root)).free
-    size = int(min(DEFAULT_MAX_SIZE, DEFAULT_SHARE * free))
-    why = f"the default: the smaller of 50 GB and 20% of the {free / 1e9:.1f} GB free at first use"
-    if not remember:
-        return size, why.replace("at first use", "now")
-    with contextlib.suppress(OSError):
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps({"max_size": size, "why": why}))
-        os.replace(tmp, settings)
-    return size, why
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 class DecodeCache:
@@ -391,7 +206,7 @@ class DecodeCache:
                 continue
             if not any(lacking(k) for k in keys):
                 break
-            with _locked(folder if writable else None, self.warn) as held:  # one builder at a time
+            with locked(folder if writable else None, self.warn) as held:  # one builder at a time
                 if held:
                     for stale in folder.glob(".*.tmp"):  # left by a builder that died (only lock holders write)
                         stale.unlink(missing_ok=True)
@@ -492,7 +307,8 @@ class DecodeCache:
         container; the others at random, in parallel."""
         from tqdm.auto import tqdm
 
-        from .sources import opened, stream
+        from .sources import opened
+        from .tarshards import stream
 
         budget = PixelBudget()
 
@@ -573,140 +389,3 @@ class DecodeCache:
             flush()
         bar.close()
         return passing, memory
-
-
-LOCK_WAIT = 120.0  # seconds to wait for another process that builds the same cache folder
-
-
-@contextlib.contextmanager
-def _locked(folder: Path | None, warn: Callable[[str], None] = print):
-    """An exclusive lock on a cache folder while building (released when the block ends, or when the process
-    dies); yields whether it is held. A builder that holds it for more than LOCK_WAIT seconds (suspended,
-    hung) is not waited for longer: this process then decodes on its own, with a warning."""
-    if folder is None:
-        yield False
-        return
-    with open(folder / ".lock", "a") as handle:
-        held = _try_lock(handle)
-        if not held:
-            warn(f"waiting for another ueo process that is decoding images into the cache {folder} ...")
-            deadline = time.monotonic() + LOCK_WAIT
-            while not held and time.monotonic() < deadline:
-                time.sleep(0.2)
-                held = _try_lock(handle)
-            if not held:
-                warn(
-                    f"warning: the other process still holds the decode cache {folder} after {LOCK_WAIT:.0f} s "
-                    "(suspended or hung?); decoding here without waiting (some images may be decoded twice)."
-                )
-        try:
-            yield held
-        finally:
-            if held:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _try_lock(handle) -> bool:
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-class MappedPixels:
-    """Decoded images read from the cache's shards through memory maps: the stored bytes stay file-backed
-    (the process's own memory holds a few numbers per image; a JPEG entry is decoded at each read). Each
-    image's CRC is checked the first time this process reads it; a mismatch removes its shard (with a
-    warning) and the image is decoded from its source. ``places``: for each image, (shard, row), or
-    (pixels, original size) when it is held in memory (the cache could not be written)."""
-
-    def __init__(self, cache: DecodeCache, places: list[tuple], paths: list, labels: list[int], short_side: int):
-        self.cache, self.paths, self.labels, self.short_side = cache, list(paths), list(labels), short_side
-        mapped = [place for place in places if isinstance(place[0], Path)]
-        self.files = sorted({path for path, _ in mapped})
-        number = {path: i for i, path in enumerate(self.files)}
-        n = len(places)
-        self.shard = np.full(n, -1, dtype=np.int32)
-        self.offset, self.stored = np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.uint64)
-        self.format = np.zeros(n, dtype=np.uint8)
-        self.crc = np.zeros(n, dtype=np.uint32)
-        self.sizes, self.originals = [], []
-        self.verified = np.zeros(n, dtype=bool)
-        self.maps: dict[int, np.memmap] = {}
-        self.decoded: dict[int, torch.Tensor] = {}  # images held in memory, or whose cached copy failed its check
-        for i, place in enumerate(places):
-            if isinstance(place[0], Path):
-                path, row = place
-                record = cache.shards[path].index[row]
-                self.shard[i], self.offset[i], self.crc[i] = number[path], record["offset"], record["crc"]
-                self.stored[i], self.format[i] = record["nbytes"], record["format"]
-                self.sizes.append((int(record["h"]), int(record["w"])))
-                self.originals.append((int(record["original_h"]), int(record["original_w"])))
-            else:
-                pixels, original = place
-                self.decoded[i] = torch.from_numpy(pixels)
-                self.sizes.append((pixels.shape[1], pixels.shape[2]))
-                self.originals.append(tuple(original))
-
-    def __len__(self):
-        return len(self.sizes)
-
-    @property
-    def nbytes(self) -> int:
-        """The bytes of the decoded pixels (what holding them all on a device takes)."""
-        return int(sum(3 * h * w for h, w in self.sizes))
-
-    def encoded(self, i: int) -> torch.Tensor | None:
-        """The JPEG bytes of image i as a uint8 tensor (checked), or None when it is not stored as JPEG."""
-        if i in self.decoded or self.format[i] != JPEG:
-            return None
-        view = self._view(i)
-        return None if view is None else torch.from_numpy(np.asarray(view))
-
-    def _view(self, i: int):
-        """The stored bytes of image i in its memory map, checked the first time; None (and decoded from its
-        source) when they fail their checksum."""
-        shard = int(self.shard[i])
-        if shard not in self.maps:
-            self.maps[shard] = np.memmap(self.files[shard], dtype=np.uint8, mode="c")  # private: never written
-        start = int(self.offset[i])
-        view = self.maps[shard][start : start + int(self.stored[i])]
-        if not self.verified[i]:
-            if zlib.crc32(view) != int(self.crc[i]):
-                self.cache.discard(self.files[shard], f"the pixels of {self.paths[i]} fail their checksum")
-                self.decoded[i] = torch.from_numpy(decode(self.paths[i], self.short_side)[0])
-                return None
-            self.verified[i] = True
-        return view
-
-    def image(self, i: int) -> torch.Tensor:
-        """uint8 [3, h, w]: a view of the memory map (raw; no copy), or the decoded JPEG."""
-        if i in self.decoded:
-            return self.decoded[i]
-        view = self._view(i)
-        if view is None:
-            return self.decoded[i]
-        h, w = self.sizes[i]
-        return unpack(view, int(self.format[i]), h, w)
-
-
-def decode_batch(pixels, indices, device) -> list[torch.Tensor]:
-    """The images ``indices`` of ``pixels`` as uint8 [3, h, w] on ``device``: JPEG entries decoded together
-    by torchvision (on a CUDA device: its batched GPU decoder, nvJPEG, whose pixels may differ from PIL's
-    by a level), the others copied."""
-    import warnings
-
-    import torchvision
-
-    encoded = [pixels.encoded(i) if hasattr(pixels, "encoded") else None for i in indices]
-    jpegs = [i for i, e in zip(indices, encoded) if e is not None]
-    decoded = {}
-    if jpegs:
-        datas = [e for e in encoded if e is not None]
-        mode = torchvision.io.ImageReadMode.RGB
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
-            warnings.simplefilter("ignore", DeprecationWarning)
-            out = torchvision.io.decode_jpeg(datas, mode=mode, device=device)
-        decoded = dict(zip(jpegs, out))
-    return [decoded[i] if i in decoded else pixels.image(i).to(device) for i in indices]

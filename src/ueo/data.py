@@ -111,7 +111,7 @@ def _unique(names: list[str], where: list[str]) -> list[str]:
 class ImageList:
     """Paths (absolute) with integer labels; ``labeled`` tells whether the labels are real."""
 
-    paths: list  # Path of an image file, or ``ueo.sources.Member`` of an image inside a container
+    paths: list  # Path of an image file, or ``ueo.members.Member`` of an image inside a container
     labels: list[int]
     labeled: bool
     unknown_names: dict[int, str] = field(default_factory=dict)  # label -> folder name, for unknown folders
@@ -317,7 +317,7 @@ def fingerprint(images: ImageList) -> str:
 
 def identity(item) -> bytes:
     """What an image is, for the decode cache and for resuming: a file's real path (bytes: any file name)
-    and ``file_state``, or an image inside a container (``ueo.sources.Member.identity``). OSError when a
+    and ``file_state``, or an image inside a container (``ueo.members.Member.identity``). OSError when a
     file is missing."""
     if hasattr(item, "identity"):
         return item.identity()

@@ -235,7 +235,7 @@ def place(pixels, device):
         return pixels
     if isinstance(pixels, ImageCache):
         return pixels.to(device)
-    from .cache import decode_batch
+    from .mapped import decode_batch
 
     flat = torch.empty(pixels.nbytes, dtype=torch.uint8, device=device)
     offsets, at = [], 0

@@ -49,7 +49,7 @@ class _Held:
 
 def image_pixels(path) -> int:
     """Width x height from the image's header (no decoding); 0 when the header cannot be read. ``path``: a
-    file, an image inside a container (``ueo.sources.Member``) or an open file of its bytes."""
+    file, an image inside a container (``ueo.members.Member``) or an open file of its bytes."""
     try:
         with Image.open(_opened(path)) as image:
             return image.width * image.height
@@ -67,7 +67,7 @@ def _opened(item):
 
 
 def load_image(path, max_side: int | None = None) -> Image.Image:
-    """Open an image (a file, a ``ueo.sources.Member`` or an open file of its bytes) as the RGB image ueo sees of it (``pixels.as_rgb``: EXIF orientation, alpha over
+    """Open an image (a file, a ``ueo.members.Member`` or an open file of its bytes) as the RGB image ueo sees of it (``pixels.as_rgb``: EXIF orientation, alpha over
     white, high bit depths scaled to 8 bits).
 
     max_side: a JPEG is decoded at a reduced scale whose longer side stays >= max_side (libjpeg's DCT
@@ -96,6 +96,13 @@ def shrink(image: Image.Image, short_side: int) -> np.ndarray:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
     return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
+
+
+def decode(source, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 [3, h, w], the original (h, w)) of an image (a file, a member, or an open file of its bytes),
+    its shorter side shrunk to ``short_side`` when it is longer."""
+    image = load_image(source)
+    return shrink(image, short_side), (image.height, image.width)
 
 
 SKIPPED_COLUMNS = ["path", "shard", "key", "reason"]  # skipped.csv (shard, key: of an image inside a container)

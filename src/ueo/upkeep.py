@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import VERSION, bound, file_key, read_shard, removable, shard_files, write_shard
-from .sources import Member, state_of
+from .cache import file_key
+from .members import Member, state_of
+from .shards import VERSION, bound, read_shard, removable, shard_files, write_shard
 
 
 def _folders(root: Path) -> list[Path]:

@@ -1,0 +1,106 @@
+"""What ueo knows of an image inside a container (a tar shard, a dataset), shared by ``ueo.tarshards`` and
+``ueo.hfdata``: the ``Member`` record, its identity, and labels given by index or by name."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import ImageList, file_state, name_labels
+from .errors import DataError
+
+LABEL_NAMES = ("label", "labels", "cls", "class")  # columns / json fields that hold a label
+
+
+SPLIT = "test"  # the split read from a root with several, as CLIP_benchmark does by default
+
+
+@dataclass(frozen=True)
+class Member:
+    """An image inside a container: a tar member (``offset``: where its bytes start, -1 when the container
+    is read as a stream) or a dataset row (``offset``: the row, ``column``: the image column). ``state``:
+    the container's ``data.file_state`` when it was listed."""
+
+    container: str
+    name: str
+    offset: int = -1
+    size: int = 0
+    state: str = ""
+    column: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.container}::{self.name}"
+
+    def identity(self) -> bytes:
+        """The container's real path (a pipe: its command) and state, and the member's name."""
+        where = self.container if self.container.startswith("pipe:") else os.path.realpath(self.container)
+        return os.fsencode(where) + f"\0{self.state}\0{self.name}".encode()
+
+    @property
+    def streamed(self) -> bool:
+        """Readable only by streaming its container (a pipe, a compressed shard)."""
+        return not self.column and self.offset < 0
+
+
+def need(module: str, extra: str, what: str):
+    """Import an optional package, or DataError naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"Reading {what} needs the {module} package: pip install 'ueo[{extra}]'.") from None
+
+
+def expand(text: str) -> list[str]:
+    """The shards of a pattern: brace-expanded (WebDataset's rule, ``::`` joins several), then globbed."""
+    shardlists = need("webdataset.shardlists", "wds", "WebDataset shards")
+    found: list[str] = []
+    for name in shardlists.expand_urls(text):
+        if name.startswith("pipe:") or not any(c in name for c in "*?["):
+            found.append(name)
+        else:
+            found += sorted(glob.glob(name))
+    return found
+
+
+def state_of(container: str) -> str:
+    """What says a container is unchanged: ``data.file_state`` of its file (of a dataset folder: of its
+    arrow files and state.json); '' for a pipe: stream (taken as unchanged). OSError when it is missing."""
+    if container.startswith("pipe:"):
+        return ""
+    path = Path(container)
+    files = sorted(path.glob("*.arrow")) + [path / "state.json"] if path.is_dir() else [path]
+    return "|".join(file_state(os.stat(f)) for f in files)
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def labeled(members: list, raw: list, dataset_names, class_names, spec) -> ImageList:
+    """An ImageList of ``members`` from their raw labels (indices, names or None)."""
+    given = [r for r in raw if r is not None]
+    if not given or not class_names:
+        return ImageList(members, [-1] * len(members), labeled=False)
+    if len(given) != len(raw):
+        raise DataError(f"{spec}: {len(given)} sample(s) have a label and {len(raw) - len(given)} do not.")
+    if all(isinstance(r, int) for r in raw) and dataset_names is None:
+        return ImageList(members, [r if r >= 0 else -1 for r in raw], labeled=True)
+    texts = []
+    for r in raw:
+        if isinstance(r, int):
+            if not 0 <= r < len(dataset_names or []):
+                raise DataError(
+                    f"{spec}: label {r} has no name (the dataset names {len(dataset_names or [])} classes)."
+                )
+            texts.append(dataset_names[r])
+        else:
+            texts.append(r)
+    labels, unknown, labeled = name_labels(texts, class_names)
+    if not labeled:
+        return ImageList(members, [-1] * len(members), labeled=False)
+    return ImageList(members, labels, labeled=True, unknown_names=unknown)
