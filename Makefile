@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CODE := src tests benchmarks scripts
 
-.PHONY: test demo lint format install clean
+.PHONY: test test-quick demo lint format install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest
+
+# everything but the slow, browser and distributed tests (`make test`, and CI, run them all)
+test-quick: install
+	$(PY) -m pytest -m "not slow and not browser and not distributed"
 
 demo: install
 	$(PY) -m ueo demo --out demo-out --overwrite

@@ -24,7 +24,7 @@ import ueo
 import ueo.fastpath
 from ueo import toyworld as tw
 from ueo.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS
-from ueo.report import paired_difference
+from ueo.tables import paired_difference
 
 
 class Perturbed:

@@ -265,7 +265,9 @@ def main():
             )
         results["ueo_fit_img_s"] = (args.epochs[1] - args.epochs[0]) * args.images / (long - short)
         results["ueo_fit_end_to_end_img_s"] = args.epochs[1] * args.images / long
-        seconds, _ = timed(device, lambda: ueo.evaluate(bundle, names, files, batch_size=args.eval_batch_size))
+        seconds, _ = timed(
+            device, lambda: ueo.evaluate(bundle, files, class_names=names, batch_size=args.eval_batch_size)
+        )
         results["ueo_eval_img_s"] = args.images / seconds
 
         results["reference_fit_img_s"] = reference_fit(bundle, names, images, args.steps, batch, args.workers, device)

@@ -18,6 +18,19 @@ torch.set_num_threads(2)
 os.environ.setdefault("UEO_CACHE_DIR", tempfile.mkdtemp(prefix="ueo-test-cache-"))
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same global random state (torch, numpy, random): a draw a test makes
+    without a generator of its own is still the same draw in every run and in any order of tests."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def shared_tiny_vit():
     return ueo.load_clip("ueo-tiny-vit", device="cpu", seed=0)

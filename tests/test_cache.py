@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -102,20 +101,27 @@ def test_two_processes_building_at_once_share_one_valid_cache(tmp_path, counted)
 def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path, counted, monkeypatch):
     data = make_images(tmp_path / "data", 300)
     monkeypatch.setattr(cache_module, "SHARD_IMAGES", 64)
+    # the builder says when its second shard is half-written (a hook in write), then waits to be killed
     code = (
         "import sys, ueo.cache as c\nc.SHARD_IMAGES = 64\nfrom ueo.data import read_folder\n"
+        "real, shards = c.write_shard, []\n"
+        "def write_shard(folder, records):\n"
+        "    if shards:\n"
+        "        (folder / '.cut.tmp').write_bytes(b'half a shard')\n"
+        "        print('half', flush=True)\n"
+        "        sys.stdin.readline()\n"
+        "    shards.append(real(folder, records))\n"
+        "c.write_shard = write_shard\n"
         f"c.DecodeCache({str(tmp_path / 'cache')!r}, format='raw').ensure(read_folder({str(data)!r}, ['cat', 'dog']), {SIDE}, "
         "threads=1)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", code])
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     folder = DecodeCache(tmp_path / "cache", format="raw").folder(SIDE)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None and len(list(folder.glob("*.shard"))) < 1:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)  # half-way: some shards named, one maybe half-written
+    assert process.stdout.readline().strip() == "half"
+    process.send_signal(signal.SIGKILL)  # half-way: one shard named, the next half-written
     process.wait()
     done = len(list(folder.glob("*.shard")))
-    assert 1 <= done < 300 // 64 + 1
+    assert done == 1
     (folder / ".half.tmp").write_bytes(b"\0" * 100)  # what a write cut short leaves
     images = read_folder(data, ["cat", "dog"])
     pixels, problems = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)

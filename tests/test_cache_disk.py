@@ -216,7 +216,7 @@ def test_the_views_through_a_jpeg_cache_stay_close_to_open_clips(tmp_path):
     names = ["cat", "dog", "house"]
     images = ueo.read_images(str(tmp_path / "photos"), ["cat", "dog"])
     files = ueo.ImageFiles(images, ueo.DecodeCache(tmp_path / "cache", format="jpeg"))
-    _, outputs = ueo.evaluate(bundle, names, files, batch_size=8)
+    _, outputs = ueo.evaluate(bundle, files, class_names=names, batch_size=8)
     preprocess = image_transform_v2(PreprocessCfg(**bundle.model.visual.preprocess_cfg), is_train=False)
     with torch.no_grad():
         pictures = [Image.open(p).convert("RGB") for p in images.paths]

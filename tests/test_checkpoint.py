@@ -6,6 +6,7 @@ import torch
 import ueo
 from helpers import CLASSES
 from ueo import DivergedError, TrainingInterrupted, load_checkpoint, save_checkpoint
+from ueo.errors import IncompatibleError
 from ueo.predict import otsu_threshold
 from ueo.views import SeededViews, epoch_batches
 
@@ -65,9 +66,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_rn, generated, tm
     assert [(e["epoch"], e["split"]) for e in resumed.evaluations] == [
         (e["epoch"], e["split"]) for e in full.evaluations
     ]
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(IncompatibleError, match="different settings"):
         ueo.fit(tiny_rn, CLASSES, train, resume=saved, **{**SETTINGS, "lr_norm": 0.01})
-    with pytest.raises(ValueError, match="other class names"):
+    with pytest.raises(IncompatibleError, match="other class names"):
         ueo.fit(tiny_rn, CLASSES[:3], train, resume=saved, **SETTINGS)
 
 
@@ -87,7 +88,7 @@ def test_checkpoint_file_is_safetensors_without_pickle(tmp_path):
     assert loaded["meta"]["epoch"] == 2 and torch.equal(loaded["tensors"]["param/x"], torch.ones(2))
     other = tmp_path / "o.safetensors"
     ueo.AdaptedState({"prompt.ctx": torch.zeros(1)}, ["a"], "m", None).save(other)
-    with pytest.raises(ValueError, match="not a ueo checkpoint"):
+    with pytest.raises(IncompatibleError, match="not a ueo checkpoint"):
         load_checkpoint(other)
 
 
@@ -102,7 +103,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tiny_vit):
     assert all(torch.equal(last_good.tensors[k], initial[k]) for k in initial)  # the state before epoch 1
     assert all(torch.isfinite(v).all() for v in last_good.tensors.values())
     # it decides as a finished run's state does: with a threshold of its own (Otsu on its own scores)
-    _, outputs = ueo.evaluate(tiny_vit, None, data, adapted=last_good)
+    _, outputs = ueo.evaluate(tiny_vit, data, adapted=last_good)
     assert last_good.threshold["rule"] == "otsu" and "diverged" in last_good.info
     assert last_good.threshold["threshold"] == pytest.approx(otsu_threshold(outputs.scores.numpy()))
 

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 import ueo
 from ueo import WeightsUnavailableError
+from ueo.errors import ConfigError
 
 
 @pytest.mark.parametrize("fixture, norm", [("tiny_vit", torch.nn.LayerNorm), ("tiny_rn", torch.nn.BatchNorm2d)])
@@ -56,7 +57,7 @@ def test_checkpoint_file_and_local_dir_load_the_same_weights(tmp_path, tiny_vit)
 def test_unknown_tag_is_a_clear_error():
     with pytest.raises(WeightsUnavailableError, match="neither a file nor a known tag"):
         ueo.load_clip("ueo-tiny-vit", pretrained="no-such-tag")
-    with pytest.raises(ValueError, match="Unknown model"):
+    with pytest.raises(ConfigError, match="Unknown model"):
         ueo.load_clip("no-such-model")
 
 

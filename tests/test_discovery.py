@@ -13,14 +13,8 @@ import ueo
 from helpers import fit_args, read_csv, write_photos
 from ueo import toyworld as tw
 from ueo.cli import main
-from ueo.discovery import (
-    SYNONYM_COSINE,
-    absent_verdicts,
-    allowed_names,
-    best_names,
-    class_shares,
-    find_groups,
-)
+from ueo.discovery import absent_verdicts, class_shares, find_groups
+from ueo.naming import SYNONYM_COSINE, allowed_names, best_names
 from ueo.vocabulary import MAX_NAMES, default_vocabulary
 
 LISTED = tw.CLASS_NAMES[:16]  # 12-15 never occur below; 16-19 are images of no listed class
@@ -59,7 +53,7 @@ def test_absent_classes_are_flagged_and_the_unknown_groups_named(toy):
 def test_members_are_most_central_first(toy):
     result, images, _ = toy
     found = ueo.discover(result, images, vocabulary="none")
-    _, outputs = ueo.evaluate(result.bundle, None, images, adapted=result.adapted, features=True)
+    _, outputs = ueo.evaluate(result.bundle, images, adapted=result.adapted, features=True)
     for group in found.groups:
         members = outputs.features[group.members]
         centre = torch.nn.functional.normalize(members.mean(0), dim=0)

@@ -147,8 +147,10 @@ def test_zero_shot_cosines_equal_open_clips_own(family, tmp_path_factory):
     size = bundle.image_size
     images = [photo(3 * size, 2 * size, seed=i) for i in range(3)] + [photo(size // 2, size, seed=7)]
     data = [(image, -1) for image in images]
-    _, plain = ueo.evaluate(bundle, NAMES, data, fast=False)  # open_clip's own preprocessing: the same pixels
-    _, fast = ueo.evaluate(bundle, NAMES, data)  # the default views (to the resampler's rounding)
+    _, plain = ueo.evaluate(
+        bundle, data, class_names=NAMES, fast=False
+    )  # open_clip's own preprocessing: the same pixels
+    _, fast = ueo.evaluate(bundle, data, class_names=NAMES)  # the default views (to the resampler's rounding)
     model = bundle.model
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     with torch.no_grad():
@@ -206,7 +208,7 @@ def test_the_default_rule_tunes_norms_and_one_step_adapts(family, tmp_path_facto
     # the model is restored (CoCa's random text decoder holds uninitialised memory, NaN at times: equal_nan)
     same = [torch.allclose(before[k], v, rtol=0, atol=0, equal_nan=True) for k, v in model.state_dict().items()]
     assert all(same)
-    metrics, _ = ueo.evaluate(bundle, None, data, adapted=result.adapted, fast=False)
+    metrics, _ = ueo.evaluate(bundle, data, adapted=result.adapted, fast=False)
     assert metrics["pacc"] == pytest.approx(result.metrics["adapted"]["pacc"])
 
 

@@ -134,7 +134,7 @@ def test_evaluate_gives_open_clips_own_cosines_on_photos(photos):
     bundle = ueo.load_clip("ViT-B-32", pretrained=None, device="cpu", seed=1)
     names = ["cat", "dog", "house"]
     images = [Image.open(p).convert("RGB") for p in paths]
-    _, outputs = ueo.evaluate(bundle, names, [(image, -1) for image in images], batch_size=8)
+    _, outputs = ueo.evaluate(bundle, [(image, -1) for image in images], class_names=names, batch_size=8)
     preprocess = image_transform_v2(PreprocessCfg(**bundle.model.visual.preprocess_cfg), is_train=False)
     model = bundle.model
     with torch.no_grad():

@@ -495,7 +495,6 @@ def test_top_level_images_beside_class_folders_are_an_error(data, tmp_path, caps
 
 def test_parallel_decoding_stays_within_its_pixel_budget(tmp_path, monkeypatch):
     import threading
-    import time
 
     from ueo import images as images_module
     from ueo.data import ImageList
@@ -506,12 +505,13 @@ def test_parallel_decoding_stays_within_its_pixel_budget(tmp_path, monkeypatch):
     images = ImageList(sorted(tmp_path.glob("*.png")), [-1] * 8, False)
     busy, peak, lock = [0], [0], threading.Lock()
     real = images_module.load_image
+    pair = threading.Barrier(2)  # two decodes must be in flight together (the budget allows two, not one)
 
     def slow_load(path, max_side=None):
         with lock:
             busy[0] += 1
             peak[0] = max(peak[0], busy[0])
-        time.sleep(0.05)
+        pair.wait(timeout=60)  # a third one let in meanwhile would show in the peak
         with lock:
             busy[0] -= 1
         return real(path, max_side)

@@ -411,7 +411,7 @@ def test_float16_and_float64_tensor_batches_score_as_float32(fitted, tiny_vit_we
     reference = classifier.scores(batch).cosines
     assert torch.equal(classifier.scores(batch.double()).cosines, reference)
     assert torch.allclose(classifier.scores(batch.half()).cosines, reference, atol=5e-3)
-    _, outputs = ueo.evaluate(classifier.bundle, ["cat", "dog"], [(image.double(), 0) for image in batch])
+    _, outputs = ueo.evaluate(classifier.bundle, [(image.double(), 0) for image in batch], class_names=["cat", "dog"])
     assert outputs.cosines.shape == (3, 2)
 
 

@@ -49,3 +49,29 @@ def test_no_import_cycle():
     for module in sorted(graph):
         visit(module, [])
     assert "ueo.fastpath" in graph["ueo.inference"] and "ueo.views" in graph["ueo.fastpath"]  # the checker sees edges
+
+
+MAX_LINES = 400
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name with a leading underscore is its module's own business: other modules use public names."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("ueo")):
+                found += [
+                    f"{path.relative_to(PACKAGE)}: {alias.name} from {'.' * node.level}{node.module or ''}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not found, found
+
+
+def test_no_module_is_over_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,18 +39,30 @@ def test_infomax_and_entropy_hand_computed():
 
 
 def test_ueo_with_equal_weights_is_infomax():
-    probs = torch.softmax(torch.randn(9, 5, dtype=torch.float64), dim=-1)
+    probs = torch.softmax(torch.randn(9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)), dim=-1)
     assert ueo_loss(probs, torch.full((9,), 0.37, dtype=torch.float64)).item() == pytest.approx(
         infomax_loss(probs).item(), rel=1e-12
     )
 
 
 def test_ueo_weights_direct_conditional_and_marginal_terms():
-    """A confident sample (large w) dominates the entropy term and barely shapes the marginal."""
-    probs = torch.tensor(P, dtype=torch.float64, requires_grad=True)
-    ueo_loss(probs, torch.tensor([1.0, 1e-3, 1e-3], dtype=torch.float64)).backward()
-    grads = probs.grad.abs().sum(dim=1)
-    assert grads[0] > grads[1]
+    """A confident sample (large w) dominates the entropy term and barely shapes the marginal: the gradient
+    against the hand-derived one. With h(p) = -p log(p + e) (e = 1e-5, the entropy's guard) and
+    h'(p) = -log(p + e) - p / (p + e): dL/dp_ik = (w_i / sum w) h'(p_ik) - (1/w_i) / sum(1/w) h'(pbar_k)."""
+    q = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    w = np.array([1.0, 1e-3, 1e-3])
+    probs = torch.tensor(q, requires_grad=True)
+    ueo_loss(probs, torch.tensor(w)).backward()
+    inverse = (1 / w) / (1 / w).sum()
+    pbar = (inverse[:, None] * q).sum(axis=0)
+
+    def slope(p):
+        return -np.log(p + 1e-5) - p / (p + 1e-5)
+
+    want = (w / w.sum())[:, None] * slope(q) - inverse[:, None] * slope(pbar)[None, :]
+    assert np.allclose(probs.grad.numpy(), want, rtol=1e-9, atol=1e-12)
+    grads = np.abs(want).sum(axis=1)
+    assert grads[0] > grads[1] and grads[0] > grads[2]
 
 
 def test_mcm_scores_hand_computed():

@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
+from ueo.errors import ConfigError, DataError
 from ueo.predict import decide, otsu_threshold, parse_threshold, threshold_at_tpr
 
 
@@ -25,7 +26,7 @@ def test_otsu_hand_computed():
     # {0,1,2} vs {10}: between-variance 3/16*100 = 18.75 beats {0,1} vs {2,10}: 1/4*(0.5-6)^2 = 7.56
     assert otsu_threshold([0, 1, 2, 10]) == pytest.approx(6.0)
     assert otsu_threshold([0.3, 0.3]) == pytest.approx(0.3)
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match="No scores"):
         otsu_threshold([])
 
 
@@ -52,6 +53,6 @@ def test_threshold_at_tpr():
 def test_parse_and_decide():
     assert parse_threshold("auto") == "auto" and parse_threshold("FITTED") == "fitted"
     assert parse_threshold("0.25") == 0.25
-    with pytest.raises(ValueError, match="auto"):
+    with pytest.raises(ConfigError, match="auto"):
         parse_threshold("high")
     assert decide([0, 1, 1], [0.9, 0.2, 0.5], ["cat", "dog"], 0.5) == ["cat", "unknown", "dog"]

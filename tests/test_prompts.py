@@ -3,6 +3,7 @@ import torch
 
 import ueo
 from helpers import CLASSES
+from ueo.errors import DataError
 from ueo.prompts import PromptLearner, prompt_text
 
 
@@ -61,7 +62,7 @@ def test_context_is_the_only_thing_that_learns_and_it_changes_features(tiny_vit)
 
 
 def test_bad_class_lists_are_clear_errors(tiny_vit):
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         PromptLearner(tiny_vit, [])
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(DataError, match="does not fit"):
         PromptLearner(tiny_vit, ["cat", " ".join(["word"] * 80)])

@@ -47,7 +47,7 @@ def test_scenario_classes_match_the_spec_table():
     ],
 )
 def test_domainnet_sketch_sizes_match_the_official_lists(tmp_path, scenario, keep):
-    split = protocols.build_split("domainnet", "sketch", scenario, tmp_path, LISTS, check_files=False)
+    split = protocols.build_split("domainnet", "sketch", scenario, tmp_path, lists=LISTS, check_files=False)
     assert len(split.train) == count(LISTS / "sketch_train.txt", keep)
     assert len(split.test) == 20_916
     assert len(split.known_classes) == (345 if scenario == "csda" else 300)

@@ -155,6 +155,15 @@ def run_command(words: list[str], cwd: Path) -> None:
 BLOCKS = readme_blocks()
 
 
+def marks(language: str, text: str) -> list:
+    """The suites a block belongs to: browser (chromium), distributed (torchrun), slow (it trains; every
+    Python block, since they continue one another and the first one trains)."""
+    found = [pytest.mark.browser] if "chromium" in text else []
+    found += [pytest.mark.distributed] if "torchrun" in text else []
+    trains = language == "python" or any(word in text for word in ("ueo fit", "ueo bench", "ueo demo"))
+    return found + ([pytest.mark.slow] if trains else [])
+
+
 @pytest.fixture(scope="module")
 def python_names(workspace):
     """What the README's Python blocks take as given: the user's class names and images."""
@@ -168,7 +177,7 @@ def python_names(workspace):
     }
 
 
-@pytest.mark.parametrize("position", range(len(BLOCKS)))
+@pytest.mark.parametrize("position", [pytest.param(i, marks=marks(*block)) for i, block in enumerate(BLOCKS)])
 def test_readme_block_runs(position, workspace, python_names, monkeypatch, capsys):
     language, text = BLOCKS[position]
     monkeypatch.chdir(workspace)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from ueo import report
+from ueo import report, tables
 
 
 def write_run(folder, method, seed, pacc, auroc):
@@ -36,16 +36,20 @@ def test_table_mean_and_std_over_seeds(tmp_path):
     write_run(tmp_path / "a", "ueo", 1, 0.60, 0.80)
     write_run(tmp_path / "b", "ueo", 2, 0.70, 0.90)
     write_run(tmp_path / "c", "zeroshot", 1, 0.50, 0.70)
-    rows, left_out = report.collect([tmp_path])
+    rows, left_out = tables.collect([tmp_path])
     assert left_out == []
-    table = report.summarise(rows)
+    table = tables.summarise(rows)
     ueo_row = next(r for r in table if r["method"] == "ueo")
     assert ueo_row["runs"] == 2
     assert ueo_row["pacc"] == pytest.approx(65.0) and ueo_row["pacc_std"] == pytest.approx(5.0)
     assert ueo_row["auroc"] == pytest.approx(85.0) and ueo_row["fpr95"] is None
-    markdown = report.to_markdown(table)
+    markdown = tables.to_markdown(table)
     assert "| office31 | amazon | opda | ueo | 2 | 65.0 ± 5.0 | 85.0 ± 5.0 |" in markdown
-    assert "| -" in markdown  # fpr95 undefined -> "-"
+    header, _, *lines = markdown.splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    row = next(line for line in lines if "| ueo |" in line)
+    cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
+    assert cells["FPR95"] == "-" and cells["PACC"] == "65.0 ± 5.0"  # fpr95 undefined in both runs -> "-"
 
 
 def test_plots_are_written(tmp_path):
@@ -64,7 +68,7 @@ def test_plots_are_written(tmp_path):
 
 
 def test_paired_difference_by_hand():
-    from ueo.report import paired_difference
+    from ueo.tables import paired_difference
 
     # differences 0.1, 0.2, 0.0: mean 0.1, sample std 0.1, standard error 0.1 / sqrt(3) = 0.0577
     gap = paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])

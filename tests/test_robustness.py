@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -228,12 +227,23 @@ def test_sigint_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, weigh
 
     run_dir = tmp_path / "interrupted"
     args = [a if a != str(tmp_path / "full") else str(run_dir) for a in base]
-    process = subprocess.Popen([sys.executable, "-m", "ueo", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.safetensors").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    # a hook after the first checkpoint: the run says so and waits, the test stops it there (no polling)
+    hook = (
+        "import sys\nimport ueo.cli.fit as f\nfrom ueo.cli.main import main\nreal, saved = f.save_checkpoint, []\n"
+        "def save(path, checkpoint):\n"
+        "    real(path, checkpoint)\n"
+        "    if not saved:\n"
+        "        saved.append(path)\n"
+        "        print('saved', flush=True)\n"
+        "        sys.stdin.readline()\n"
+        "f.save_checkpoint = save\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", hook, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert any(line.strip() == b"saved" for line in process.stdout)  # (after the run's own lines)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate(input=b"\n", timeout=120)
     assert process.returncode == 130, err.decode()[-2000:]
     assert b"ueo fit --resume" in err and not (run_dir / "metrics.json").exists()
 

@@ -24,7 +24,7 @@ def toy():
 
 def zero_shot_pacc(bundle, style):
     data = tw.ToyImages(style, range(tw.NUM_KNOWN), 10, offset=70_000)
-    metrics, _ = ueo.evaluate(bundle, tw.CLASS_NAMES[: tw.NUM_KNOWN], data)
+    metrics, _ = ueo.evaluate(bundle, data, class_names=tw.CLASS_NAMES[: tw.NUM_KNOWN])
     return metrics["pacc"]
 
 
@@ -64,7 +64,9 @@ def test_demo_command_writes_its_outputs(tmp_path, capsys):
     # zero-shot, computed independently of the demo
     _, test = tw.scenario("opda", per_class=1, test_per_class=TEST_PER_CLASS)
     zero = ueo.evaluate(
-        ueo.load_clip("ueo-toy-rn", pretrained="toyworld", device="cpu"), tw.CLASS_NAMES[: tw.NUM_KNOWN], test
+        ueo.load_clip("ueo-toy-rn", pretrained="toyworld", device="cpu"),
+        test,
+        class_names=tw.CLASS_NAMES[: tw.NUM_KNOWN],
     )[0]
     assert table["opda"]["zeroshot"]["pacc"] == pytest.approx(zero["pacc"], abs=1e-9)
     assert (tmp_path / "table.md").is_file() and (tmp_path / "opda" / "ueo" / "seed0" / "roc.png").is_file()

@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 import ueo
 from helpers import CLASSES, snapshot
+from ueo.errors import ConfigError, DataError
 from ueo.objectives import mcm_scores, ueo_loss
 from ueo.prompts import PromptLearner
 from ueo.tuning import tunable_parameters
@@ -15,35 +16,51 @@ from ueo.tuning import tunable_parameters
 K = len(CLASSES)
 
 
-def test_end_to_end_adapts_exactly_the_chosen_parameters(tiny_vit, generated):
-    train = generated(40, [0, 1, 2, 5, -1], seed=1)  # labels 5 and -1: unknown
-    test = generated(30, [0, 1, 2, 3, 4, 5], seed=2)
-    before = snapshot(tiny_vit.model)
-    result = ueo.fit(
-        tiny_vit,
-        CLASSES,
-        train,
-        test=test,
-        method="ueo",
-        epochs=3,
-        batch_size=16,
-        lr_prompt=1e-2,
-        lr_norm=1e-2,
-        eval_every=2,
-    )
-    # the bundle is left as it was (fit restores only the tuned names: any other change would show here)
-    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit.model).items())
-    assert not any(p.requires_grad for p in tiny_vit.model.parameters())
+@pytest.fixture(scope="module")
+def end_to_end(shared_tiny_vit):
+    """One fit of UEO for 3 epochs (evaluating every 2), with the bundle's parameters before it."""
+    from helpers import GeneratedImages, restored
 
-    norms = tunable_parameters(tiny_vit.model)
+    with restored(shared_tiny_vit.model):
+        train = GeneratedImages(40, [0, 1, 2, 5, -1], seed=1)  # labels 5 and -1: unknown
+        test = GeneratedImages(30, [0, 1, 2, 3, 4, 5], seed=2)
+        before = snapshot(shared_tiny_vit.model)
+        result = ueo.fit(
+            shared_tiny_vit,
+            CLASSES,
+            train,
+            test=test,
+            method="ueo",
+            epochs=3,
+            batch_size=16,
+            lr_prompt=1e-2,
+            lr_norm=1e-2,
+            eval_every=2,
+        )
+        yield shared_tiny_vit, result, before, test
+
+
+def test_fit_leaves_the_bundle_as_it_was(end_to_end):
+    bundle, _, before, _ = end_to_end  # fit restores only the tuned names: any other change would show here
+    assert all(torch.equal(before[n], p) for n, p in snapshot(bundle.model).items())
+    assert not any(p.requires_grad for p in bundle.model.parameters())
+
+
+def test_fit_adapts_exactly_the_chosen_parameters(end_to_end):
+    bundle, result, before, _ = end_to_end
+    norms = tunable_parameters(bundle.model)
     assert set(result.adapted.tensors) == {"prompt.ctx"} | set(norms)
     assert sum(result.tuned_parameters.values()) == 4 * 64 + sum(p.numel() for p in norms.values())
-    init_ctx = PromptLearner(tiny_vit, CLASSES).ctx.detach()
+    init_ctx = PromptLearner(bundle, CLASSES).ctx.detach()
     assert not torch.allclose(result.adapted.tensors["prompt.ctx"], init_ctx)
     for name, value in result.adapted.tensors.items():
         if name != "prompt.ctx":
             assert not torch.equal(value, before[name]), name
+    assert result.adapted.info["method"] == "ueo" and result.adapted.model == "ueo-tiny-vit"
 
+
+def test_evaluations_come_at_zero_every_eval_every_and_at_the_end(end_to_end):
+    _, result, _, _ = end_to_end
     assert [(e["epoch"], e["split"]) for e in result.evaluations] == [
         (0, "train"),
         (0, "test"),
@@ -55,29 +72,41 @@ def test_end_to_end_adapts_exactly_the_chosen_parameters(tiny_vit, generated):
     for row in result.evaluations:
         for key in ("gacc", "pacc", "auroc", "fpr95", "aupr_in", "aupr_out", "hm"):
             assert row[key] is not None and math.isfinite(row[key])
-    # the last test evaluation against an independent computation from its raw outputs
+    assert set(result.metrics) == {"zeroshot", "adapted"} and result.metrics["adapted"]["epoch"] == 3
+
+
+def test_the_last_evaluation_equals_an_independent_computation(end_to_end):
+    _, result, _, _ = end_to_end
     out, last = result.outputs["test"], result.evaluations[-1]
     labels, predictions, scores = out.labels.numpy(), out.predictions.numpy(), out.scores.numpy()
     known = (labels >= 0) & (labels < K)
     assert last["auroc"] == pytest.approx(roc_auc_score(known, scores))
     per_class = [np.mean(predictions[labels == c] == c) for c in sorted(set(labels[known].tolist()))]
     assert last["pacc"] == pytest.approx(np.mean(per_class))
-    assert set(result.metrics) == {"zeroshot", "adapted"} and result.metrics["adapted"]["epoch"] == 3
+
+
+def test_steps_follow_cosine_annealing_per_iteration(end_to_end):
+    _, result, _, _ = end_to_end
     steps_per_epoch = math.ceil(40 / 16)  # last partial batch kept
     assert [h["step"] for h in result.history] == list(range(1, 3 * steps_per_epoch + 1))
     total = 3 * steps_per_epoch
-    for h in result.history:  # cosine annealing per iteration, no warm-up
+    for h in result.history:  # no warm-up
         assert h["lr_prompt"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * (h["step"] - 1) / total)))
         assert math.isfinite(h["loss"])
-    assert result.weights.shape == (40,) and bool(((result.weights > 1 / K - 1e-6) & (result.weights <= 1)).all())
-    assert result.adapted.info["method"] == "ueo" and result.adapted.model == "ueo-tiny-vit"
 
-    # re-applying the adapted state reproduces the final test evaluation
-    metrics, outputs = ueo.evaluate(tiny_vit, None, test, adapted=result.adapted)
+
+def test_confidence_weights_are_mcm_scores(end_to_end):
+    _, result, _, _ = end_to_end
+    assert result.weights.shape == (40,) and bool(((result.weights > 1 / K - 1e-6) & (result.weights <= 1)).all())
+
+
+def test_reapplying_the_state_reproduces_the_final_evaluation(end_to_end):
+    bundle, result, before, test = end_to_end
+    metrics, outputs = ueo.evaluate(bundle, test, adapted=result.adapted)
     for key in ("gacc", "pacc", "auroc", "fpr95"):
         assert metrics[key] == pytest.approx(result.metrics["adapted"][key], abs=1e-6)
     assert torch.allclose(outputs.cosines, result.outputs["test"].cosines, atol=1e-5)
-    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_vit.model).items())
+    assert all(torch.equal(before[n], p) for n, p in snapshot(bundle.model).items())
 
 
 @pytest.mark.parametrize("tune", ["prompt", "norm"])
@@ -104,7 +133,9 @@ def test_tune_prompt_only_or_norm_only(tiny_rn, generated, tune):
 def test_one_step_equals_an_independent_gradient_step(tiny_vit):
     """fit's first SGD step = ctx0 - lr * d(UEO loss)/d ctx, with the weights from the zero-shot MCM."""
     torch.manual_seed(5)
-    images = torch.randn(12, 3, 32, 32)  # tensors are used as given: no augmentation randomness
+    images = torch.randn(
+        12, 3, 32, 32, generator=torch.Generator().manual_seed(5)
+    )  # tensors are used as given: no augmentation randomness
     data = [(images[i], -1) for i in range(12)]
     lr = 0.5
     result = ueo.fit(tiny_vit, CLASSES, data, tune="prompt", epochs=1, batch_size=12, lr_prompt=lr, eval_train=False)
@@ -136,7 +167,7 @@ def test_seeded_runs_are_identical_and_seeds_differ(tiny_rn, generated):
 
 def test_methods_oracle_zeroshot_and_epoch_weights(tiny_vit, generated):
     train = generated(16, [0, 1, 4, -1], seed=6)
-    with pytest.raises(ValueError, match="oracle"):
+    with pytest.raises(DataError, match="oracle"):
         ueo.fit(tiny_vit, CLASSES[:2], train, method="oracle", epochs=1)
     labeled = generated(16, [0, 1, 3], seed=6)
     oracle = ueo.fit(tiny_vit, CLASSES[:2], labeled, method="oracle", epochs=1, batch_size=8)
@@ -161,11 +192,11 @@ def test_bad_options_are_clear_errors(tiny_vit, generated):
     train = generated(4, [0], seed=0)
     with pytest.raises(TypeError, match="Unknown fit option"):
         ueo.fit(tiny_vit, CLASSES, train, learning_rate=1)
-    with pytest.raises(ValueError, match="Unknown method"):
+    with pytest.raises(ConfigError, match="Unknown method"):
         ueo.fit(tiny_vit, CLASSES, train, method="tent")
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         ueo.fit(tiny_vit, CLASSES, train, batch_size=0)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         ueo.fit(tiny_vit, CLASSES, [])
     with pytest.raises(ueo.DataError, match="pairs"):
         ueo.fit(tiny_vit, CLASSES, [torch.zeros(3, 32, 32)], epochs=1)
@@ -193,7 +224,7 @@ def test_an_adaptation_set_inside_the_test_set_is_not_scored_twice(tiny_vit, gen
     result = ueo.fit(tiny_vit, CLASSES, ImageFiles(train), test=ImageFiles(test), **kwargs)
     assert calls == [12, 12]  # the zero-shot and the final evaluation: the test set only
 
-    _, alone = ueo.evaluate(tiny_vit, CLASSES, ImageFiles(train), adapted=result.adapted)
+    _, alone = ueo.evaluate(tiny_vit, ImageFiles(train), class_names=CLASSES, adapted=result.adapted)
     kept = result.outputs["train"]
     assert kept.labels.tolist() == [
         -1 if i % 2 else label for i, label in enumerate(test.subset([7, 1, 4, 10, 2]).labels)

@@ -265,6 +265,7 @@ def browser_problems(browser, path: Path):
     return errors, failed, broken, images
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("UEO_REQUIRE_BROWSER"), reason="no chromium here (CI installs it: .ci/run)"
 )

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from . import __version__
 from .config import is_finite_number
 from .errors import ConfigError, DataError, IncompatibleError
-from .files import read_tagged, write_tagged, write_text
-from .images import UNREADABLE, describe, image_pixels, load_image
+from .files import write_tagged, write_text
+from .images import as_dataset
 from .inference import autocast, image_source, score
 from .objectives import mcm_scores
 from .predict import decide, threshold_warning
@@ -59,50 +57,6 @@ class Scores:
 
     cosines: torch.Tensor
     probabilities: torch.Tensor
-
-
-def _listed(images) -> list:
-    """The images of a call, as a list: one path or PIL image, or any sequence or iterable of them."""
-    if images is None or hasattr(images, "__array__"):
-        hint = " (PIL.Image.fromarray(array) makes an image of an HxWx3 uint8 array)" if images is not None else ""
-        raise DataError(
-            f"images are paths, PIL images or a tensor batch [B, 3, S, S]; got {type(images).__name__}{hint}."
-        )
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        return [images]
-    try:
-        items = list(images)
-    except TypeError:
-        raise DataError(f"images are paths, PIL images or a tensor batch; got {type(images).__name__}.") from None
-    for i, item in enumerate(items):
-        if not isinstance(item, (str, os.PathLike, Image.Image)):
-            raise DataError(f"image {i} is a {type(item).__name__}; give paths or PIL images (or one tensor batch).")
-    return items
-
-
-class _Items(torch.utils.data.Dataset):
-    """(image, -1) items from PIL images or file paths (read with ueo's own loader)."""
-
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        item = self.items[i]
-        if not isinstance(item, (str, os.PathLike)):
-            return item, -1
-        try:
-            return load_image(Path(item)), -1
-        except UNREADABLE as error:
-            raise DataError(f"{item}: unreadable image ({describe(error)}).") from None
-
-    def pixel_count(self, i: int) -> int:
-        """The pixels of item i to decode: a file's, from its header (see images.PixelBudget); 0 for an
-        image already in memory."""
-        item = self.items[i]
-        return image_pixels(Path(item)) if isinstance(item, (str, os.PathLike)) else 0
 
 
 class Classifier:
@@ -164,12 +118,12 @@ class Classifier:
             batch = images[None] if images.dim() == 3 else images
             dataset: Any = [checked_item((image, -1), i, self.bundle.image_size) for i, image in enumerate(batch)]
         else:
-            dataset = _Items(_listed(images))
+            dataset, _ = as_dataset(images)
         if len(dataset) == 0:
             empty = torch.zeros(0, len(self.classes))
             return Scores(empty, empty)
         source = image_source(self.bundle, dataset, fast=None)
-        cosines = score(self.model, self.text_features, source, self.batch_size, amp=None).cosines
+        cosines = score(self.model, self.text_features, source, batch_size=self.batch_size, amp=None).cosines
         return Scores(cosines, torch.softmax(cosines, dim=-1))
 
     def predict(self, images) -> list[Prediction]:
@@ -255,12 +209,6 @@ def load_adapted(
             warnings.warn(problem, stacklevel=2)
     bundle = load_clip(name, pretrained=weights, device=device, seed=state.seed)  # the weights it was learned on
     return Classifier(bundle, state, threshold=threshold)
-
-
-def read_classifier(path) -> tuple[torch.Tensor, dict]:
-    """(text features [K, D], metadata) of an exported classifier.safetensors."""
-    meta, tensors = read_tagged(path, CLASSIFIER_FORMAT, "ueo classifier")
-    return tensors["text_features"], meta
 
 
 # Measured by tests/test_classifier.py on photos of 40-2000 px (JPEG, PNG, RGBA, EXIF-rotated, 16-bit).

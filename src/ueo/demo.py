@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import toyworld as tw
 from .data import ImageList
-from .webreport import write_table_page
+from .webtable import write_table_page
 
 DEMO_METHODS = ("zeroshot", "entropy", "infomax", "ueo")
 DEMO_SCENARIOS = ("cda", "pda", "oda", "opda")
@@ -38,7 +38,7 @@ def run_scenario(
 ) -> dict[str, dict]:
     """{method: {metric: mean over seeds, metric_std: ..., "seeds": [...per seed...]}} on one toy scenario.
     With ``out``: one folder per run, and for UEO's first seed the predictions, plots and report.html."""
-    from . import report
+    from . import tables
     from .training import fit
 
     train, test = tw.scenario(scenario, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
@@ -77,7 +77,7 @@ def run_scenario(
                 )
         entry = {}
         for k in KEYS:
-            entry[k], entry[f"{k}_std"] = report.mean_std([row[k] for row in per_seed if row[k] is not None])
+            entry[k], entry[f"{k}_std"] = tables.mean_std([row[k] for row in per_seed if row[k] is not None])
         entry["seeds"] = per_seed
         if method == "ueo" and truth is not None:
             entry["discovery"] = truth
@@ -206,11 +206,11 @@ def write_run(
             run_dir,
             image_files(out, test),
             result.outputs["test"],
-            names,
-            result.adapted.threshold["threshold"],
-            len(names),
-            result.zeroshot_outputs["test"],
-            result.adapted.threshold,
+            class_names=names,
+            threshold=result.adapted.threshold["threshold"],
+            num_known=len(names),
+            zeroshot=result.zeroshot_outputs["test"],
+            fitted=result.adapted.threshold,
         )
         if result.history:
             report.plot_loss(result.history, run_dir / "loss.png")
@@ -241,7 +241,7 @@ def format_table(table: dict[str, dict[str, dict]]) -> str:
 
 def compare(scenario: str, methods: dict[str, dict]) -> list[str]:
     """The UEO - InfoMax gaps of a scenario, paired by seed, in words (none with fewer than two seeds)."""
-    from .report import paired_difference
+    from .tables import paired_difference
 
     if "ueo" not in methods or "infomax" not in methods or len(methods["ueo"]["seeds"]) < 2:
         return []
@@ -268,7 +268,7 @@ def run_demo(
 ) -> int:
     import torch
 
-    from . import report
+    from . import report, tables
     from .clip import load_clip
     from .files import write_text
 
@@ -299,8 +299,8 @@ def run_demo(
             )
     report.write_json(out / "demo.json", table)
     write_text(out / "table.md", format_table(table))
-    rows, _ = report.collect([out / scenario for scenario in scenarios])
-    write_table_page(report.summarise(rows), out / "table.html")
+    rows, _ = tables.collect([out / scenario for scenario in scenarios])
+    write_table_page(tables.summarise(rows), out / "table.html")
     write_index(out, scenarios, table, seeds[0])
     print(
         f"wrote {out / 'demo.json'}, {out / 'table.md'}, {out / 'table.html'} and one folder per run; "

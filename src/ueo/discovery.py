@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import fold
+from .naming import name_groups, same_name, vocabulary_names
 
 ABSENT_RATIO = 0.5
 MAX_GROUPS = 10
@@ -41,9 +41,6 @@ MIN_SILHOUETTE = 0.1
 SILHOUETTE_SAMPLE = 2000
 MIN_GROUP = 3
 MIN_GROUP_FRACTION = 0.05
-SYNONYM_COSINE = 0.95
-RERANK = 50
-TOP_NAMES = 3
 
 
 @dataclass
@@ -209,32 +206,6 @@ def central_first(features: torch.Tensor, members: np.ndarray, centre: torch.Ten
     return [int(members[i]) for i in np.argsort(-similarity, kind="stable")]
 
 
-# ------------------------------------------------------------------------------------------------- names
-def same_name(a: str, b: str) -> bool:
-    """Equal ignoring case, '_' and a plural 's'."""
-    x, y = fold(a), fold(b)
-    return x == y or x.rstrip("s") == y.rstrip("s")
-
-
-def allowed_names(names: Sequence[str], features: torch.Tensor, listed: Sequence[str], listed_features: torch.Tensor):
-    """A mask [V] of the vocabulary names that mean no listed class (see the module's docstring)."""
-    near = (
-        (features @ listed_features.T).max(dim=1).values >= SYNONYM_COSINE
-        if len(listed)
-        else torch.zeros(len(names), dtype=torch.bool)
-    )
-    equal = torch.tensor([any(same_name(n, c) for c in listed) for n in names], dtype=torch.bool)
-    return ~(near | equal)
-
-
-def best_names(centres: torch.Tensor, features: torch.Tensor, allowed: torch.Tensor, top: int) -> list[list[int]]:
-    """For each centre, the ``top`` allowed vocabulary indices of highest cosine, best first."""
-    similarity = centres @ features.T
-    similarity[:, ~allowed] = -float("inf")
-    count = min(top, int(allowed.sum()))
-    return similarity.topk(count, dim=1).indices.tolist() if count else [[] for _ in range(len(centres))]
-
-
 # -------------------------------------------------------------------------------------- the corrected list
 def suggested(listed: Sequence[ListedClass], groups: Sequence[Group]) -> tuple[list[str], list[str]]:
     """(the corrected class list, a '#' comment line for each change)."""
@@ -255,65 +226,6 @@ def suggested(listed: Sequence[ListedClass], groups: Sequence[Group]) -> tuple[l
             )
             names.append(g.name)
     return names, changes
-
-
-# ------------------------------------------------------------------------------------------ the whole pass
-def vocabulary_names(vocabulary, warn=print) -> list[str] | None:
-    """The candidate names: None/"default" -> ImageNet-21k, "none" -> no naming, a path -> its file, a list."""
-    from . import vocabulary as vocab
-
-    if vocabulary is None or vocabulary == "default":
-        return vocab.default_vocabulary()
-    if isinstance(vocabulary, str) and vocabulary.lower() == "none":
-        return None
-    if isinstance(vocabulary, (list, tuple)):
-        return vocab.clean([str(n) for n in vocabulary], "the vocabulary", warn)
-    return vocab.read_vocabulary(vocabulary, warn)
-
-
-def learned_features(bundle, state, names: Sequence[str]) -> torch.Tensor:
-    """[N, D]: the features of "[learned context] name." (the zero-shot prompt when no context was learned)."""
-    from .prompts import PromptLearner
-    from .tuning import applied
-
-    learner = PromptLearner(bundle, list(names), init=state.init).to(bundle.device)
-    with applied(bundle.model, learner, state.tensors), torch.no_grad():
-        return learner.text_features().float().cpu()
-
-
-def name_groups(groups, centres, bundle, state, names, *, cache_dir=None, progress=False) -> None:
-    """Give each group its TOP_NAMES best allowed names, or "looks like" a listed class (see the module)."""
-    from . import vocabulary as vocab
-
-    listed = list(state.class_names)
-    scan = vocab.template_features(
-        bundle, names, templates=vocab.SCAN_TEMPLATES, cache_dir=cache_dir, progress=progress
-    )
-    allowed = allowed_names(
-        names, scan, listed, vocab.template_features(bundle, listed, templates=vocab.SCAN_TEMPLATES)
-    )
-    candidates = best_names(centres, scan, allowed, RERANK)
-    pool = sorted({i for row in candidates for i in row})
-    if not pool:
-        return
-
-    def scored_features(texts):  # the seven templates' feature and the learned prompt's, together
-        ensemble = vocab.template_features(bundle, texts)
-        return F.normalize(ensemble + learned_features(bundle, state, texts), dim=-1)
-
-    final = scored_features([names[i] for i in pool])
-    position = {i: p for p, i in enumerate(pool)}
-    listed_final = scored_features(listed)
-    taken: set[str] = set()  # a name given to a bigger group goes after the others of a smaller one
-    for group, row, centre in zip(groups, candidates, centres):
-        scored = sorted(((float(final[position[i]] @ centre), names[i]) for i in row), reverse=True)
-        scored = [x for x in scored if x[1] not in taken] + [x for x in scored if x[1] in taken]
-        group.names = [(n, round(s, 4)) for s, n in scored[:TOP_NAMES]]
-        taken.add(scored[0][1])
-        listed_scores = listed_final @ centre
-        best = int(listed_scores.argmax())
-        if float(listed_scores[best]) > max(x[0] for x in scored):
-            group.looks_like, group.looks_like_score = listed[best], round(float(listed_scores[best]), 4)
 
 
 def discover_outputs(
@@ -381,8 +293,9 @@ def discover(
     cache_dir: where the vocabulary's text features are kept (default: beside the decode cache).
     Returns a :class:`Discovery` (``.absent``, ``.groups``, ``.suggested_classes``, ``.summary``)."""
     from .cache import default_cache_dir
-    from .classifier import Classifier, _Items, _listed
+    from .classifier import Classifier
     from .errors import ConfigError
+    from .images import as_dataset
     from .inference import evaluate
     from .predict import otsu_threshold
 
@@ -393,21 +306,12 @@ def discover(
         cut = (state.threshold or {}).get("threshold")
     else:
         raise ConfigError("discover takes a Classifier (ueo.load_adapted) or the result of ueo.fit.")
-    dataset = (
-        images
-        if hasattr(images, "__getitem__") and hasattr(images, "__len__") and not isinstance(images, (list, tuple, str))
-        else _Items(_listed(images))
-    )
-    _, outputs = evaluate(bundle, None, dataset, adapted=state, features=True, progress=progress)
+    dataset, paths = as_dataset(images)
+    _, outputs = evaluate(bundle, dataset, adapted=state, features=True, progress=progress)
     if threshold is not None:
         cut = threshold
     if cut is None:
         cut = otsu_threshold(outputs.scores.numpy())
-    paths = getattr(getattr(dataset, "images", None), "paths", None) or (
-        [str(i) for i in dataset.items]
-        if isinstance(dataset, _Items) and all(isinstance(i, (str,)) or hasattr(i, "__fspath__") for i in dataset.items)
-        else None
-    )
     return discover_outputs(
         outputs,
         bundle,

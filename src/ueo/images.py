@@ -3,10 +3,13 @@ that finds unreadable files, and a Dataset of (PIL image, label) over an ``Image
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,24 +30,20 @@ class PixelBudget:
         self.limit, self.used, self.peak = limit, 0, 0
         self._cond = threading.Condition()
 
+    @contextlib.contextmanager
     def __call__(self, pixels: int):
-        return _Held(self, min(max(pixels, 1), self.limit))
-
-
-class _Held:
-    def __init__(self, budget: PixelBudget, amount: int):
-        self.budget, self.amount = budget, amount
-
-    def __enter__(self):
-        with self.budget._cond:
-            self.budget._cond.wait_for(lambda: self.budget.used + self.amount <= self.budget.limit)
-            self.budget.used += self.amount
-            self.budget.peak = max(self.budget.peak, self.budget.used)
-
-    def __exit__(self, *exc):
-        with self.budget._cond:
-            self.budget.used -= self.amount
-            self.budget._cond.notify_all()
+        """Hold ``pixels`` of the budget (at most all of it) for the block, waiting until they are free."""
+        amount = min(max(pixels, 1), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + amount <= self.limit)
+            self.used += amount
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= amount
+                self._cond.notify_all()
 
 
 def image_pixels(path) -> int:
@@ -185,3 +184,59 @@ class ImageFiles(torch.utils.data.Dataset):
     def pixel_count(self, i: int) -> int:
         """The pixels of image i, from its header (what decoding it takes; see PixelBudget)."""
         return image_pixels(self.images.paths[i])
+
+
+def listed(images) -> list:
+    """The images of a call, as a list: one path or PIL image, or any sequence or iterable of them."""
+    if images is None or hasattr(images, "__array__"):
+        hint = " (PIL.Image.fromarray(array) makes an image of an HxWx3 uint8 array)" if images is not None else ""
+        raise DataError(
+            f"images are paths, PIL images or a tensor batch [B, 3, S, S]; got {type(images).__name__}{hint}."
+        )
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    try:
+        items = list(images)
+    except TypeError:
+        raise DataError(f"images are paths, PIL images or a tensor batch; got {type(images).__name__}.") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike, Image.Image)):
+            raise DataError(f"image {i} is a {type(item).__name__}; give paths or PIL images (or one tensor batch).")
+    return items
+
+
+class GivenImages(torch.utils.data.Dataset):
+    """(image, -1) items from PIL images or file paths (read with ueo's own loader)."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        if not isinstance(item, (str, os.PathLike)):
+            return item, -1
+        try:
+            return load_image(Path(item)), -1
+        except UNREADABLE as error:
+            raise DataError(f"{item}: unreadable image ({describe(error)}).") from None
+
+    def pixel_count(self, i: int) -> int:
+        """The pixels of item i to decode: a file's, from its header (see images.PixelBudget); 0 for an
+        image already in memory."""
+        item = self.items[i]
+        return image_pixels(Path(item)) if isinstance(item, (str, os.PathLike)) else 0
+
+
+def as_dataset(images) -> tuple:
+    """(a dataset of (image, label), the images' paths or None) of what a user may pass as images: one path
+    or PIL image, or a sequence or iterable of them (label -1); or a dataset, as it is (with the paths of
+    its files when it is ``ImageFiles``)."""
+    if hasattr(images, "__getitem__") and hasattr(images, "__len__") and not isinstance(images, (list, tuple, str)):
+        paths = getattr(getattr(images, "images", None), "paths", None)
+        return images, [str(p) for p in paths] if paths is not None else None
+    items = listed(images)
+    paths = [str(i) for i in items] if all(isinstance(i, (str, os.PathLike)) for i in items) else None
+    return GivenImages(items), paths

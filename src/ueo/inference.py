@@ -117,8 +117,9 @@ def score(
     model: torch.nn.Module,
     text_features: torch.Tensor,
     source,
+    *,
     batch_size: int,
-    amp: bool | None,
+    amp: bool | None = None,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
     keep_features: bool = False,
@@ -162,8 +163,9 @@ def score(
 
 def evaluate(
     bundle,
-    class_names: Sequence[str] | None,
     test,
+    *,
+    class_names: Sequence[str] | None = None,
     adapted: AdaptedState | None = None,
     batch_size: int = 256,
     num_workers: int = 0,
@@ -201,6 +203,13 @@ def evaluate(
             raise IncompatibleError("The adapted state gives non-finite text features on this model: it is damaged.")
         source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress)
         out = score(
-            bundle.model, text, source, batch_size, amp, progress, should_stop=should_stop, keep_features=features
+            bundle.model,
+            text,
+            source,
+            batch_size=batch_size,
+            amp=amp,
+            progress=progress,
+            should_stop=should_stop,
+            keep_features=features,
         )
     return out.metrics(len(class_names)), out

@@ -64,7 +64,7 @@ def auroc(is_positive, scores) -> float | None:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _curve(is_positive, scores):
+def cumulative_counts(is_positive, scores):
     """Cumulative true/false positives at each distinct threshold, thresholds descending."""
     is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -81,7 +81,7 @@ def average_precision(is_positive, scores) -> float | None:
     is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
     if is_positive.all() or not is_positive.any():
         return None
-    tps, fps = _curve(is_positive, scores)
+    tps, fps = cumulative_counts(is_positive, scores)
     precision = tps / (tps + fps)
     recall = tps / tps[-1]
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
@@ -92,7 +92,7 @@ def fpr_at_tpr(is_positive, scores, tpr: float = 0.95) -> float | None:
     is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
     if is_positive.all() or not is_positive.any():
         return None
-    tps, fps = _curve(is_positive, scores)
+    tps, fps = cumulative_counts(is_positive, scores)
     reached = np.flatnonzero(tps / tps[-1] >= tpr)[0]
     return float(fps[reached] / fps[-1])
 
@@ -136,8 +136,3 @@ def open_set_metrics(labels, predictions, scores, num_known: int, threshold: flo
         "unknown_recall": unknown_recall,
         "h_score": harmonic_mean(known_acc, unknown_recall),
     }
-
-
-def h_score(known_acc: float | None, unknown_recall: float | None) -> float | None:
-    """H-score: harmonic mean of known accuracy (OS*) and unknown recall (UNK)."""
-    return harmonic_mean(known_acc, unknown_recall)

@@ -223,6 +223,7 @@ def build_split(
     domain: str,
     scenario: str,
     root,
+    *,
     lists=None,
     check_files: bool = True,
     warn=print,

@@ -79,9 +79,9 @@ class Run:
             self.bundle.model,
             self.text_features(False),
             self.sources[split],
-            cfg.eval_batch_size,
-            cfg.amp,
-            cfg.progress,
+            batch_size=cfg.eval_batch_size,
+            amp=cfg.amp,
+            progress=cfg.progress,
             should_stop=self.stop_requested if self.should_stop is not None else None,
         )
 

@@ -87,10 +87,6 @@ def configure_tuning(
     return selected
 
 
-def count_parameters(params: dict[str, nn.Parameter]) -> int:
-    return sum(p.numel() for p in params.values())
-
-
 def adapted_state(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """Detached fp32 CPU copies of the tuned parameters, keyed by name ("prompt.ctx", "visual....")."""
     return {name: p.detach().float().cpu().clone() for name, p in params.items()}

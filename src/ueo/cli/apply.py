@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import protocols, report
+from .. import protocols, report, tables
 from ..classifier import Classifier
 from ..config import FitConfig
 from ..errors import ConfigError, IncompatibleError
@@ -14,7 +14,8 @@ from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
 from ..sources import read_images
 from ..state import AdaptedState
-from ..webreport import write_run_report, write_table_page
+from ..webreport import write_run_report
+from ..webtable import write_table_page
 from .common import (
     about,
     check_not_inside,
@@ -86,25 +87,34 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
         clear_outputs(out)
     report.write_csv(out / "skipped.csv", skipped, SKIPPED_COLUMNS)
     score = dict(batch_size=args.batch_size, progress=not args.quiet, should_stop=stop)
-    _, outputs = evaluate(bundle, None, ImageFiles(images, store), adapted=state, features=args.discover, **score)
+    _, outputs = evaluate(bundle, ImageFiles(images, store), adapted=state, features=args.discover, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:
         val_files = ImageFiles(checked(val, args.strict, stop, store=store, short_side=side)[0], store)
-        _, val_outputs = evaluate(bundle, None, val_files, adapted=state, **score)
+        _, val_outputs = evaluate(bundle, val_files, adapted=state, **score)
     threshold = choose_threshold(
         args.threshold,
-        outputs.scores.numpy(),
-        f"these {len(images)} images' scores",
-        len(names),
+        scores=outputs.scores.numpy(),
+        source=f"these {len(images)} images' scores",
+        num_known=len(names),
         fitted=state.threshold,
         tpr=args.tpr,
         val_outputs=val_outputs,
     )
     zeroshot = (
-        None if args.no_report else evaluate(bundle, names, ImageFiles(images, store), init=state.init, **score)[1]
+        None
+        if args.no_report
+        else evaluate(bundle, ImageFiles(images, store), class_names=names, init=state.init, **score)[1]
     )
     predictions = report.write_predictions(
-        out, images, outputs, names, threshold["threshold"], len(names), zeroshot, state.threshold
+        out,
+        images,
+        outputs,
+        class_names=names,
+        threshold=threshold["threshold"],
+        num_known=len(names),
+        zeroshot=zeroshot,
+        fitted=state.threshold,
     )
     discovery = (
         discover_into(
@@ -241,13 +251,13 @@ def cmd_report(args) -> int:
                 f"--out {path}: {target} exists and is not a table of `ueo report`; choose another "
                 "--out, or pass --overwrite to replace it."
             )
-    rows, left_out = report.collect(args.runs)
+    rows, left_out = tables.collect(args.runs)
     for where, reason in left_out:
         warn(f"left out: {where} ({reason})")
     if not rows:
         raise ConfigError(f"No run with metrics under {' '.join(args.runs)}.")
-    print(report.write_tables(rows, md_path), end="")
-    write_table_page(report.summarise(rows), md_path.with_suffix(".html"))
+    print(tables.write_tables(rows, md_path), end="")
+    write_table_page(tables.summarise(rows), md_path.with_suffix(".html"))
     print(
         f"{len(rows)} run{'s' * (len(rows) != 1)}; wrote {md_path}, {md_path.with_suffix('.csv')} and "
         f"{md_path.with_suffix('.html')}"
@@ -257,7 +267,7 @@ def cmd_report(args) -> int:
 
 def rebuild_pages(args) -> int:
     """`ueo report --html RUN...`: report.html of each run folder, from the files the run wrote."""
-    folders = [p.parent for p in report.find_runs(args.runs) if (p.parent / "predictions.csv").is_file()]
+    folders = [p.parent for p in tables.find_runs(args.runs) if (p.parent / "predictions.csv").is_file()]
     if not folders:
         raise ConfigError(f"No run folder (metrics.json with predictions.csv) under {' '.join(args.runs)}.")
     for folder in folders:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import protocols, report
+from .. import protocols, tables
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError
-from ..webreport import write_table_page
+from ..webtable import write_table_page
 from .common import about, decode_cache, say, summary_line, warn
 from .fit import run_fit
 from .options import absolute_paths, resolve_config
@@ -73,9 +73,9 @@ def cmd_bench(args) -> int:
                         resuming=checkpoint is not None,
                     )
                     say(summary_line(metrics))
-    rows, left_out = report.collect(run_dirs)
-    print(report.write_tables(rows, out / "table.md"), end="")
-    write_table_page(report.summarise(rows), out / "table.html")
+    rows, left_out = tables.collect(run_dirs)
+    print(tables.write_tables(rows, out / "table.md"), end="")
+    write_table_page(tables.summarise(rows), out / "table.html")
     for path, reason in left_out:
         warn(f"left out of the table: {path} ({reason})")
     print(f"wrote {out / 'table.md'}, {out / 'table.csv'} and {out / 'table.html'}")

@@ -256,7 +256,14 @@ def threshold_spec(spec, tpr) -> None:
 
 
 def choose_threshold(
-    spec, scores, source: str, num_known: int, fitted: dict | None = None, tpr: float | None = None, val_outputs=None
+    spec,
+    *,
+    num_known: int,
+    scores=None,
+    source: str = "",
+    fitted: dict | None = None,
+    tpr: float | None = None,
+    val_outputs=None,
 ) -> dict:
     """The threshold and why: --tpr on labeled validation outputs; else --threshold: a number, 'auto' (Otsu
     on ``scores``, the images described by ``source``) or 'fitted' (the one stored in the adapted state;

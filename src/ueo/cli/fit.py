@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from .. import __version__, protocols, report
+from .. import __version__, report
 from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..config import FitConfig
-from ..data import ImageList, fingerprint, parse_class_names
+from ..data import ImageList, fingerprint
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
 from ..fastpath import decoded_short_side
@@ -21,7 +21,6 @@ from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
 from ..predict import parse_threshold
 from ..prompts import PromptLearner
-from ..sources import class_names_of, read_images
 from ..training import fit, run_identity
 from ..tuning import configure_tuning, resolve_rule
 from ..webreport import write_run_report
@@ -35,15 +34,13 @@ from .common import (
     decode_cache,
     discover_into,
     discovery_names,
-    labeled_images,
     load_bundle,
-    require_known,
     say,
     say_done,
-    say_or_warn,
     take_out,
     threshold_spec,
 )
+from .inputs import load_inputs
 from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
 from .stop import StopRequest
 
@@ -254,43 +251,6 @@ def describe_tuning(model, learner: PromptLearner, settings: FitConfig) -> str:
     return "tuning " + " and ".join(parts)
 
 
-def load_inputs(config: dict):
-    """(known class names, adaptation images, test images or None, validation images or None, run identity)."""
-    if config["benchmark"]:
-        for key in ("domain", "scenario", "root"):
-            if not config[key]:
-                raise ConfigError(f"--benchmark needs --{key}.")
-        split = protocols.build_split(
-            config["benchmark"], config["domain"], config["scenario"], config["root"], config["lists"], warn=say_or_warn
-        )
-        run = {"benchmark": split.benchmark, "domain": split.domain, "scenario": split.scenario}
-        return split.known_classes, split.train, split.test, optional_images(config, "val", split.known_classes), run
-    if not config["data"]:
-        raise ConfigError("Give --data and --classes (or --benchmark, --domain, --scenario, --root).")
-    if config["classes"]:
-        with about("--classes"):
-            names = parse_class_names(config["classes"])
-    else:
-        with about(f"--data {config['data']}"):
-            names = class_names_of(config["data"])  # classnames.txt, a dataset's ClassLabel
-        if not names:
-            raise ConfigError(f"Give --classes: --data {config['data']} names no classes of its own.")
-        say(
-            f"class names: the {len(names)} that --data names ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
-        )
-    with about(f"--data {config['data']}"):
-        train = read_images(config["data"], names, config["root"])
-    require_known(train, len(names), "--data")
-    run = {"benchmark": "-", "domain": Path(config["data"]).name, "scenario": "-"}
-    return names, train, optional_images(config, "test", names), optional_images(config, "val", names), run
-
-
-def optional_images(config: dict, key: str, names) -> ImageList | None:
-    if not config.get(key):
-        return None
-    return labeled_images(config[key], names, config.get("test_root") or config.get("root"), f"--{key}")
-
-
 def train(job: FitJob, out: Path, checkpoint: dict | None, stop: StopRequest):
     """fit, with checkpoints after every epoch and on a stop request; a diverged run keeps its last good state."""
     test = job.files(job.test) if job.test is not None else None
@@ -321,13 +281,13 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     zeroshot_cut = result.adapted.threshold.get("zeroshot")
     if config["tpr"] is not None:
         _, val_outputs = evaluate(
-            job.bundle, None, job.files(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
+            job.bundle, job.files(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
         )
-        threshold = choose_threshold(None, None, "", num_known, tpr=config["tpr"], val_outputs=val_outputs)
+        threshold = choose_threshold(None, num_known=num_known, tpr=config["tpr"], val_outputs=val_outputs)
     elif parse_threshold(config["threshold"]) == "auto":
         threshold = {k: v for k, v in result.adapted.threshold.items() if k != "zeroshot"}  # fit's Otsu cut
     else:
-        threshold = choose_threshold(config["threshold"], None, "", num_known)
+        threshold = choose_threshold(config["threshold"], num_known=num_known)
     result.adapted.threshold = {**threshold, **({"zeroshot": zeroshot_cut} if zeroshot_cut is not None else {})}
     stop.check("writing the outputs")
     metrics = {
@@ -371,7 +331,6 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     if config["discover"]:  # on the adaptation set: its features are gathered, rank 0 alone clusters
         _, found = evaluate(
             job.bundle,
-            None,
             job.files(job.train),
             adapted=result.adapted,
             batch_size=config["eval_batch_size"],
@@ -383,11 +342,13 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         outputs = found  # (its features are kept too: one pass serves both)
     if outputs is None:  # a resumed run whose training had finished: score the images again
         _, outputs = evaluate(
-            job.bundle, None, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
+            job.bundle, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
         )
     zeroshot = result.zeroshot_outputs.get(split) if report_html else None
     if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
-        _, zeroshot = evaluate(job.bundle, job.class_names, job.files(target), batch_size=config["eval_batch_size"])
+        _, zeroshot = evaluate(
+            job.bundle, job.files(target), class_names=job.class_names, batch_size=config["eval_batch_size"]
+        )
     stop.check("writing the outputs")
     if is_main():
         if found is not None:
@@ -408,7 +369,14 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         if result.history:
             report.plot_loss(result.history, out / "loss.png")
         metrics["predictions"] = report.write_predictions(
-            out, target, outputs, job.class_names, threshold["threshold"], num_known, zeroshot, result.adapted.threshold
+            out,
+            target,
+            outputs,
+            class_names=job.class_names,
+            threshold=threshold["threshold"],
+            num_known=num_known,
+            zeroshot=zeroshot,
+            fitted=result.adapted.threshold,
         )
         metrics["seconds"] = round(time.monotonic() - started, 1)
         if report_html:
