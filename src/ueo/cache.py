@@ -44,6 +44,7 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -97,7 +98,7 @@ class DecodeCache:
         self.max_size = None if max_size is None else parse_size(max_size)
         self.shards: dict[Path, Shard] = {}  # read in this process
         self.lookup: dict[bytes, tuple[Path, int]] = {}
-        self.pins: dict[Path, object] = {}  # shard -> open file holding its shared lock
+        self.pins: dict[Path, BinaryIO] = {}  # shard -> open file holding its shared lock
 
     def folder(self, short_side: int) -> Path:
         return self.root / f"v{VERSION}" / f"short{short_side}"

@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import torch
 
-from .config import TRAJECTORY_KEYS, FitConfig, FitResult, is_finite_number
+from .config import TRAJECTORY_KEYS, FitConfig, is_finite_number
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
 from .tuning import adapted_state, damaged_tensors
@@ -23,35 +23,25 @@ from .tuning import adapted_state, damaged_tensors
 CHECKPOINT_FORMAT = "ueo-checkpoint/1"
 
 
-def make_checkpoint(
-    tuned: dict[str, torch.nn.Parameter],
-    weights: torch.Tensor | None,
-    config: FitConfig,
-    model_name: str,
-    class_names: Sequence[str],
-    result: FitResult,
-    learning_rates: list[float],
-    epoch: int,
-    done_in_epoch: int,
-    identity: dict,
-) -> dict:
-    """The checkpoint of a run that is to continue at step ``done_in_epoch`` of ``epoch``. ``identity``
-    records the data the run is made of (at least the number of images of each set)."""
-    tensors = {f"param/{k}": v for k, v in adapted_state(tuned).items()}
-    if weights is not None:
-        tensors["weights"] = weights.detach().cpu()
+def make_checkpoint(run, *, epoch: int, done_in_epoch: int) -> dict:
+    """The checkpoint of ``run`` (``training.Run``: its tuned parameters, confidence weights, settings, model,
+    class names, results so far, optimiser and identity, the data the run is made of) that is to continue at
+    step ``done_in_epoch`` of ``epoch``: a dict of tensors and a dict of metadata, as nanoGPT's."""
+    tensors = {f"param/{k}": v for k, v in adapted_state(run.tuned).items()}
+    if run.weights is not None:
+        tensors["weights"] = run.weights.detach().cpu()
     tensors["torch_rng"] = torch.get_rng_state()
     meta = {
         "epoch": epoch,
         "done_in_epoch": done_in_epoch,
-        "config": asdict(config),
-        "model": model_name,
-        "class_names": list(class_names),
-        "identity": identity,
-        "history": result.history,
-        "evaluations": result.evaluations,
-        "zeroshot_threshold": result.zeroshot_threshold,
-        "lr": learning_rates,
+        "config": asdict(run.config),
+        "model": run.bundle.name,
+        "class_names": list(run.class_names),
+        "identity": run.identity,
+        "history": run.result.history,
+        "evaluations": run.result.evaluations,
+        "zeroshot_threshold": run.result.zeroshot_threshold,
+        "lr": [g["lr"] for g in run.optimizer.param_groups] if run.optimizer is not None else [],
     }
     return {"tensors": tensors, "meta": meta}
 
@@ -145,19 +135,11 @@ def check_resumable(
         )
 
 
-def restore(
-    checkpoint: dict,
-    config: FitConfig,
-    tuned: dict[str, torch.nn.Parameter],
-    result: FitResult,
-    class_names: Sequence[str],
-    model_name: str,
-    identity: dict,
-    steps_per_epoch: int,
-) -> tuple:
-    """Copy a checkpoint's parameters, RNG state, history and evaluations into a run after checking that it
-    belongs to this run. Returns (epoch, steps already done in it)."""
-    check_resumable(checkpoint, config, class_names, model_name, identity)
+def restore(run, checkpoint: dict, *, steps_per_epoch: int) -> tuple:
+    """Copy a checkpoint's parameters, RNG state, history and evaluations into ``run`` (``training.Run``) after
+    checking that it belongs to this run. Returns (epoch, steps already done in it)."""
+    config, tuned, result, identity = run.config, run.tuned, run.result, run.identity
+    check_resumable(checkpoint, config, run.class_names, run.bundle.name, identity)
     meta, tensors = checkpoint["meta"], checkpoint["tensors"]
     epoch, done = meta["epoch"], meta["done_in_epoch"]
     if epoch > config.epochs + 1 or done > steps_per_epoch or (epoch == config.epochs + 1 and done):

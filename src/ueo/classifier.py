@@ -28,9 +28,9 @@ from .files import write_tagged, write_text
 from .images import as_dataset
 from .inference import autocast, image_source, score
 from .objectives import mcm_scores
-from .predict import decide, threshold_warning
 from .prompts import PromptLearner
 from .state import AdaptedState
+from .thresholds import Threshold, decide, threshold_warning
 from .tuning import apply_adapted_state
 from .views import checked_item
 
@@ -78,7 +78,7 @@ class Classifier:
             self.text_features = learner.text_features().float()
         if not torch.isfinite(self.text_features).all():
             raise IncompatibleError("This adapted state gives non-finite text features on this model: it is damaged.")
-        fitted = (state.threshold or {}).get("threshold")
+        fitted = Threshold.from_record(state.threshold)
         if threshold is None and fitted is None:
             import warnings
 
@@ -88,7 +88,7 @@ class Classifier:
                 stacklevel=2,
             )
         self.threshold = (
-            threshold if threshold is not None else fitted if fitted is not None else 1.0 / len(self.classes)
+            threshold if threshold is not None else fitted.value if fitted is not None else 1.0 / len(self.classes)
         )
 
     @property

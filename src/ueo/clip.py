@@ -154,7 +154,7 @@ def _unknown_weights(model: str, pretrained: str) -> str:
 
 
 def _is_local_file(pretrained: str | None) -> bool:
-    return bool(pretrained) and os.path.isfile(pretrained)
+    return pretrained is not None and bool(pretrained) and os.path.isfile(pretrained)
 
 
 def _missing_package(model: str, error: ImportError) -> ModelUnavailableError:
@@ -287,7 +287,7 @@ def load_clip(
         torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     schema, _ = open_clip.factory.parse_model_name(model)
-    shipped = SHIPPED_WEIGHTS.get((model, pretrained))
+    shipped = SHIPPED_WEIGHTS.get((model, pretrained)) if pretrained is not None else None
     checkpoint = str(shipped) if shipped is not None else pretrained
     if schema is None and model.replace("/", "-") not in open_clip.list_models():
         raise ConfigError(
@@ -295,7 +295,7 @@ def load_clip(
             "'hf-hub:org/repo' or 'local-dir:/path'."
         )
     is_tag = schema is None and bool(checkpoint) and not _is_local_file(checkpoint)
-    if is_tag and not open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained):
+    if is_tag and pretrained is not None and not open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained):
         raise WeightsUnavailableError(_unknown_weights(model, pretrained))
     cfg = _model_config(model)
     _check_text_tower(model, cfg)

@@ -12,6 +12,7 @@ from .errors import ConfigError
 
 METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
 TUNE_CHOICES = ("prompt", "norm", "both")
+PROMPT_CONTEXT = "prompt.ctx"  # the name of the learned prompt context among the tuned tensors (states, checkpoints)
 RULES = ("auto", "official", "all-norms")
 WEIGHT_MODES = ("fixed", "epoch")
 FLOAT32_MAX = 3.4028234663852886e38  # settings are used in float32 arithmetic

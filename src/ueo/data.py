@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
-from .predict import UNKNOWN
+from .thresholds import UNKNOWN
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -239,7 +239,7 @@ def read_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = N
             f"folder (e.g. {loose[0].name}): move them into their class folder, or into a folder named after "
             "what they are (a folder that matches no class name is an unknown class)."
         )
-    labels, unknown, _ = name_labels(tops, class_names or [])
+    labels, unknown, _ = name_labels([t for t in tops if t is not None], class_names or [])  # (no loose image)
     return ImageList(paths, labels, labeled=True, unknown_names=unknown)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from . import toyworld as tw
 from .data import ImageList
+from .protocols import SHIFT_SCENARIOS
 from .webtable import write_table_page
 
 DEMO_METHODS = ("zeroshot", "entropy", "infomax", "ueo")
-DEMO_SCENARIOS = ("cda", "pda", "oda", "opda")
+DEMO_SCENARIOS = SHIFT_SCENARIOS
 DEMO_SETTINGS = dict(epochs=10, batch_size=64, lr_prompt=1e-3, lr_norm=1e-3, eval_every=0, eval_train=False)
 PER_CLASS, TEST_PER_CLASS = 48, 50
 KEYS = ("pacc", "auroc", "hm", "gacc", "fpr95")
@@ -66,14 +67,15 @@ def run_scenario(
                 write_run(
                     out,
                     out / scenario / method / f"seed{seed}",
-                    scenario,
-                    method,
-                    seed,
-                    result,
-                    len(train),
-                    test,
+                    scenario=scenario,
+                    method=method,
+                    seed=seed,
+                    result=result,
+                    train_size=len(train),
+                    test=test,
                     pages=pages,
                     discovery=found,
+                    settings=settings or DEMO_SETTINGS,
                 )
         entry = {}
         for k in KEYS:
@@ -166,6 +168,7 @@ def image_files(out: Path, test) -> ImageList:
 def write_run(
     out: Path,
     run_dir: Path,
+    *,
     scenario: str,
     method: str,
     seed: int,
@@ -174,6 +177,7 @@ def write_run(
     test,
     pages: bool,
     discovery=None,
+    settings: dict | None = None,
 ) -> None:
     from . import report
     from .webreport import write_run_report
@@ -181,8 +185,8 @@ def write_run(
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
     result.adapted.save(run_dir / "adapted.safetensors")
     report.write_history(run_dir, result.history)
-    metrics = {
-        "run": {
+    metrics = report.fit_record(
+        run={
             "benchmark": "toyworld",
             "domain": tw.TARGET_STYLE,
             "scenario": scenario,
@@ -190,17 +194,17 @@ def write_run(
             "seed": seed,
             "model": "ueo-toy-rn",
             "pretrained": "toyworld",
+            "weights": "the toy CLIP shipped with ueo",
+            "data": f"toyworld:{tw.TARGET_STYLE}:{scenario}",
+            "data_fingerprint": None,
         },
-        "class_names": names,
-        "zeroshot": result.metrics["zeroshot"],
-        "adapted": result.metrics["adapted"],
-        "evaluations": result.evaluations,
-        "threshold": result.adapted.threshold,
-        "tuned_parameters": sum(result.tuned_parameters.values()),
-        "tuning": {"rule": result.rule},
-        "num_adaptation_images": len(result.weights) if result.weights is not None else None,
-        "num_test_images": len(test),
-    }
+        settings={"tune": "both", "rule": "auto", "method": method, **(settings or DEMO_SETTINGS)},
+        class_names=names,
+        result=result,
+        threshold=result.adapted.threshold,
+        num_adaptation_images=train_size,
+        num_test_images=len(test),
+    )
     if pages:
         metrics["predictions"] = report.write_predictions(
             run_dir,

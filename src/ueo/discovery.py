@@ -297,13 +297,15 @@ def discover(
     from .errors import ConfigError
     from .images import as_dataset
     from .inference import evaluate
-    from .predict import otsu_threshold
+    from .thresholds import choose_threshold
 
+    cut: float | None
     if isinstance(source, Classifier):
         bundle, state, cut = source.bundle, source.state, source.threshold
     elif getattr(source, "adapted", None) is not None and getattr(source, "bundle", None) is not None:
         bundle, state = source.bundle, source.adapted
-        cut = (state.threshold or {}).get("threshold")
+        fitted = (state.threshold or {}).get("threshold")
+        cut = float(fitted) if fitted is not None else None
     else:
         raise ConfigError("discover takes a Classifier (ueo.load_adapted) or the result of ueo.fit.")
     dataset, paths = as_dataset(images)
@@ -311,7 +313,7 @@ def discover(
     if threshold is not None:
         cut = threshold
     if cut is None:
-        cut = otsu_threshold(outputs.scores.numpy())
+        cut = choose_threshold("auto", scores=outputs.scores.numpy(), source="these images").value
     return discover_outputs(
         outputs,
         bundle,

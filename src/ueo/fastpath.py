@@ -3,7 +3,7 @@
 The reference decodes each JPEG with PIL and augments it in DataLoader workers at every step of every
 epoch; on a GPU that, not the model, is the bottleneck. Here:
 
-  * ``ImageCache`` holds each image decoded once (EXIF orientation, RGB) as uint8 pixels in one flat
+  * ``DecodedImages`` holds each image decoded once (EXIF orientation, RGB) as uint8 pixels in one flat
     tensor, shrunk only when its shorter side is over twice the model's input size (then to exactly
     twice: ``decoded_short_side``), with the size of the original image beside it.
   * Each view is the plain path's (``views.ViewSpec.train_plan`` / ``eval_plan``: the same seeded draws,
@@ -32,7 +32,7 @@ from .views import Batch, Plan, ViewSpec, checked_item, chunks, empty_batch, vie
 
 
 @dataclass
-class ImageCache:
+class DecodedImages:
     """Decoded uint8 RGB images, stored flat: image i is ``pixels[offsets[i]:offsets[i] + 3*h*w]`` as [3, h, w];
     ``originals[i]``: the (h, w) of the image it was decoded from."""
 
@@ -53,9 +53,9 @@ class ImageCache:
     def nbytes(self) -> int:
         return self.pixels.numel()
 
-    def to(self, device) -> ImageCache:
+    def to(self, device) -> DecodedImages:
         pixels = self.pixels.to(device, non_blocking=True)
-        return ImageCache(pixels, self.offsets, self.sizes, self.labels, self.originals)
+        return DecodedImages(pixels, self.offsets, self.sizes, self.labels, self.originals)
 
 
 def decoded_short_side(spec: ViewSpec) -> int:
@@ -63,7 +63,7 @@ def decoded_short_side(spec: ViewSpec) -> int:
     return 2 * spec.size
 
 
-def build_cache(dataset, short_side: int, threads: int = 8, progress: bool = False) -> ImageCache:
+def build_cache(dataset, short_side: int, threads: int = 8, progress: bool = False) -> DecodedImages:
     """Decode every (PIL image, label) item of ``dataset`` once, into host memory (for datasets that are
     not image files; files go through the persistent decode cache, ``ueo.cache``)."""
     from tqdm.auto import tqdm
@@ -93,7 +93,7 @@ def build_cache(dataset, short_side: int, threads: int = 8, progress: bool = Fal
     sizes = [(a.shape[1], a.shape[2]) for a, _, _ in items]
     offsets = np.concatenate([[0], np.cumsum([a.size for a, _, _ in items])[:-1]]).astype(np.int64).tolist()
     flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a, _, _ in items]))
-    return ImageCache(flat, offsets, sizes, [label for _, _, label in items], [size for _, size, _ in items])
+    return DecodedImages(flat, offsets, sizes, [label for _, _, label in items], [size for _, size, _ in items])
 
 
 Region = tuple[int, int, int, int, int]  # image index, top, left, height, width (in the decoded copy)
@@ -222,7 +222,7 @@ class Stager:
         return parts
 
 
-def place(pixels, device):
+def put_on_device(pixels, device):
     """Where the pixels live while they are used: on a CUDA device when they take under half its free
     memory (copied there 256 images at a time; JPEG entries of the decode cache decoded there, in batches,
     by torchvision's GPU decoder), else where they are (host memory, or the decode cache's memory maps,
@@ -233,7 +233,7 @@ def place(pixels, device):
     free, _ = torch.cuda.mem_get_info(device)
     if pixels.nbytes >= 0.5 * free:
         return pixels
-    if isinstance(pixels, ImageCache):
+    if isinstance(pixels, DecodedImages):
         return pixels.to(device)
     from .mapped import decode_batch
 
@@ -248,7 +248,7 @@ def place(pixels, device):
             flat[at : at + part.numel()].copy_(part.reshape(-1), non_blocking=True)
             offsets.append(at)
             at += part.numel()
-    return ImageCache(flat, offsets, list(pixels.sizes), list(pixels.labels), list(pixels.originals))
+    return DecodedImages(flat, offsets, list(pixels.sizes), list(pixels.labels), list(pixels.originals))
 
 
 class CachedImages:
@@ -257,7 +257,7 @@ class CachedImages:
 
     def __init__(self, pixels, spec: ViewSpec, seed: int, device):
         self.device = torch.device(device)
-        self.pixels, self.spec, self.seed = place(pixels, self.device), spec, seed
+        self.pixels, self.spec, self.seed = put_on_device(pixels, self.device), spec, seed
         on_host = self.pixels.image(0).device.type == "cpu" if len(self.pixels) else True
         self.stager = Stager(self.pixels, self.device) if self.device.type == "cuda" and on_host else None
 

@@ -72,7 +72,7 @@ class MappedPixels:
         start = int(self.offset[i])
         view = self.maps[shard][start : start + int(self.stored[i])]
         if not self.verified[i]:
-            if zlib.crc32(view) != int(self.crc[i]):
+            if zlib.crc32(view.data) != int(self.crc[i]):  # (a 1-D slice: contiguous)
                 self.cache.discard(self.files[shard], f"the pixels of {self.paths[i]} fail their checksum")
                 self.decoded[i] = torch.from_numpy(decode(self.paths[i], self.short_side)[0])
                 return None

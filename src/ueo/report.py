@@ -7,13 +7,15 @@ import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .config import PROMPT_CONTEXT
 from .data import ImageList
 from .files import atomic_path, write_text
 from .metrics import known_mask, open_set_metrics
-from .predict import UNKNOWN, decide, otsu_threshold
+from .thresholds import UNKNOWN, choose_threshold, decide
 
 RUN_KEYS = ("benchmark", "domain", "scenario", "method")
 
@@ -176,7 +178,7 @@ def write_predictions(
             yield row
 
     write_csv(out / "predictions.csv", rows(), columns)
-    summary = {
+    summary: dict[str, Any] = {
         "threshold": threshold,
         "num_images": len(images.paths),
         "num_predicted_unknown": int(sum(d == UNKNOWN for d in decided)),
@@ -200,4 +202,51 @@ def zeroshot_threshold(state_threshold: dict | None, zeroshot_outputs) -> float:
     """The zero-shot decisions' threshold: the one fit chose by the same rule on the zero-shot scores of
     the adaptation set, else Otsu's rule on the zero-shot scores at hand."""
     stored = (state_threshold or {}).get("zeroshot")
-    return float(stored) if stored is not None else otsu_threshold(zeroshot_outputs.scores.numpy())
+    return (
+        float(stored) if stored is not None else choose_threshold("auto", scores=zeroshot_outputs.scores.numpy()).value
+    )
+
+
+FIT_SETTINGS = ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights")
+
+
+def fit_record(
+    *,
+    run: dict,
+    settings: dict,
+    class_names,
+    result,
+    threshold: dict,
+    num_adaptation_images: int,
+    num_test_images: int,
+    num_skipped: int = 0,
+    requested_rule: str | None = None,
+) -> dict:
+    """metrics.json of a fit (``ueo fit``, the demo's runs): the one record, its keys in docs/metrics.md.
+    ``run``: benchmark, domain, scenario, method, seed, model, pretrained, weights, data, data_fingerprint;
+    ``settings``: the fit's settings (those of FIT_SETTINGS are kept); ``result``: the FitResult."""
+    from . import __version__
+
+    tuned = result.tuned_parameters
+    return {
+        "run": {**run, "settings": {k: settings[k] for k in FIT_SETTINGS if k in settings}},
+        "class_names": list(class_names),
+        "zeroshot": result.metrics.get("zeroshot"),
+        "adapted": result.metrics.get("adapted"),
+        "evaluations": result.evaluations,
+        "threshold": threshold,
+        "num_adaptation_images": num_adaptation_images,
+        "num_test_images": num_test_images,
+        "num_skipped": num_skipped,
+        "tuned_parameters": sum(tuned.values()),
+        "tuning": {
+            "tune": settings.get("tune"),
+            "rule": result.rule,
+            "requested_rule": requested_rule or settings.get("rule"),
+            "parameters": {
+                "prompt": tuned.get(PROMPT_CONTEXT, 0),
+                "norm": sum(n for k, n in tuned.items() if k != PROMPT_CONTEXT),
+            },
+        },
+        "ueo_version": __version__,
+    }

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .clip import describe_weights, same_weights
-from .config import DEFAULT_INIT, RULES, TUNE_CHOICES, is_finite_number
+from .config import DEFAULT_INIT, PROMPT_CONTEXT, RULES, TUNE_CHOICES, is_finite_number
 from .data import fold
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
@@ -27,7 +27,7 @@ STATE_FORMAT = "ueo-adapted-state/1"
 class AdaptedState:
     """What adaptation changed, and what is needed to re-apply it.
 
-    tensors: {"prompt.ctx": [m, W], "visual.<norm>.weight"/"bias": ...} in fp32.
+    tensors: {PROMPT_CONTEXT: [m, W], "visual.<norm>.weight"/"bias": ...} in fp32.
     class_names, init: to rebuild the prompt learner. model, pretrained: the CLIP it belongs to.
     tune, rule: what was tuned. info: free-form provenance (versions, method, ...).
     threshold: the "unknown" threshold chosen when the state was fitted, {"threshold", "rule", "source"}
@@ -114,7 +114,7 @@ class AdaptedState:
         problem = damaged_tensors(self.tensors)
         if problem:
             return problem
-        if self.tune in ("prompt", "both") and self.tensors.get("prompt.ctx", torch.zeros(0)).dim() != 2:
+        if self.tune in ("prompt", "both") and self.tensors.get(PROMPT_CONTEXT, torch.zeros(0)).dim() != 2:
             return "no prompt context [m, W]"
         return None
 
@@ -122,7 +122,7 @@ class AdaptedState:
         """Refuse a state whose tensors are not exactly what its tuning rule selects in ``model``."""
         expected = set(tunable_parameters(model, self.rule)) if self.tune in ("norm", "both") else set()
         if self.tune in ("prompt", "both"):
-            expected.add("prompt.ctx")
+            expected.add(PROMPT_CONTEXT)
         if set(self.tensors) != expected:
             extra, missing = sorted(set(self.tensors) - expected), sorted(expected - set(self.tensors))
             raise IncompatibleError(

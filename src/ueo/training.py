@@ -20,14 +20,14 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import make_checkpoint, restore
 from .clip import ClipBundle
-from .config import FitConfig, FitResult, config_fields
+from .config import PROMPT_CONTEXT, FitConfig, FitResult, config_fields
 from .distributed import any_rank, average_gradients, gather_rows, rank_world
 from .errors import DataError, DivergedError, TrainingInterrupted
 from .inference import Outputs, autocast, image_features, image_source, positions_in, score
 from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
-from .predict import otsu_threshold
 from .prompts import PromptLearner
 from .state import AdaptedState
+from .thresholds import choose_threshold
 from .tuning import adapted_state, applied, apply_adapted_state, configure_tuning, resolve_rule
 from .views import epoch_batches
 
@@ -40,6 +40,8 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 def objective(config: FitConfig, probs: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """The method's loss over a global batch of probabilities [B, K]."""
     if config.method in ("ueo", "oracle"):
+        if weights is None:
+            raise RuntimeError("UEO's loss needs the confidence weights; fit computes them before the first step.")
         return ueo_loss(probs, weights, config.trade)
     if config.method == "infomax":
         return infomax_loss(probs, config.trade)
@@ -130,7 +132,7 @@ class Run:
             model=self.bundle.name,
             pretrained=self.bundle.pretrained,
             tune=self.config.tune,
-            rule=self.result.rule,
+            rule=self.result.rule or self.config.rule,
             init=self.config.init,
             info=info,
             weights_identity=self.bundle.identity,
@@ -138,21 +140,7 @@ class Run:
 
     def checkpoint(self, epoch: int, done_in_epoch: int) -> None:
         if self.save is not None:
-            lrs = [g["lr"] for g in self.optimizer.param_groups]
-            self.save(
-                make_checkpoint(
-                    self.tuned,
-                    self.weights,
-                    self.config,
-                    self.bundle.name,
-                    self.class_names,
-                    self.result,
-                    lrs,
-                    epoch,
-                    done_in_epoch,
-                    self.identity,
-                )
-            )
+            self.save(make_checkpoint(self, epoch=epoch, done_in_epoch=done_in_epoch))
 
     def stop_requested(self) -> bool:
         return self.should_stop is not None and any_rank(self.should_stop())
@@ -223,7 +211,7 @@ def fit(
         needs_weights = cfg.method in ("ueo", "oracle") and training
         if resume is not None:
             steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-            start = restore(resume, cfg, tuned, result, class_names, bundle.name, identity, steps_per_epoch)
+            start = restore(run, resume, steps_per_epoch=steps_per_epoch)
             weights = resume["tensors"].get("weights")
         else:
             start = (1, 0)
@@ -231,8 +219,12 @@ def fit(
             result.zeroshot_outputs = dict(result.outputs)
             zeroshot = result.zeroshot_outputs.get("train", result.zeroshot_outputs.get("test"))
             if zeroshot is not None:
-                result.zeroshot_threshold = otsu_threshold(zeroshot.scores.numpy())
-            weights = confidence_weights(cfg, zero_shot_train, len(class_names)) if needs_weights else None
+                result.zeroshot_threshold = choose_threshold("auto", scores=zeroshot.scores.numpy()).value
+            weights = (
+                confidence_weights(cfg, zero_shot_train, len(class_names))
+                if needs_weights and zero_shot_train is not None
+                else None
+            )
         run.weights = weights.to(device) if weights is not None else None
         if training:
             try:
@@ -245,11 +237,10 @@ def fit(
         train_out = result.outputs.get("train")
         if train_out is None:  # the adaptation set was not scored by the last evaluation
             train_out = run.train_outputs(result.outputs.get("test"))
-        result.adapted.threshold = {
-            "threshold": otsu_threshold(train_out.scores.numpy()),
-            "rule": "otsu",
-            "source": f"the adaptation set ({len(train)} images)",
-        }
+        chosen = choose_threshold(
+            "auto", scores=train_out.scores.numpy(), source=f"the adaptation set ({len(train)} images)"
+        )
+        result.adapted.threshold = chosen.record()
         if result.zeroshot_threshold is not None:  # the same rule on the zero-shot scores: to compare decisions
             result.adapted.threshold["zeroshot"] = result.zeroshot_threshold
     finally:
@@ -264,11 +255,8 @@ def last_good_threshold(run: Run, state: AdaptedState) -> dict:
     with applied(run.bundle.model, run.learner, state.tensors):
         scores = run.score("train").scores.numpy()
     state.info["diverged"] = "training diverged; this is the state from the start of the epoch that failed"
-    return {
-        "threshold": otsu_threshold(scores),
-        "rule": "otsu",
-        "source": f"the adaptation set ({len(scores)} images), scored with this state",
-    }
+    source = f"the adaptation set ({len(scores)} images), scored with this state"
+    return choose_threshold("auto", scores=scores, source=source).record()
 
 
 def run_identity(bundle, train, test, extra: dict | None = None) -> dict:
@@ -298,11 +286,11 @@ def optimizer_for(run: Run) -> torch.optim.SGD:
     """SGD without momentum or weight decay: one group for the context, one for the norm affines."""
     cfg, tuned = run.config, run.tuned
     groups = []
-    if "prompt.ctx" in tuned:
+    if PROMPT_CONTEXT in tuned:
         groups.append(
-            {"params": [tuned["prompt.ctx"]], "lr": cfg.lr_prompt, "base_lr": cfg.lr_prompt, "name": "prompt"}
+            {"params": [tuned[PROMPT_CONTEXT]], "lr": cfg.lr_prompt, "base_lr": cfg.lr_prompt, "name": "prompt"}
         )
-    norms = [p for n, p in tuned.items() if n != "prompt.ctx"]
+    norms = [p for n, p in tuned.items() if n != PROMPT_CONTEXT]
     if norms:
         groups.append({"params": norms, "lr": cfg.lr_norm, "base_lr": cfg.lr_norm, "name": "norm"})
     return torch.optim.SGD(groups, lr=cfg.lr_prompt, momentum=0.0, weight_decay=0.0)
@@ -314,8 +302,8 @@ def train_loop(run: Run, first_epoch: int, skip: int) -> None:
     rank, world = rank_world()
     run.optimizer = optimizer = optimizer_for(run)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    tune_norm = any(n != "prompt.ctx" for n in run.tuned)
-    fixed_text = None if "prompt.ctx" in run.tuned else run.text_features(False)
+    tune_norm = any(n != PROMPT_CONTEXT for n in run.tuned)
+    fixed_text = None if PROMPT_CONTEXT in run.tuned else run.text_features(False)
     num_samples = len(run.sources["train"])
     steps_per_epoch = math.ceil(num_samples / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch

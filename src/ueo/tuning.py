@@ -18,7 +18,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .config import RULES, TUNE_CHOICES
+from .config import PROMPT_CONTEXT, RULES, TUNE_CHOICES
 from .errors import ConfigError, IncompatibleError
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
@@ -58,7 +58,7 @@ def configure_tuning(
 ) -> dict[str, nn.Parameter]:
     """Freeze everything, then enable gradients on what ``tune`` selects; returns {name: parameter}.
 
-    tune: "prompt" (context only), "norm" (norm affines only) or "both". The context is named "prompt.ctx".
+    tune: "prompt" (context only), "norm" (norm affines only) or "both". The context is named PROMPT_CONTEXT.
     The CLIP model is put in eval mode (BatchNorm uses running statistics; dropout off).
     """
     if tune not in TUNE_CHOICES:
@@ -69,7 +69,7 @@ def configure_tuning(
     if tune in ("prompt", "both"):
         if prompt_learner is None:
             raise ValueError("tune includes the prompt but no prompt learner was given.")  # a caller's bug
-        selected["prompt.ctx"] = prompt_learner.ctx
+        selected[PROMPT_CONTEXT] = prompt_learner.ctx
     elif prompt_learner is not None:
         prompt_learner.ctx.requires_grad_(False)
     if tune in ("norm", "both"):
@@ -88,7 +88,7 @@ def configure_tuning(
 
 
 def adapted_state(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
-    """Detached fp32 CPU copies of the tuned parameters, keyed by name ("prompt.ctx", "visual....")."""
+    """Detached fp32 CPU copies of the tuned parameters, keyed by name (PROMPT_CONTEXT, "visual....")."""
     return {name: p.detach().float().cpu().clone() for name, p in params.items()}
 
 
@@ -96,7 +96,7 @@ def apply_adapted_state(model: nn.Module, prompt_learner: nn.Module | None, stat
     """Copy an adapted state back into a model (and prompt learner); refuses names or shapes that do not fit."""
     own = dict(model.named_parameters())
     for name, value in state.items():
-        if name == "prompt.ctx":
+        if name == PROMPT_CONTEXT:
             if prompt_learner is None:
                 raise IncompatibleError("The adapted state holds a prompt context but no prompt learner was given.")
             target = prompt_learner.ctx
@@ -120,9 +120,9 @@ def applied(model: nn.Module, prompt_learner: nn.Module | None, state: dict[str,
     """Apply ``state`` for the duration of a ``with`` block, then restore the previous values."""
     own = dict(model.named_parameters())
     previous = {
-        name: (prompt_learner.ctx if name == "prompt.ctx" else own[name]).detach().clone()
+        name: (prompt_learner.ctx if name == PROMPT_CONTEXT else own[name]).detach().clone()
         for name in state
-        if name == "prompt.ctx" or name in own
+        if name == PROMPT_CONTEXT or name in own
     }
     apply_adapted_state(model, prompt_learner, state)
     try:

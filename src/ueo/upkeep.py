@@ -11,6 +11,7 @@ import fcntl
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def info(root: Path) -> dict:
     shards, images (readable, unreadable), bytes, formats, damaged shards and last use."""
     folders = []
     for folder in _folders(root):
-        row = {"folder": str(folder.relative_to(root)), "current": folder.parent.name == f"v{VERSION}"}
+        row: dict[str, Any] = {"folder": str(folder.relative_to(root)), "current": folder.parent.name == f"v{VERSION}"}
         row |= {"shards": 0, "images": 0, "unreadable": 0, "raw": 0, "jpeg": 0, "damaged": 0, "bytes": 0}
         row["last_use"] = 0.0
         for path in sorted(folder.glob("*.shard")):

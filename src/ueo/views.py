@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -254,7 +255,7 @@ class LoadedImages:
 
     def __init__(self, dataset, spec: ViewSpec, seed: int = 0, num_workers: int = 0, pin_memory: bool = False):
         self.dataset, self.seed = dataset, seed
-        self.loader_options = dict(num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate)
+        self.loader_options: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate)
         self.train_views = SeededViews(dataset, spec.train_transform(), seed=seed)
         self.eval_views = SeededViews(dataset, spec.eval_transform())
 
@@ -266,7 +267,8 @@ class LoadedImages:
         self.train_views.epoch = epoch
         if hasattr(self.dataset, "set_epoch"):  # the usual PyTorch hook for datasets whose items depend on it
             self.dataset.set_epoch(epoch)
-        return iter(torch.utils.data.DataLoader(self.train_views, batch_sampler=batches, **self.loader_options))
+        batch_lists = [list(b) for b in batches]
+        return iter(torch.utils.data.DataLoader(self.train_views, batch_sampler=batch_lists, **self.loader_options))
 
     def eval_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
         """Eval views of ``indices``, in that order, ``batch_size`` at a time."""

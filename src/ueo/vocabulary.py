@@ -23,8 +23,8 @@ import torch
 from .data import fold, read_text
 from .errors import DataError
 from .files import read_tagged, write_tagged
-from .predict import UNKNOWN
 from .prompts import encode_tokens
+from .thresholds import UNKNOWN
 
 TEMPLATES = (
     "itap of a {}.",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .files import atomic_path, write_text
 from .images import load_image
-from .predict import UNKNOWN
 from .sources import resolve
 from .tables import record_problem
+from .thresholds import UNKNOWN
 
 PER_GALLERY = 12  # images shown in each gallery
 PER_CELL = 4  # examples of one confusion-matrix cell
@@ -51,7 +51,8 @@ class Thumbs:
     """Small JPEG copies of images in ``folder``/thumbs, each made once."""
 
     def __init__(self, folder: Path):
-        self.folder, self.made = folder / "thumbs", {}
+        self.folder = folder / "thumbs"
+        self.made: dict[str, str | None] = {}
 
     def __call__(self, path: str) -> str | None:
         """The page's relative link to the thumbnail of ``path``; None when the image cannot be read."""
@@ -109,7 +110,7 @@ def _summary(metrics: dict, rows: list[dict], run_dir: Path) -> str:
             if metrics.get("num_skipped")
             else "0",
         ),
-        ("model and weights", escape(f"{run.get('model', metrics.get('model', '-'))} ({run.get('pretrained', '-')})")),
+        ("model and weights", escape(f"{run.get('model', '-')} ({run.get('pretrained', '-')})")),
         ("method", escape(str(run.get("method", "-")))),
         ("settings", escape(", ".join(f"{k} {v}" for k, v in run.get("settings", {}).items())) or None),
         (
@@ -128,7 +129,7 @@ def _summary(metrics: dict, rows: list[dict], run_dir: Path) -> str:
         ("adapted state", escape(str(metrics["source"])) if "source" in metrics else None),
     ]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items if v is not None)
-    zs, ad = metrics.get("zeroshot"), metrics.get("adapted") or metrics.get("metrics")
+    zs, ad = metrics.get("zeroshot"), metrics.get("adapted")
     scores = ""
     if ad and any(ad.get(k) is not None for k in ("pacc", "auroc")):
         keys = ("pacc", "gacc", "auroc", "fpr95", "hm")
@@ -181,7 +182,7 @@ def _borderline(thumbs: Thumbs, rows: list[dict], threshold: float) -> str:
 def _changed(thumbs: Thumbs, rows: list[dict]) -> str:
     if not rows or "zeroshot_prediction" not in rows[0]:
         return '<section id="changed"><h2>What adaptation changed</h2><p class="muted">No zero-shot decisions here.</p></section>'
-    kinds = {"unknown → a class": [], "a class → unknown": [], "a class → another class": []}
+    kinds: dict[str, list[dict]] = {"unknown → a class": [], "a class → unknown": [], "a class → another class": []}
     for row in rows:
         before, after = row["zeroshot_prediction"], row["prediction"]
         if before == after:

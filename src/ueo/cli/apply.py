@@ -17,15 +17,15 @@ from ..state import AdaptedState
 from ..webreport import write_run_report
 from ..webtable import write_table_page
 from .common import (
-    about,
     check_not_inside,
-    checked,
     choose_threshold,
     clear_outputs,
     decode_cache,
     describe_threshold,
     discover_into,
     discovery_names,
+    drop_unreadable,
+    flag_errors,
     labeled_images,
     load_bundle,
     say,
@@ -44,16 +44,16 @@ def state_and_bundle(args):
     path = Path(args.adapted)
     if not path.is_file():
         raise ConfigError(f"--adapted {path}: no such file.")
-    with about("--adapted"):
+    with flag_errors("--adapted"):
         state = AdaptedState.load(path)
     model = args.model or state.model
     pretrained = args.pretrained if args.pretrained is not None else state.pretrained
     if isinstance(pretrained, str) and pretrained.lower() == "none":
         pretrained = None
-    with about("--adapted"):
+    with flag_errors("--adapted"):
         state.check_model(model)
     bundle = load_bundle(model, pretrained, args.device, seed=state.seed)  # the weights it was learned on
-    with about("--adapted"):
+    with flag_errors("--adapted"):
         state.check_compatible(bundle)
     return state, bundle
 
@@ -77,12 +77,12 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
     if labeled:
         listed = labeled_images(spec, names, args.root, images_flag)
     else:
-        with about(f"{images_flag} {spec}"):
+        with flag_errors(f"{images_flag} {spec}"):
             listed = read_images(spec, names, args.root)
     val = labeled_images(args.val, names, args.root, "--val") if args.val else None
     store = decode_cache(args)
     side = decoded_short_side(bundle.views)
-    images, skipped = checked(listed, args.strict, stop, store=store, short_side=side, progress=not args.quiet)
+    images, skipped = drop_unreadable(listed, args.strict, stop, store=store, short_side=side, progress=not args.quiet)
     if args.overwrite:
         clear_outputs(out)
     report.write_csv(out / "skipped.csv", skipped, SKIPPED_COLUMNS)
@@ -90,7 +90,7 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
     _, outputs = evaluate(bundle, ImageFiles(images, store), adapted=state, features=args.discover, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:
-        val_files = ImageFiles(checked(val, args.strict, stop, store=store, short_side=side)[0], store)
+        val_files = ImageFiles(drop_unreadable(val, args.strict, stop, store=store, short_side=side)[0], store)
         _, val_outputs = evaluate(bundle, val_files, adapted=state, **score)
     threshold = choose_threshold(
         args.threshold,
@@ -271,7 +271,7 @@ def rebuild_pages(args) -> int:
     if not folders:
         raise ConfigError(f"No run folder (metrics.json with predictions.csv) under {' '.join(args.runs)}.")
     for folder in folders:
-        with about(f"{folder}"):
+        with flag_errors(f"{folder}"):
             try:
                 page = write_run_report(folder)
             except (ValueError, KeyError) as error:  # a damaged metrics.json or predictions.csv

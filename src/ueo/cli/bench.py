@@ -8,7 +8,7 @@ from .. import protocols, tables
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError
 from ..webtable import write_table_page
-from .common import about, decode_cache, say, summary_line, warn
+from .common import decode_cache, flag_errors, say, summary_line, warn
 from .fit import run_fit
 from .options import absolute_paths, resolve_config
 
@@ -56,7 +56,7 @@ def cmd_bench(args) -> int:
                     }
                     checkpoint = None
                     if (run_dir / "checkpoint.safetensors").is_file() and not args.overwrite:
-                        with about(f"{run_dir}"):
+                        with flag_errors(f"{run_dir}"):
                             checkpoint = load_checkpoint(run_dir / "checkpoint.safetensors")
                         say(f"== {benchmark} {domain} {scenario} {method} seed {seed} (resuming)")
                     else:

@@ -11,14 +11,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .. import thresholds
 from ..config import is_finite_number
 from ..data import ImageList
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
 from ..images import check_images, sort_out
 from ..metrics import known_mask
-from ..predict import otsu_threshold, parse_threshold, threshold_at_tpr, threshold_warning
 from ..sources import read_images
+from ..thresholds import Threshold, parse_threshold
 
 LOCK_NAME = ".ueo.lock"
 # Everything a run writes into its folder; --overwrite removes these first, so that no file of an earlier
@@ -62,7 +63,7 @@ def say_or_warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def about(flag: str):
+def flag_errors(flag: str):
     """Name the command-line flag in the message of a ueo error raised inside."""
     try:
         yield
@@ -194,7 +195,7 @@ def require_known(images: ImageList, num_known: int, what: str) -> None:
 
 def labeled_images(spec, names: Sequence[str], root, flag: str) -> ImageList:
     """Images that must carry labels, at least one of them of a known class."""
-    with about(f"{flag} {spec}"):
+    with flag_errors(f"{flag} {spec}"):
         images = read_images(spec, names, root)
     if not images.labeled:
         raise DataError(f"{flag} {spec}: no labels found (use class sub-folders or a list file with labels).")
@@ -202,7 +203,7 @@ def labeled_images(spec, names: Sequence[str], root, flag: str) -> ImageList:
     return images
 
 
-def checked(
+def drop_unreadable(
     images: ImageList,
     strict: bool,
     should_stop: Callable[[], bool] | None = None,
@@ -238,7 +239,7 @@ def decode_cache(args, fast=None):
         return None
     from ..cache import DecodeCache
 
-    with about("--cache-max-size"):
+    with flag_errors("--cache-max-size"):
         return DecodeCache(
             getattr(args, "cache_dir", None),
             warn=warn,
@@ -249,7 +250,7 @@ def decode_cache(args, fast=None):
 
 def threshold_spec(spec, tpr) -> None:
     """Check --threshold and --tpr before any compute."""
-    with about("--threshold"):
+    with flag_errors("--threshold"):
         parse_threshold(spec)
     if tpr is not None and (not is_finite_number(tpr) or not 0 < tpr <= 1):
         raise ConfigError(f"--tpr must be a fraction in (0, 1], got {tpr!r}.")
@@ -265,32 +266,24 @@ def choose_threshold(
     tpr: float | None = None,
     val_outputs=None,
 ) -> dict:
-    """The threshold and why: --tpr on labeled validation outputs; else --threshold: a number, 'auto' (Otsu
-    on ``scores``, the images described by ``source``) or 'fitted' (the one stored in the adapted state;
-    Otsu on ``scores`` when the state has none). Warns when a number can decide nothing."""
+    """The command's flags (--threshold, --tpr with --val) put to ``thresholds.choose_threshold``; returns the
+    record metrics.json keeps."""
+    known_scores = None
     if tpr is not None:
         known = known_mask(val_outputs.labels.numpy(), num_known)
-        with about("--tpr"):
-            value = threshold_at_tpr(val_outputs.scores.numpy()[known], tpr)
-        return {
-            "threshold": value,
-            "rule": "tpr",
-            "source": f"accepts {tpr:g} of the {int(known.sum())} known --val images",
-        }
-    choice = parse_threshold(spec)
-    if choice == "fitted" and fitted is not None:
-        return {**fitted, "source": f"{fitted.get('source', 'the fit')}, stored in the adapted state"}
-    if choice in ("auto", "fitted"):
-        if choice == "fitted":
-            warn(
-                "warning: the adapted state holds no fitted threshold (saved by an older ueo); using Otsu's rule "
-                "on these images' scores, so decisions depend on which images are scored together."
-            )
-        return {"threshold": otsu_threshold(scores), "rule": "otsu", "source": source}
-    problem = threshold_warning(choice, num_known)
-    if problem:
-        warn(f"warning: {problem}")
-    return {"threshold": choice, "rule": "given", "source": "--threshold"}
+        known_scores, source = val_outputs.scores.numpy()[known], f"the {int(known.sum())} known --val images"
+    with flag_errors("--tpr" if tpr is not None else "--threshold"):
+        chosen = thresholds.choose_threshold(
+            spec,
+            scores=scores,
+            source=source,
+            num_known=num_known,
+            fitted=Threshold.from_record(fitted),
+            tpr=tpr,
+            known_scores=known_scores,
+            warn=warn,
+        )
+    return chosen.record()
 
 
 def describe_threshold(chosen: dict) -> str:
@@ -325,7 +318,7 @@ def discovery_names(spec):
     """The candidate names of --vocabulary, read and checked before any work (None: groups left unnamed)."""
     from ..discovery import vocabulary_names
 
-    with about("--vocabulary"):
+    with flag_errors("--vocabulary"):
         return vocabulary_names(spec, warn=warn)
 
 

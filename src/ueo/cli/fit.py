@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from .. import __version__, report
+from .. import report
 from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from ..config import FitConfig
+from ..config import PROMPT_CONTEXT, FitConfig
 from ..data import ImageList, fingerprint
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
@@ -19,21 +19,21 @@ from ..fastpath import decoded_short_side
 from ..files import write_text
 from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
-from ..predict import parse_threshold
 from ..prompts import PromptLearner
+from ..thresholds import parse_threshold
 from ..training import fit, run_identity
 from ..tuning import configure_tuning, resolve_rule
 from ..webreport import write_run_report
 from .common import (
-    about,
     check_device,
     check_not_inside,
-    checked,
     choose_threshold,
     clear_outputs,
     decode_cache,
     discover_into,
     discovery_names,
+    drop_unreadable,
+    flag_errors,
     load_bundle,
     say,
     say_done,
@@ -71,7 +71,9 @@ def cmd_fit(args) -> int:
     if args.resume:
         return resume(args)
     config = absolute_paths(resolve_config(args))
-    out = Path(config["out"]) if config["out"] else None
+    if not config["out"]:
+        raise ConfigError("--out is required: the folder for the results.")
+    out = Path(config["out"])
     config["device"] = init_from_environment(config["device"])
     metrics = run_fit(
         config,
@@ -106,7 +108,7 @@ def resume(args) -> int:
     if (run_dir / "metrics.json").is_file():
         say(f"{run_dir} already holds a finished run (metrics.json); nothing to resume.")
         return 0
-    with about(f"--resume {run_dir}"):
+    with flag_errors(f"--resume {run_dir}"):
         config = resolve_config(args, config_file=run_dir / "config.yaml")
         checkpoint = (
             load_checkpoint(run_dir / "checkpoint.safetensors")
@@ -136,6 +138,7 @@ def resume(args) -> int:
 def run_fit(
     config: dict,
     out: Path,
+    *,
     strict: bool = False,
     checkpoint: dict | None = None,
     overwrite: bool = False,
@@ -161,7 +164,7 @@ def run_fit(
         with stop.installed():
             job = prepare(config, strict, should_stop=stop, progress=not quiet, store=store)
             if checkpoint is not None:
-                with about(f"--resume {out}"):
+                with flag_errors(f"--resume {out}"):
                     check_resumable(checkpoint, job.settings, job.class_names, job.bundle.name, job.identity)
             stop.check("checking the inputs")
             if overwrite:
@@ -200,14 +203,16 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True,
     if config["tpr"] is not None and val_list is None:
         raise ConfigError("--tpr needs labeled validation images: pass --val.")
     bundle = load_bundle(config["model"], config["pretrained"], config["device"], seed=settings.seed)
-    with about("--classes"):
+    with flag_errors("--classes"):
         learner = PromptLearner(bundle, class_names, init=settings.init)  # every prompt fits the text context
-    with about("--rule"):
+    with flag_errors("--rule"):
         tuning = describe_tuning(bundle.model, learner, settings)
     skipped, kept = [], {}
     for name, images in (("adaptation", train_list), ("test", test_list), ("validation", val_list)):
         if images is not None:
-            kept[name], bad = checked(images, strict, should_stop, store, decoded_short_side(bundle.views), progress)
+            kept[name], bad = drop_unreadable(
+                images, strict, should_stop, store, decoded_short_side(bundle.views), progress
+            )
             skipped += [{**row, "set": name} for row in bad]
     job = FitJob(
         config,
@@ -240,7 +245,7 @@ def describe_tuning(model, learner: PromptLearner, settings: FitConfig) -> str:
         tuned = configure_tuning(model, learner, settings.tune, resolve_rule(model, settings.rule))
     finally:
         model.requires_grad_(False)
-    prompt = tuned.pop("prompt.ctx", None)
+    prompt = tuned.pop(PROMPT_CONTEXT, None)
     parts = [f"the prompt context ({prompt.numel():,} values)"] if prompt is not None else []
     if tuned:
         rule = resolve_rule(model, settings.rule)
@@ -279,7 +284,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     metrics."""
     config, num_known = job.config, len(job.class_names)
     zeroshot_cut = result.adapted.threshold.get("zeroshot")
-    if config["tpr"] is not None:
+    if config["tpr"] is not None and job.val is not None:  # (prepare refuses --tpr without --val)
         _, val_outputs = evaluate(
             job.bundle, job.files(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
         )
@@ -290,8 +295,8 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         threshold = choose_threshold(config["threshold"], num_known=num_known)
     result.adapted.threshold = {**threshold, **({"zeroshot": zeroshot_cut} if zeroshot_cut is not None else {})}
     stop.check("writing the outputs")
-    metrics = {
-        "run": {
+    metrics = report.fit_record(
+        run={
             **job.run,
             "method": config["method"],
             "seed": config["seed"],
@@ -300,31 +305,15 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
             "weights": job.bundle.identity,
             "data": str(Path(config["root"]) / job.run["domain"]) if config["benchmark"] else config["data"],
             "data_fingerprint": job.identity.get("adaptation_files"),
-            "settings": {
-                k: config[k]
-                for k in ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights")
-            },
         },
-        "class_names": job.class_names,
-        "zeroshot": result.metrics.get("zeroshot"),
-        "adapted": result.metrics.get("adapted"),
-        "evaluations": result.evaluations,
-        "threshold": threshold,
-        "num_adaptation_images": len(job.train),
-        "num_test_images": len(job.test) if job.test is not None else 0,
-        "num_skipped": len(job.skipped),
-        "tuned_parameters": sum(result.tuned_parameters.values()),
-        "tuning": {
-            "tune": config["tune"],
-            "rule": result.rule,
-            "requested_rule": config["rule"],
-            "parameters": {
-                "prompt": result.tuned_parameters.get("prompt.ctx", 0),
-                "norm": sum(n for k, n in result.tuned_parameters.items() if k != "prompt.ctx"),
-            },
-        },
-        "ueo_version": __version__,
-    }
+        settings=config,
+        class_names=job.class_names,
+        result=result,
+        threshold=threshold,
+        num_adaptation_images=len(job.train),
+        num_test_images=len(job.test) if job.test is not None else 0,
+        num_skipped=len(job.skipped),
+    )
     # Scoring joins the collectives under torch.distributed: every rank does it; rank 0 alone writes.
     split, target = ("test", job.test) if job.test is not None else ("train", job.train)
     found = None

@@ -9,7 +9,7 @@ from .. import protocols
 from ..data import ImageList, parse_class_names
 from ..errors import ConfigError
 from ..sources import class_names_of, read_images
-from .common import about, labeled_images, require_known, say, say_or_warn
+from .common import flag_errors, labeled_images, require_known, say, say_or_warn
 
 
 def load_inputs(config: dict):
@@ -31,17 +31,18 @@ def load_inputs(config: dict):
     if not config["data"]:
         raise ConfigError("Give --data and --classes (or --benchmark, --domain, --scenario, --root).")
     if config["classes"]:
-        with about("--classes"):
+        with flag_errors("--classes"):
             names = parse_class_names(config["classes"])
     else:
-        with about(f"--data {config['data']}"):
-            names = class_names_of(config["data"])  # classnames.txt, a dataset's ClassLabel
-        if not names:
+        with flag_errors(f"--data {config['data']}"):
+            carried = class_names_of(config["data"])  # classnames.txt, a dataset's ClassLabel
+        if not carried:
             raise ConfigError(f"Give --classes: --data {config['data']} names no classes of its own.")
+        names = carried
         say(
             f"class names: the {len(names)} that --data names ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
         )
-    with about(f"--data {config['data']}"):
+    with flag_errors(f"--data {config['data']}"):
         train = read_images(config["data"], names, config["root"])
     require_known(train, len(names), "--data")
     run = {"benchmark": "-", "domain": Path(config["data"]).name, "scenario": "-"}

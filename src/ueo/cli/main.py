@@ -16,6 +16,7 @@ import traceback
 
 from .. import __version__
 from ..errors import DivergedError, TrainingInterrupted, UeoError
+from ..protocols import SHIFT_SCENARIOS
 from .options import NO_DISCOVER_HELP, SCENARIO_CHOICES, VOCABULARY_HELP, add_cache_options, add_fit_options
 
 # command -> (module, function): imported only when the command runs, so that --help stays fast
@@ -181,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenarios",
         nargs="+",
-        default=["cda", "pda", "oda", "opda"],
+        default=list(SHIFT_SCENARIOS),
         choices=SCENARIO_CHOICES,
-        help="scenarios (default: cda pda oda opda)",
+        help=f"scenarios (default: {' '.join(SHIFT_SCENARIOS)})",
     )
     p.add_argument("--methods", nargs="+", default=["zeroshot", "ueo"], help="methods (default: zeroshot ueo)")
     p.add_argument("--seeds", nargs="+", type=int, default=[2023], help="seeds (default: 2023)")
@@ -202,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenarios",
         nargs="+",
-        default=["cda", "pda", "oda", "opda"],
-        choices=["cda", "pda", "oda", "opda"],
+        default=list(SHIFT_SCENARIOS),
+        choices=SHIFT_SCENARIOS,
         help="scenarios to run",
     )
     p.add_argument("--quiet", action="store_true", help="logs only")

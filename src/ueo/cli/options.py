@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ import yaml
 
 from ..config import METHODS, RULES, TUNE_CHOICES, WEIGHT_MODES, FitConfig
 from ..errors import ConfigError
+from ..protocols import BENCHMARKS, SCENARIOS
 
-SCENARIO_CHOICES = ("cda", "pda", "oda", "opda", "csda")
-BENCHMARK_CHOICES = ("office31", "officehome", "visda", "domainnet")
+SCENARIO_CHOICES = SCENARIOS
+BENCHMARK_CHOICES = tuple(BENCHMARKS)
 FAST_CHOICES = {"auto": None, "on": True, "off": False}
 VOCABULARY_HELP = (
     "candidate names for the groups of unknown images: a file (one name a line), "
@@ -66,7 +68,7 @@ DEFAULTS: dict[str, Any] = {**RUN_DEFAULTS, **{k: getattr(_ENGINE_DEFAULTS, k) f
 SHOWN_DEFAULTS = {"device": "cuda when available, else cpu", "root": "the list file's folder", "test_root": "--root"}
 
 # (flag, key, help, argparse keywords)
-FIT_OPTIONS = (
+FIT_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--model", "model", "open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path'", {}),
     ("--pretrained", "pretrained", "weights tag or checkpoint file; 'none' for random weights (seeded by --seed)", {}),
     ("--device", "device", "cpu, cuda, cuda:1, ...", {}),
@@ -150,8 +152,9 @@ def add_cache_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-INT_KEYS = ("epochs", "batch_size", "seed", "eval_every", "eval_batch_size", "num_workers")
-FLOAT_KEYS = ("lr_prompt", "lr_norm", "trade", "tpr")
+# the settings' types, from FitConfig itself (with --tpr, a flag of the commands, not of the engine)
+INT_KEYS = tuple(f.name for f in dataclasses.fields(FitConfig) if f.type == "int" and f.name in ENGINE_KEYS)
+FLOAT_KEYS = (*(f.name for f in dataclasses.fields(FitConfig) if f.type == "float" and f.name in ENGINE_KEYS), "tpr")
 REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weights")
 PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out")
 # What a resumed run may change: how it runs, not what it computes.

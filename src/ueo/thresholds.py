@@ -1,4 +1,4 @@
-"""Deciding "unknown": threshold rules on the OOD score (MCM; higher = more likely known).
+"""Deciding "unknown": the one threshold policy on the OOD score (MCM; higher = more likely known).
 
 A sample is accepted as its top-1 known class when score >= threshold, else predicted "unknown".
   auto   Otsu's rule on the (unlabeled) scores: the cut that maximises the between-group variance
@@ -10,7 +10,8 @@ A sample is accepted as its top-1 known class when score >= threshold, else pred
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -83,3 +84,58 @@ def threshold_warning(value: float, num_known: int) -> str | None:
 def decide(predictions, scores, class_names: Sequence[str], threshold: float) -> list[str]:
     """Class name of the top-1 known class, or "unknown" when score < threshold."""
     return [class_names[int(p)] if s >= threshold else UNKNOWN for p, s in zip(predictions, scores)]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The unknown threshold and why: ``value``, the ``rule`` that chose it ("otsu", "given" or "tpr") and
+    the ``source`` it was chosen on (which scores, or the flag that gave it)."""
+
+    value: float
+    rule: str
+    source: str
+
+    def record(self) -> dict:
+        """As metrics.json and adapted states keep it: {"threshold", "rule", "source"}."""
+        return {"threshold": self.value, "rule": self.rule, "source": self.source}
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> Threshold | None:
+        if not record or record.get("threshold") is None:
+            return None
+        return cls(float(record["threshold"]), str(record.get("rule", "given")), str(record.get("source", "")))
+
+
+def choose_threshold(
+    spec="auto",
+    *,
+    scores=None,
+    source: str = "",
+    num_known: int | None = None,
+    fitted: Threshold | None = None,
+    tpr: float | None = None,
+    known_scores=None,
+    warn: Callable[[str], None] | None = None,
+) -> Threshold:
+    """The threshold, by the one policy every caller uses. With ``tpr``: the highest threshold accepting that
+    fraction of ``known_scores`` (labeled known validation images; ``source`` names them). Else ``spec``: a
+    number (given; ``warn`` says when it decides nothing), "auto" (Otsu's rule on ``scores``, the images
+    ``source`` names) or "fitted" (the ``fitted`` one stored when the state was fitted; without one, Otsu on
+    ``scores``, with a warning)."""
+    if tpr is not None:
+        return Threshold(threshold_at_tpr(known_scores, tpr), "tpr", f"accepts {tpr:g} of {source}")
+    choice = parse_threshold(spec)
+    if choice == "fitted" and fitted is not None:
+        return Threshold(fitted.value, fitted.rule, f"{fitted.source or 'the fit'}, stored in the adapted state")
+    if choice in THRESHOLD_WORDS:
+        if choice == "fitted" and warn is not None:
+            warn(
+                "warning: the adapted state holds no fitted threshold (saved by an older ueo); using Otsu's rule "
+                "on these images' scores, so decisions depend on which images are scored together."
+            )
+        return Threshold(otsu_threshold(scores), "otsu", source)
+    value = float(choice)  # (parse_threshold: a word, handled above, or a finite number)
+    problem = threshold_warning(value, num_known) if num_known else None
+    if problem and warn is not None:
+        warn(f"warning: {problem}")
+    return Threshold(value, "given", source or "--threshold")

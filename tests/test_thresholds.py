@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ueo.errors import ConfigError, DataError
-from ueo.predict import decide, otsu_threshold, parse_threshold, threshold_at_tpr
+from ueo.thresholds import decide, otsu_threshold, parse_threshold, threshold_at_tpr
 
 
 def brute_force_otsu(values):
@@ -56,3 +56,25 @@ def test_parse_and_decide():
     with pytest.raises(ConfigError, match="auto"):
         parse_threshold("high")
     assert decide([0, 1, 1], [0.9, 0.2, 0.5], ["cat", "dog"], 0.5) == ["cat", "unknown", "dog"]
+
+
+def test_one_policy_chooses_every_threshold():
+    """choose_threshold is the one place a threshold is decided; its record is what states and metrics keep."""
+    from ueo.thresholds import Threshold, choose_threshold
+
+    scores = [0.1, 0.1, 0.9, 0.9]
+    auto = choose_threshold("auto", scores=scores, source="four images")
+    assert auto == Threshold(0.5, "otsu", "four images")  # Otsu by hand: the midpoint of 0.1 and 0.9
+    assert auto.record() == {"threshold": 0.5, "rule": "otsu", "source": "four images"}
+    assert Threshold.from_record(auto.record()) == auto and Threshold.from_record(None) is None
+    fitted = choose_threshold("fitted", scores=[0.7, 0.8], fitted=auto)
+    assert (fitted.value, fitted.rule) == (0.5, "otsu") and "stored in the adapted state" in fitted.source
+    said = []
+    older = choose_threshold("fitted", scores=scores, warn=said.append)  # a state without one: Otsu, and a warning
+    assert older.value == 0.5 and "no fitted threshold" in said[0]
+    given = choose_threshold("0.3", num_known=4, warn=said.append)
+    assert given == Threshold(0.3, "given", "--threshold") and len(said) == 1
+    choose_threshold(0.2, num_known=5, warn=said.append)  # at 1/K: accepts everything, said
+    assert "1/K" in said[-1]
+    tpr = choose_threshold(known_scores=[0.9, 0.8, 0.7, 0.6], tpr=0.75, source="4 known images")
+    assert tpr == Threshold(0.7, "tpr", "accepts 0.75 of 4 known images")  # 3 of 4 accepted at >= 0.7
