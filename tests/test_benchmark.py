@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

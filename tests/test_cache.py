@@ -20,6 +20,7 @@ from ueo.data import read_folder
 from ueo.fastpath import Stager, build_cache, fetch, whole
 from ueo.images import ImageFiles
 
+pytestmark = pytest.mark.slow  # subprocess builders, memory probes, whole fits (`make test-quick` leaves them out)
 SIDE = 64
 
 
@@ -187,6 +188,7 @@ import json, sys
 import torch
 from ueo.cache import DecodeCache
 from ueo.data import read_folder
+
 
 def anon():
     return int(next(line for line in open("/proc/self/status") if line.startswith("RssAnon")).split()[1])

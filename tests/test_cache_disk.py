@@ -93,6 +93,7 @@ print("same" if again == first else "changed", len(pixels), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_eviction_never_removes_a_shard_another_process_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "SHARD_IMAGES", 4)
     a = write_collection(tmp_path / "a", 8, seed=4)
@@ -201,6 +202,7 @@ def test_cache_commands_on_a_damaged_cache(tmp_path, capsys):
     assert "damaged" not in text and "older version" not in text
 
 
+@pytest.mark.slow
 def test_the_views_through_a_jpeg_cache_stay_close_to_open_clips(tmp_path):
     """ueo.evaluate through a JPEG cache against open_clip's own preprocess + encode_image (random ViT-B-32)."""
     import open_clip

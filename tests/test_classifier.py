@@ -15,6 +15,8 @@ from helpers import PHOTO_SIZES, odd_images, read_csv, write_photos
 from ueo import toyworld as tw
 from ueo.cli import main
 
+pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
+
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):

@@ -12,6 +12,8 @@ from helpers import read_csv
 from ueo import AdaptedState
 from ueo.cli import main
 
+pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
+
 TINY = ["--model", "ueo-tiny-vit", "--pretrained", "none", "--device", "cpu"]
 
 

@@ -166,6 +166,7 @@ def fitted(tiny_vit_weights, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_fit_writes_what_the_list_misses_and_the_page_says_it_first(fitted):
     run = fitted / "run"
     absent = read_csv(run / "absent.csv")

@@ -29,6 +29,8 @@ from ueo.cli import main
 from ueo.prompts import PromptLearner, prompt_text
 from ueo.tuning import is_norm, resolve_rule, tunable_parameters
 
+pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
+
 NAMES = ["cat", "hot_dog", "The_Eiffel_Tower", "aircraft carrier"]
 # family: (open_clip name, Hugging Face tokenizer layout (None: open_clip's own), changes to the image tower:
 # fewer/narrower layers, a smaller member of the same timm family, smaller inputs)

@@ -88,6 +88,7 @@ def views_of(pixels, spec, kind, epoch=0):
 FIDELITY = {"raw": (45, 1 / 255), "auto": (41, 2 / 255), "jpeg": (36, 3 / 255)}  # measured: 45.1, 42.6, 37.6 dB
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 @pytest.mark.parametrize("fmt", ["raw", "auto", "jpeg"])
 def test_views_from_the_decode_cache_equal_the_reference_on_real_size_photos(photos, tmp_path, interpolation, fmt):
@@ -127,6 +128,7 @@ def test_views_of_images_in_memory_equal_the_reference():
         assert psnr(got, reference_train_view(image, spec, 7, 3, i)) >= 45
 
 
+@pytest.mark.slow
 def test_evaluate_gives_open_clips_own_cosines_on_photos(photos):
     """ueo.evaluate (fast path, the default) against open_clip's preprocess + encode_image + encode_text on
     the same images, with a random-weight ViT-B-32 loaded through ueo.load_clip."""
@@ -145,6 +147,7 @@ def test_evaluate_gives_open_clips_own_cosines_on_photos(photos):
     assert (outputs.cosines - want).abs().max() < 1e-3, (outputs.cosines - want).abs().max()
 
 
+@pytest.mark.slow
 def test_fast_fit_equals_the_reference_pipeline_on_photos(tiny_vit):
     """ueo.fit with the fast path against ueo.fit with torchvision's transforms on PIL images (fast=False),
     the same seeded draws: the same losses and the same learned parameters, to the views' rounding."""

@@ -43,6 +43,7 @@ def fitted(data, tiny_vit_weights, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------ 1. one decision per image
+@pytest.mark.slow
 def test_the_fitted_threshold_is_stored_and_used_for_every_image(fitted, data, tmp_path, capsys):
     state = AdaptedState.load(fitted / "adapted.safetensors")
     metrics = json.loads((fitted / "metrics.json").read_text())

@@ -49,6 +49,7 @@ def repaint_keeping_size_and_mtime(path, seed):
     assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
 
 
+@pytest.mark.slow
 def test_a_file_rewritten_with_its_old_size_and_mtime_is_decoded_again(fitted, tmp_path, capsys, counted):
     data, run_dir = fitted
     copy = shutil.copytree(data, tmp_path / "data")
@@ -83,6 +84,7 @@ def test_the_output_folder_is_taken_before_any_work(fitted, tmp_path, capsys, co
     assert code == 2 and "in use by another ueo run" in err and counted["n"] == 0
 
 
+@pytest.mark.slow
 def test_a_run_that_finishes_meanwhile_is_never_overwritten(fitted, tmp_path, capsys, monkeypatch, tiny_vit_weights):
     """A slow run takes the folder first; a second run into it, started while the first decodes, is
     refused at once, and the first run's outputs are its own."""
@@ -249,6 +251,7 @@ def test_a_hung_builder_is_waited_for_only_so_long(tmp_path, monkeypatch):
     assert all((pixels.image(i) == again.image(i)).all() for i in range(3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["under-a-file", "full-disk"])
 def test_a_cache_that_cannot_be_written_falls_back_to_memory(fitted, tmp_path, capsys, monkeypatch, where):
     import errno
@@ -271,6 +274,7 @@ def test_a_cache_that_cannot_be_written_falls_back_to_memory(fitted, tmp_path, c
 
 
 # --------------------------------------------------------------------------------- other defects
+@pytest.mark.slow
 def test_class_names_with_dollars_and_many_classes_do_not_break_the_plots(tmp_path, capsys, tiny_vit_weights):
     names = ["a$$b", "c$d"] + [f"thing {i}" for i in range(250)]  # 252 classes: no K x K picture
     data = make_folder(tmp_path / "data", classes=("a$$b", "c$d"), n=3, ext="bmp")

@@ -53,6 +53,7 @@ def test_domainnet_sketch_sizes_match_the_official_lists(tmp_path, scenario, kee
     assert len(split.known_classes) == (345 if scenario == "csda" else 300)
 
 
+@pytest.mark.slow
 def test_splits_command_writes_lists_and_sizes(tmp_path, capsys):
     out = tmp_path / "out"
     assert (

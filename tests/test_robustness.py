@@ -219,6 +219,7 @@ def test_tampered_state_is_refused(tmp_path, weights, capsys):
     )
 
 
+@pytest.mark.slow
 def test_sigint_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, weights):
     good_images(tmp_path / "data", n=12)
     base = fit_args(weights, tmp_path / "data", tmp_path / "full")

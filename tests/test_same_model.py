@@ -13,6 +13,8 @@ import ueo
 from helpers import read_csv, write_photos
 from ueo.cli import main
 
+pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
+
 SIZES = [(300, 225), (375, 500), (1000, 300), (300, 1000), (150, 100), (640, 480)]
 
 

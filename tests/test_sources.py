@@ -103,6 +103,7 @@ def same_as_folder(folder_run, out):
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["folder", "glob", "brace", "pipe"])
 def test_shards_give_what_the_same_images_as_a_folder_give(
     folder_run, photos, tmp_path, capsys, tiny_vit_weights, form

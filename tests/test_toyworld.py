@@ -5,6 +5,8 @@ import ueo
 from ueo import toyworld as tw
 from ueo.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS
 
+pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
+
 
 def test_world_is_deterministic_and_well_formed():
     a, b = tw.render("painting", 5, 3), tw.render("painting", 5, 3)

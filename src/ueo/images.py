@@ -234,7 +234,13 @@ def as_dataset(images) -> tuple:
     """(a dataset of (image, label), the images' paths or None) of what a user may pass as images: one path
     or PIL image, or a sequence or iterable of them (label -1); or a dataset, as it is (with the paths of
     its files when it is ``ImageFiles``)."""
-    if hasattr(images, "__getitem__") and hasattr(images, "__len__") and not isinstance(images, (list, tuple, str)):
+    is_array = hasattr(images, "__array__")  # an array or a tensor is not a dataset of images (listed says why)
+    if (
+        hasattr(images, "__getitem__")
+        and hasattr(images, "__len__")
+        and not is_array
+        and not isinstance(images, (list, tuple, str))
+    ):
         paths = getattr(getattr(images, "images", None), "paths", None)
         return images, [str(p) for p in paths] if paths is not None else None
     items = listed(images)

@@ -138,4 +138,4 @@ def choose_threshold(
     problem = threshold_warning(value, num_known) if num_known else None
     if problem and warn is not None:
         warn(f"warning: {problem}")
-    return Threshold(value, "given", source or "--threshold")
+    return Threshold(value, "given", "--threshold")  # (``source`` names the scores of the other rules)
