@@ -96,7 +96,7 @@ def test_load_adapted_decides_as_ueo_predict(toy_run, tmp_path):
     images = [ueo.images.load_image(r["path"]) for r in rows[:5]]
     assert [p.label for p in classifier.predict(images)] == [p.label for p in predictions[:5]]
     batch = torch.stack([classifier.preprocess(image) for image in images])
-    scores = classifier.scores(batch)
+    scores = classifier.similarities(batch)
     assert scores.cosines.shape == (5, tw.NUM_KNOWN)
     assert torch.allclose(scores.probabilities, scores.cosines.softmax(-1))
     assert scores.probabilities.max(-1).values.tolist() == pytest.approx([p.score for p in predictions[:5]], abs=1e-6)

@@ -289,3 +289,23 @@ def test_random_weights_runs_are_reproducible(folder, tmp_path):
     a, b, c = (AdaptedState.load(tmp_path / n / "adapted.safetensors").tensors for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["prompt.ctx"], c["prompt.ctx"])
+
+
+def test_settings_under_their_earlier_names_are_still_read(tmp_path, tiny_vit_weights):
+    """--weights (now --weight-refresh), rule 'official' (now 'bn-ln'), and both in a --config file."""
+    import yaml
+
+    from helpers import fit_args, make_folder
+
+    data = make_folder(tmp_path / "data", classes=("cat", "dog"), n=3)
+    args = fit_args(tiny_vit_weights, data, tmp_path / "flags", "--weights", "epoch", "--rule", "official")
+    assert main([*args, "--no-report", "--no-discover"]) == 0
+    config = yaml.safe_load((tmp_path / "flags" / "config.yaml").read_text())
+    assert config["weight_refresh"] == "epoch" and "weights" not in config
+    metrics = json.loads((tmp_path / "flags" / "metrics.json").read_text())
+    assert metrics["tuning"]["rule"] == "bn-ln" and metrics["run"]["settings"]["weight_refresh"] == "epoch"
+    (tmp_path / "old.yaml").write_text("weights: epoch\nrule: official\n")
+    args = fit_args(tiny_vit_weights, data, tmp_path / "file", "--config", str(tmp_path / "old.yaml"))
+    assert main([*args, "--no-report", "--no-discover"]) == 0
+    assert yaml.safe_load((tmp_path / "file" / "config.yaml").read_text())["weight_refresh"] == "epoch"
+    assert json.loads((tmp_path / "file" / "metrics.json").read_text())["tuning"]["rule"] == "bn-ln"

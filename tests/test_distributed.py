@@ -71,7 +71,6 @@ def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_
     import signal
     import subprocess
     import sys
-    import time
 
     from ueo import AdaptedState
     from ueo.cli import main
@@ -105,15 +104,30 @@ def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_
     assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0
 
     run_dir = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ueo"]
+    # a hook after rank 0's first checkpoint: it says so, then waits on a pipe until the test has sent the
+    # stop (no polling: the run is stopped mid-way whatever the machine's speed)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    hook = tmp_path / "hooked_ueo.py"
+    hook.write_text(
+        "import sys\nimport ueo.cli.fit as f\nfrom ueo.cli.main import main\nreal, saved = f.save_checkpoint, []\n"
+        "def save(path, checkpoint):\n"
+        "    real(path, checkpoint)\n"
+        "    if not saved:\n"
+        "        saved.append(path)\n"
+        "        print('saved', flush=True)\n"
+        f"        open({str(gate)!r}).read()\n"
+        "f.save_checkpoint = save\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(hook)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [*torchrun, "fit", *common, "--out", str(run_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    deadline = time.time() + 180
-    while not (run_dir / "checkpoint.safetensors").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    assert any(line.strip() == b"saved" for line in process.stdout)  # (rank 0 alone saves checkpoints)
     process.send_signal(signal.SIGTERM)
+    with open(gate, "w") as opened:  # let rank 0 go on: it hears the stop with rank 1 at the next step
+        opened.write("go")
     _, err = process.communicate(timeout=180)
     text = err.decode()
     # stopped as asked (a checkpoint saved, the way on said), not crashed: no bug report, no metrics.json
@@ -122,7 +136,10 @@ def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_
     assert (run_dir / "checkpoint.safetensors").exists()
 
     done = subprocess.run(
-        [*torchrun, "fit", "--resume", str(run_dir), "--quiet"], env=env, capture_output=True, timeout=300
+        [*torchrun[:-1], "-m", "ueo", "fit", "--resume", str(run_dir), "--quiet"],  # (ueo itself, no hook)
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     single = AdaptedState.load(tmp_path / "single" / "adapted.safetensors").tensors

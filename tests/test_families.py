@@ -181,8 +181,8 @@ def test_the_default_rule_tunes_norms_and_one_step_adapts(family, tmp_path_facto
     model = bundle.model
     rule = resolve_rule(model, "auto")
     tuned = tunable_parameters(model, "auto")
-    official = tunable_parameters(model, "official")
-    assert tuned and rule == ("official" if official else "all-norms")
+    bn_ln = tunable_parameters(model, "bn-ln")
+    assert tuned and rule == ("bn-ln" if bn_ln else "all-norms")
     if rule == "all-norms":
         assert sum(p.numel() for p in tuned.values()) == independent_norm_count(model.visual)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -238,10 +238,11 @@ def test_the_full_configurations_load_with_random_weights(name):
     assert bundle.identity == {"random": 0}
 
 
-def test_an_official_rule_that_selects_nothing_says_which_rule_would(tmp_path_factory):
+@pytest.mark.parametrize("name", ["bn-ln", "official"])  # "official": the rule's earlier name, still accepted
+def test_a_bn_ln_rule_that_selects_nothing_says_which_rule_would(tmp_path_factory, name):
     bundle = ueo.load_clip(family_folder("ConvNeXt", tmp_path_factory), device="cpu")
     with pytest.raises(ueo.ConfigError, match=r"rule 'all-norms' selects [\d,]+"):
-        ueo.configure_tuning(bundle.model, PromptLearner(bundle, NAMES), "both", "official")
+        ueo.configure_tuning(bundle.model, PromptLearner(bundle, NAMES), "both", name)
     bundle.model.requires_grad_(False)
 
 
@@ -249,22 +250,22 @@ def test_an_official_rule_that_selects_nothing_says_which_rule_would(tmp_path_fa
 # device (no memory, no time). Where auto falls back to all-norms, the count is also checked against an
 # independent count of every normalisation module's affine parameters.
 FULL_COUNTS = {
-    "ViT-B-32": ("official", 39_936),
-    "ViT-B-16": ("official", 39_936),
-    "ViT-L-14": ("official", 102_400),
-    "RN50": ("official", 45_568),
-    "RN101": ("official", 97_792),
+    "ViT-B-32": ("bn-ln", 39_936),
+    "ViT-B-16": ("bn-ln", 39_936),
+    "ViT-L-14": ("bn-ln", 102_400),
+    "RN50": ("bn-ln", 45_568),
+    "RN101": ("bn-ln", 97_792),
     "convnext_base": ("all-norms", 40_192),
     "swin_base_patch4_window7_224": ("all-norms", 57_600),
     "ViT-B-16-SigLIP": ("all-norms", 39_936),
     "ViT-B-16-SigLIP2": ("all-norms", 39_936),
     "EVA02-B-16": ("all-norms", 105_984),
-    "MobileCLIP-S1": ("official", 55_680),
-    "coca_ViT-B-32": ("official", 41_984),
+    "MobileCLIP-S1": ("bn-ln", 55_680),
+    "coca_ViT-B-32": ("bn-ln", 41_984),
     "ViTamin-S": ("all-norms", 34_560),
     "PE-Core-T-16-384": ("all-norms", 10_368),
-    "ViT-L-14-CLIPA": ("official", 100_352),
-    "ViT-L-14-worldwide": ("official", 102_400),
+    "ViT-L-14-CLIPA": ("bn-ln", 100_352),
+    "ViT-L-14-worldwide": ("bn-ln", 102_400),
 }
 
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -192,8 +191,8 @@ def test_a_path_and_the_same_image_as_pil_decide_alike(fitted, tmp_path, tiny_vi
     _, run_dir = fitted
     classifier = ueo.load_adapted(run_dir / "adapted.safetensors", device="cpu", pretrained=tiny_vit_weights)
     paths = odd_images(tmp_path / "odd")
-    from_files = classifier.scores(paths).cosines
-    from_pil = classifier.scores([Image.open(p) for p in paths]).cosines
+    from_files = classifier.similarities(paths).cosines
+    from_pil = classifier.similarities([Image.open(p) for p in paths]).cosines
     assert np.allclose(from_files.numpy(), from_pil.numpy(), atol=1e-6)
 
 
@@ -412,9 +411,9 @@ def test_float16_and_float64_tensor_batches_score_as_float32(fitted, tiny_vit_we
     classifier = ueo.load_adapted(run_dir / "adapted.safetensors", device="cpu", pretrained=tiny_vit_weights)
     size = classifier.bundle.image_size
     batch = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-    reference = classifier.scores(batch).cosines
-    assert torch.equal(classifier.scores(batch.double()).cosines, reference)
-    assert torch.allclose(classifier.scores(batch.half()).cosines, reference, atol=5e-3)
+    reference = classifier.similarities(batch).cosines
+    assert torch.equal(classifier.similarities(batch.double()).cosines, reference)
+    assert torch.allclose(classifier.similarities(batch.half()).cosines, reference, atol=5e-3)
     _, outputs = ueo.evaluate(classifier.bundle, [(image.double(), 0) for image in batch], class_names=["cat", "dog"])
     assert outputs.cosines.shape == (3, 2)
 
@@ -440,14 +439,22 @@ def test_ctrl_c_while_predict_decodes_says_what_is_left(fitted, tmp_path, capsys
     copy = shutil.copytree(data, tmp_path / "data")
     real = cache_module.decode
 
-    once = threading.Lock()
+    once, heard = threading.Lock(), threading.Event()
+    from ueo.cli import stop as stop_module
+
+    real_heard = stop_module.StopRequest._heard
+
+    def hear(self, signum, frame):  # the command's own handler, which also tells the test it ran
+        real_heard(self, signum, frame)
+        heard.set()
 
     def decode(path, short_side):
         if once.acquire(blocking=False):  # ctrl-C, once, while the cache is built, before its first shard
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)  # the main thread hears it before the other workers decode the rest
+            assert heard.wait(timeout=60)  # the stop is heard before this decode (and the others) go on
         return real(path, short_side)
 
+    monkeypatch.setattr(stop_module.StopRequest, "_heard", hear)
     monkeypatch.setattr(cache_module, "decode", decode)
     args = ["predict", "--adapted", str(run_dir / "adapted.safetensors"), "--data", str(copy)]
     code, _, err = run(capsys, [*args, "--out", str(tmp_path / "p"), "--quiet"])

@@ -199,7 +199,7 @@ def test_tampered_state_is_refused(tmp_path, weights, capsys):
         )
         == 2
     )
-    assert "does not fit tune='both', rule='official'" in capsys.readouterr().err
+    assert "does not fit tune='both', rule='bn-ln'" in capsys.readouterr().err
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
     assert (
         main(

@@ -181,7 +181,15 @@ def test_methods_oracle_zeroshot_and_epoch_weights(tiny_vit, generated):
 
     fixed = ueo.fit(tiny_vit, CLASSES, train, epochs=2, batch_size=8, lr_prompt=1.0, lr_norm=1.0, eval_train=False)
     epoch = ueo.fit(
-        tiny_vit, CLASSES, train, epochs=2, batch_size=8, lr_prompt=1.0, lr_norm=1.0, eval_train=False, weights="epoch"
+        tiny_vit,
+        CLASSES,
+        train,
+        epochs=2,
+        batch_size=8,
+        lr_prompt=1.0,
+        lr_norm=1.0,
+        eval_train=False,
+        weight_refresh="epoch",
     )
     assert fixed.history[:2] == epoch.history[:2]  # same first epoch ...
     assert fixed.history[2]["loss"] != epoch.history[2]["loss"]  # ... then the weights are recomputed

@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import torch
 
-from .config import TRAJECTORY_KEYS, FitConfig, is_finite_number
+from .config import SETTING_ALIASES, TRAJECTORY_KEYS, FitConfig, is_finite_number
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
 from .tuning import adapted_state, damaged_tensors
@@ -115,7 +115,7 @@ def check_resumable(
 ) -> None:
     """Refuse a checkpoint of another run: other trajectory settings, classes, model or data."""
     meta = checkpoint["meta"]
-    saved = meta["config"]
+    saved = {SETTING_ALIASES.get(k, k): v for k, v in meta["config"].items()}  # (earlier names of settings)
     changed = [k for k in TRAJECTORY_KEYS if saved.get(k) != getattr(config, k)]
     if changed:
         raise IncompatibleError(

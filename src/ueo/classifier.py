@@ -26,7 +26,7 @@ from .config import is_finite_number
 from .errors import ConfigError, DataError, IncompatibleError
 from .files import write_tagged, write_text
 from .images import as_dataset
-from .inference import autocast, image_source, score
+from .inference import autocast, image_source, outputs_of
 from .objectives import mcm_scores
 from .prompts import PromptLearner
 from .state import AdaptedState
@@ -51,7 +51,7 @@ class Prediction:
 
 
 @dataclass
-class Scores:
+class Similarities:
     """cosines [N, K]: raw cosine similarities to the known classes; probabilities [N, K]: their softmax
     at temperature 1 (the MCM score is the row maximum)."""
 
@@ -109,7 +109,7 @@ class Classifier:
     def preprocess(self):
         return self.bundle.eval_transform
 
-    def scores(self, images) -> Scores:
+    def similarities(self, images) -> Similarities:
         """Raw cosines and their softmax for ``images``: PIL images or file paths (one or a list), or a
         normalised tensor batch [B, 3, S, S] (or one image [3, S, S]). Each image is scored on its own."""
         if torch.is_tensor(images):
@@ -121,14 +121,14 @@ class Classifier:
             dataset, _ = as_dataset(images)
         if len(dataset) == 0:
             empty = torch.zeros(0, len(self.classes))
-            return Scores(empty, empty)
+            return Similarities(empty, empty)
         source = image_source(self.bundle, dataset, fast=None)
-        cosines = score(self.model, self.text_features, source, batch_size=self.batch_size, amp=None).cosines
-        return Scores(cosines, torch.softmax(cosines, dim=-1))
+        cosines = outputs_of(self.model, self.text_features, source, batch_size=self.batch_size, amp=None).cosines
+        return Similarities(cosines, torch.softmax(cosines, dim=-1))
 
     def predict(self, images) -> list[Prediction]:
         """For each image: its class or "unknown", its score and its top-1 known class (as `ueo predict`)."""
-        cosines = self.scores(images).cosines
+        cosines = self.similarities(images).cosines
         values, top = mcm_scores(cosines).tolist(), cosines.argmax(dim=-1).tolist()
         decided = decide(top, values, self.classes, self.threshold)
         return [Prediction(label, s, self.classes[k]) for label, s, k in zip(decided, values, top)]

@@ -13,7 +13,17 @@ from .errors import ConfigError
 METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
 TUNE_CHOICES = ("prompt", "norm", "both")
 PROMPT_CONTEXT = "prompt.ctx"  # the name of the learned prompt context among the tuned tensors (states, checkpoints)
-RULES = ("auto", "official", "all-norms")
+RULES = ("auto", "bn-ln", "all-norms")
+RULE_ALIASES = {"official": "bn-ln"}  # the rule's earlier name (whose rule it is, not what it selects), still accepted
+# settings under their earlier names (in config.yaml files and checkpoints of earlier runs), still read
+SETTING_ALIASES = {"weights": "weight_refresh"}
+
+
+def canonical_rule(rule):
+    """A tuning rule under its name (``RULE_ALIASES`` read as the rule they name)."""
+    return RULE_ALIASES.get(rule, rule) if isinstance(rule, str) else rule
+
+
 WEIGHT_MODES = ("fixed", "epoch")
 FLOAT32_MAX = 3.4028234663852886e38  # settings are used in float32 arithmetic
 DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4 context vectors)
@@ -30,9 +40,9 @@ class FitConfig:
 
     method: "ueo" | "infomax" | "entropy" | "oracle" (needs labels on the adaptation set) | "zeroshot".
     tune: what learns, "prompt" | "norm" | "both".
-    rule: which norm affines: "auto" ("official" where it selects something, else "all-norms"), "official"
+    rule: which norm affines: "auto" ("bn-ln" where it selects something, else "all-norms"), "bn-ln"
         (the reference's 'bn'/'ln' name rule) or "all-norms" (every normalisation module's affine).
-    weights: UEO/oracle confidence weights. "fixed": the zero-shot MCM, computed once over the adaptation
+    weight_refresh: when UEO's/the oracle's confidence weights are computed. "fixed": the zero-shot MCM, computed once over the adaptation
         set with the eval view (the reference); "epoch": recomputed with the current model every epoch.
     logit_scale: training logits are logit_scale * cos (a fixed 100, not CLIP's learned scale).
     trade: lambda, the weight of the marginal-entropy term.
@@ -53,7 +63,7 @@ class FitConfig:
     lr_norm: float = 1e-4
     trade: float = 1.0
     logit_scale: float = 100.0
-    weights: str = "fixed"
+    weight_refresh: str = "fixed"
     init: str = DEFAULT_INIT
     seed: int = 2023
     eval_every: int = 10
@@ -66,7 +76,13 @@ class FitConfig:
 
     def validate(self) -> FitConfig:
         """Check every field's type and range; raises ConfigError naming the field."""
-        for name, choices in (("method", METHODS), ("tune", TUNE_CHOICES), ("rule", RULES), ("weights", WEIGHT_MODES)):
+        self.rule = canonical_rule(self.rule)
+        for name, choices in (
+            ("method", METHODS),
+            ("tune", TUNE_CHOICES),
+            ("rule", RULES),
+            ("weight_refresh", WEIGHT_MODES),
+        ):
             if getattr(self, name) not in choices:
                 label = "tuning rule" if name == "rule" else name
                 raise ConfigError(f"Unknown {label} {getattr(self, name)!r}; choose one of {choices}.")
@@ -117,7 +133,7 @@ TRAJECTORY_KEYS = (
     "lr_norm",
     "trade",
     "logit_scale",
-    "weights",
+    "weight_refresh",
     "init",
     "seed",
 )
@@ -131,7 +147,7 @@ class FitResult:
     history: one dict per step {"step", "epoch", "loss", "lr_prompt", "lr_norm"}.
     adapted: the learned state (apply it with ``evaluate(..., adapted=result.adapted)``).
     tuned_parameters: {name: number of values} of what learned.
-    rule: the norm rule that was applied ("official" or "all-norms"; what "auto" chose).
+    rule: the norm rule that was applied ("bn-ln" or "all-norms"; what "auto" chose).
     weights: the confidence weights used at the last epoch ([N]; None for infomax / entropy).
     outputs: the last evaluation's raw outputs per split ("test"; "train" when the adaptation set was scored).
     zeroshot_outputs: the zero-shot evaluation's raw outputs per split (empty for a resumed run).

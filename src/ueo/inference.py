@@ -113,7 +113,7 @@ def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers:
 
 
 @torch.no_grad()
-def score(
+def outputs_of(
     model: torch.nn.Module,
     text_features: torch.Tensor,
     source,
@@ -202,7 +202,7 @@ def evaluate(
         if not torch.isfinite(text).all():
             raise IncompatibleError("The adapted state gives non-finite text features on this model: it is damaged.")
         source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress)
-        out = score(
+        out = outputs_of(
             bundle.model,
             text,
             source,

@@ -207,7 +207,7 @@ def zeroshot_threshold(state_threshold: dict | None, zeroshot_outputs) -> float:
     )
 
 
-FIT_SETTINGS = ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weights")
+FIT_SETTINGS = ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weight_refresh")
 
 
 def fit_record(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .clip import describe_weights, same_weights
-from .config import DEFAULT_INIT, PROMPT_CONTEXT, RULES, TUNE_CHOICES, is_finite_number
+from .config import DEFAULT_INIT, PROMPT_CONTEXT, RULES, TUNE_CHOICES, canonical_rule, is_finite_number
 from .data import fold
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
@@ -41,7 +41,7 @@ class AdaptedState:
     model: str
     pretrained: str | None
     tune: str = "both"
-    rule: str = "official"
+    rule: str = "bn-ln"
     init: str = DEFAULT_INIT
     info: dict[str, str] = field(default_factory=dict)
     threshold: dict | None = None
@@ -75,7 +75,7 @@ class AdaptedState:
                 model=meta["model"],
                 pretrained=json.loads(meta["pretrained"]),
                 tune=meta["tune"],
-                rule=meta["rule"],
+                rule=canonical_rule(meta["rule"]),  # (states saved under the rule's earlier name load as it)
                 init=meta["init"],
                 info=json.loads(meta.get("info", "{}")),
                 threshold=json.loads(meta.get("threshold", "null")),

@@ -23,7 +23,7 @@ from .clip import ClipBundle
 from .config import PROMPT_CONTEXT, FitConfig, FitResult, config_fields
 from .distributed import any_rank, average_gradients, gather_rows, rank_world
 from .errors import DataError, DivergedError, TrainingInterrupted
-from .inference import Outputs, autocast, image_features, image_source, positions_in, score
+from .inference import Outputs, autocast, image_features, image_source, outputs_of, positions_in
 from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
 from .prompts import PromptLearner
 from .state import AdaptedState
@@ -75,9 +75,9 @@ class Run:
         with torch.set_grad_enabled(grad), autocast(self.device, self.config.amp):
             return self.learner.text_features().float()
 
-    def score(self, split: str) -> Outputs:
+    def outputs_for(self, split: str) -> Outputs:
         cfg = self.config
-        return score(
+        return outputs_of(
             self.bundle.model,
             self.text_features(False),
             self.sources[split],
@@ -92,7 +92,7 @@ class Run:
         Returns the adaptation set's outputs when it was scored."""
         self.result.outputs.clear()  # outputs always belong to the latest evaluation
         num_known = len(self.class_names)
-        test_out = self.score("test") if "test" in self.sources else None
+        test_out = self.outputs_for("test") if "test" in self.sources else None
         train_out = None
         if need_train or self.config.eval_train:
             train_out = self.result.outputs["train"] = self.train_outputs(test_out)
@@ -108,7 +108,7 @@ class Run:
         every adaptation image is a test image, else scored."""
         if test_out is not None and self.train_in_test is not None:
             return test_out.part(*self.train_in_test)
-        return self.score("train")
+        return self.outputs_for("train")
 
     def probabilities(self, images: torch.Tensor, text: torch.Tensor, grad: bool) -> torch.Tensor:
         """softmax(logit_scale * cos) [B, K] of a batch of views; ``grad``: through the image tower too."""
@@ -253,7 +253,7 @@ def last_good_threshold(run: Run, state: AdaptedState) -> dict:
     """The threshold of a diverged run's last good state: Otsu's rule on the adaptation set scored with it
     (so that predictions with it decide each image alone, as with a finished run's state)."""
     with applied(run.bundle.model, run.learner, state.tensors):
-        scores = run.score("train").scores.numpy()
+        scores = run.outputs_for("train").scores.numpy()
     state.info["diverged"] = "training diverged; this is the state from the start of the epoch that failed"
     source = f"the adaptation set ({len(scores)} images), scored with this state"
     return choose_threshold("auto", scores=scores, source=source).record()
@@ -308,8 +308,8 @@ def train_loop(run: Run, first_epoch: int, skip: int) -> None:
     steps_per_epoch = math.ceil(num_samples / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     for epoch in range(first_epoch, cfg.epochs + 1):
-        if cfg.weights == "epoch" and cfg.method == "ueo" and epoch > 1 and not (epoch == first_epoch and skip):
-            run.weights = run.score("train").scores.to(device)
+        if cfg.weight_refresh == "epoch" and cfg.method == "ueo" and epoch > 1 and not (epoch == first_epoch and skip):
+            run.weights = run.outputs_for("train").scores.to(device)
         last_good = run.state()
         batches = epoch_batches(num_samples, cfg.batch_size, cfg.seed, epoch)  # global batches
         shares = [batch[rank::world] for batch in batches]  # this rank's part of each

@@ -1,13 +1,14 @@
 """Which parameters learn: the CoOp context and/or the image encoder's normalisation affines.
 
 Rules for the image encoder (names are full model names, e.g. "visual.transformer.resblocks.0.ln_1.weight"):
-  "official":  every visual parameter whose name contains "bn" or "ln" (the reference's rule).
+  "bn-ln":     every visual parameter whose name contains "bn" or "ln" (the reference's rule; "official",
+               its earlier name, is still accepted).
                ViT: ln_pre, ln_1/ln_2 of each block, ln_post. ModifiedResNet: bn1/bn2/bn3 of the stem and
                of each bottleneck; NOT the downsample BatchNorms ("downsample.1") nor the attention pool.
   "all-norms": the affine weight/bias of every normalisation module (LayerNorm, BatchNorm, GroupNorm,
                RMSNorm and the like of timm towers), which adds the ResNet downsample BatchNorms.
-  "auto":      "official" where it selects something, else "all-norms" (timm towers — ConvNeXt, Swin, EVA,
-               SigLIP, ... — name their norms "norm", which the official rule misses). The default.
+  "auto":      "bn-ln" where it selects something, else "all-norms" (timm towers — ConvNeXt, Swin, EVA,
+               SigLIP, ... — name their norms "norm", which the bn-ln rule misses). The default.
 Everything else is frozen, and the model stays in eval mode: BatchNorm keeps using its running statistics.
 """
 
@@ -18,7 +19,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .config import PROMPT_CONTEXT, RULES, TUNE_CHOICES
+from .config import PROMPT_CONTEXT, RULES, TUNE_CHOICES, canonical_rule
 from .errors import ConfigError, IncompatibleError
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
@@ -31,17 +32,18 @@ def is_norm(module: nn.Module) -> bool:
 
 
 def resolve_rule(model: nn.Module, rule: str) -> str:
-    """The rule that "auto" stands for on this model ("official" when it selects something); others as given."""
+    """The rule that "auto" stands for on this model ("bn-ln" when it selects something); others as given."""
     if rule == "auto":
-        return "official" if tunable_parameters(model, "official") else "all-norms"
-    return rule
+        return "bn-ln" if tunable_parameters(model, "bn-ln") else "all-norms"
+    return canonical_rule(rule)
 
 
 def tunable_parameters(model: nn.Module, rule: str = "auto") -> dict[str, nn.Parameter]:
     """{full name: parameter} of the image encoder's normalisation affines selected by ``rule``."""
     if rule == "auto":
         rule = resolve_rule(model, rule)
-    if rule == "official":
+    rule = canonical_rule(rule)
+    if rule == "bn-ln":
         return {f"visual.{name}": p for name, p in model.visual.named_parameters() if "bn" in name or "ln" in name}
     if rule == "all-norms":
         selected = {}

@@ -250,7 +250,7 @@ def describe_tuning(model, learner: PromptLearner, settings: FitConfig) -> str:
     if tuned:
         rule = resolve_rule(model, settings.rule)
         chosen = f"rule {rule!r}" + (
-            " (auto: the official rule selects nothing here)" if settings.rule == "auto" and rule != "official" else ""
+            " (auto: the bn-ln rule selects nothing here)" if settings.rule == "auto" and rule != "bn-ln" else ""
         )
         parts.append(f"the image encoder's norm affines by {chosen} ({sum(p.numel() for p in tuned.values()):,})")
     return "tuning " + " and ".join(parts)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..config import METHODS, RULES, TUNE_CHOICES, WEIGHT_MODES, FitConfig
+from ..config import METHODS, RULE_ALIASES, RULES, SETTING_ALIASES, TUNE_CHOICES, WEIGHT_MODES, FitConfig
 from ..errors import ConfigError
 from ..protocols import BENCHMARKS, SCENARIOS
 
@@ -35,7 +35,7 @@ ENGINE_KEYS = (
     "lr_prompt",
     "lr_norm",
     "trade",
-    "weights",
+    "weight_refresh",
     "seed",
     "eval_every",
     "eval_batch_size",
@@ -84,13 +84,23 @@ FIT_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--lists", "lists", "folder with the benchmark's official list files", {}),
     ("--method", "method", "objective", {"choices": METHODS}),
     ("--tune", "tune", "what learns", {"choices": TUNE_CHOICES}),
-    ("--rule", "rule", "which norm affines learn: official ('bn'/'ln' in the name) or all-norms", {"choices": RULES}),
+    (
+        "--rule",
+        "rule",
+        "which norm affines learn: bn-ln ('bn'/'ln' in the name; also accepted as 'official') or all-norms",
+        {"choices": (*RULES, *RULE_ALIASES)},
+    ),
     ("--epochs", "epochs", "adaptation epochs", {"type": int}),
     ("--batch-size", "batch_size", "images per step", {"type": int}),
     ("--lr-prompt", "lr_prompt", "learning rate of the prompt context", {"type": float}),
     ("--lr-norm", "lr_norm", "learning rate of the norm affines", {"type": float}),
     ("--trade", "trade", "weight of the marginal-entropy term", {"type": float}),
-    ("--weights", "weights", "UEO weights: fixed (zero-shot, once) or epoch (recomputed)", {"choices": WEIGHT_MODES}),
+    (
+        "--weight-refresh",
+        "weight_refresh",
+        "when UEO's confidence weights are computed: fixed (zero-shot, once) or epoch (recomputed); also --weights",
+        {"choices": WEIGHT_MODES},
+    ),
     ("--seed", "seed", "random seed", {"type": int}),
     ("--eval-every", "eval_every", "evaluate every N epochs (0: zero-shot and last only)", {"type": int}),
     ("--eval-batch-size", "eval_batch_size", "images per evaluation batch", {"type": int}),
@@ -113,7 +123,8 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     given on the command line can be told from a default (which a --config file may override)."""
     for flag, key, help_text, extra in FIT_OPTIONS:
         shown = SHOWN_DEFAULTS.get(key, DEFAULTS[key])
-        parser.add_argument(flag, dest=key, default=None, help=f"{help_text} (default: {shown})", **extra)
+        earlier = [f"--{old.replace('_', '-')}" for old, new in SETTING_ALIASES.items() if new == key]
+        parser.add_argument(flag, *earlier, dest=key, default=None, help=f"{help_text} (default: {shown})", **extra)
     parser.add_argument(
         "--no-discover", dest="discover", action="store_const", const=False, default=None, help=NO_DISCOVER_HELP
     )
@@ -155,7 +166,7 @@ def add_cache_options(parser: argparse.ArgumentParser) -> None:
 # the settings' types, from FitConfig itself (with --tpr, a flag of the commands, not of the engine)
 INT_KEYS = tuple(f.name for f in dataclasses.fields(FitConfig) if f.type == "int" and f.name in ENGINE_KEYS)
 FLOAT_KEYS = (*(f.name for f in dataclasses.fields(FitConfig) if f.type == "float" and f.name in ENGINE_KEYS), "tpr")
-REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weights")
+REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weight_refresh")
 PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out")
 # What a resumed run may change: how it runs, not what it computes.
 RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size")
@@ -196,10 +207,15 @@ def read_config_file(path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: {error}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value.")
-    unknown = [k for k in loaded if str(k).replace("-", "_") not in DEFAULTS]
+
+    def name(key) -> str:
+        key = str(key).replace("-", "_")
+        return SETTING_ALIASES.get(key, key)
+
+    unknown = [k for k in loaded if name(k) not in DEFAULTS]
     if unknown:
         raise ConfigError(f"--config {path}: unknown option(s) {unknown}.")
-    return {str(k).replace("-", "_"): typed(str(k).replace("-", "_"), v, f"--config {path}") for k, v in loaded.items()}
+    return {name(k): typed(name(k), v, f"--config {path}") for k, v in loaded.items()}
 
 
 def typed(key: str, value: Any, where: str) -> Any:
