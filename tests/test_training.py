@@ -226,8 +226,8 @@ def test_an_adaptation_set_inside_the_test_set_is_not_scored_twice(tiny_vit, gen
     train = test.subset([7, 1, 4, 10, 2])  # out of order, as a scenario's subset need not be
     train.labels = [-1 if i % 2 else label for i, label in enumerate(train.labels)]  # its own labels
     calls = []
-    real = training.score
-    monkeypatch.setattr(training, "score", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = training.outputs_of
+    monkeypatch.setattr(training, "outputs_of", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     kwargs = dict(epochs=1, batch_size=4, lr_prompt=1e-2, lr_norm=1e-2, eval_train=True)
     result = ueo.fit(tiny_vit, CLASSES, ImageFiles(train), test=ImageFiles(test), **kwargs)
     assert calls == [12, 12]  # the zero-shot and the final evaluation: the test set only
