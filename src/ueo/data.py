@@ -260,6 +260,33 @@ METADATA = "metadata.csv"  # Hugging Face's imagefolder: a file_name column and 
 LABEL_COLUMNS = ("label", "labels", "cls", "class")
 
 
+def labeled_by(items: list, raw: list, dataset_names, class_names, spec) -> ImageList:
+    """An ImageList of ``items`` from their raw labels: class indices (into ``dataset_names`` when the
+    collection names its classes, else into ``class_names``), class names, or None for no label. Names
+    are matched to ``class_names`` as folder names are (``name_labels``); unlabeled when none matches."""
+    given = [r for r in raw if r is not None]
+    if not given or not class_names:
+        return ImageList(items, [-1] * len(items), labeled=False)
+    if len(given) != len(raw):
+        raise DataError(f"{spec}: {len(given)} sample(s) have a label and {len(raw) - len(given)} do not.")
+    if all(isinstance(r, int) for r in raw) and dataset_names is None:
+        return ImageList(items, [r if r >= 0 else -1 for r in raw], labeled=True)
+    texts = []
+    for r in raw:
+        if isinstance(r, int):
+            if not 0 <= r < len(dataset_names or []):
+                raise DataError(
+                    f"{spec}: label {r} has no name (the dataset names {len(dataset_names or [])} classes)."
+                )
+            texts.append(dataset_names[r])
+        else:
+            texts.append(r)
+    labels, unknown, labeled = name_labels(texts, class_names)
+    if not labeled:
+        return ImageList(items, [-1] * len(items), labeled=False)
+    return ImageList(items, labels, labeled=True, unknown_names=unknown)
+
+
 def read_metadata(folder: Path, class_names: Sequence[str] | None) -> ImageList:
     """An ``imagefolder`` with ``metadata.csv`` (Hugging Face's layout): a ``file_name`` column of paths
     relative to the folder, and a label column (label, labels, cls or class) of class names or indices."""
@@ -271,7 +298,8 @@ def read_metadata(folder: Path, class_names: Sequence[str] | None) -> ImageList:
     if "file_name" not in columns:
         raise DataError(f"{where}: no file_name column (columns: {', '.join(columns) or 'none'}).")
     label = next((c for c in columns if c.lower() in LABEL_COLUMNS), None)
-    paths, raw = [], []
+    paths: list[Path] = []
+    raw: list[str | int | None] = []
     for number, row in enumerate(rows, 2):
         full = Path(os.path.normpath(folder / (row["file_name"] or "")))
         if os.path.commonpath([os.path.abspath(folder), os.path.abspath(full)]) != os.path.abspath(folder):
@@ -279,17 +307,13 @@ def read_metadata(folder: Path, class_names: Sequence[str] | None) -> ImageList:
         if not full.is_file():
             raise DataError(f"{where}:{number}: file not found: {full}")
         paths.append(full)
-        raw.append((row.get(label) or "").strip() if label else "")
+        raw.append(((row.get(label) or "").strip() or None) if label else None)
     if not paths:
         raise DataError(f"{where}: no image rows.")
-    if not label or not class_names or not all(raw):
-        if label and class_names and any(raw):
-            raise DataError(f"{where}: some rows have a {label} and others do not.")
-        return ImageList(paths, [-1] * len(paths), labeled=False)
-    if all(_is_int(r) for r in raw):
-        return ImageList(paths, [int(r) if int(r) >= 0 else -1 for r in raw], labeled=True)
-    labels, unknown, labeled = name_labels(raw, class_names)
-    return ImageList(paths, labels if labeled else [-1] * len(paths), labeled, unknown if labeled else {})
+    texts = [r for r in raw if isinstance(r, str)]
+    if len(texts) == len(raw) and all(_is_int(r) for r in texts):  # a column of indices, else of names
+        raw = [int(r) for r in texts]
+    return labeled_by(paths, raw, None, class_names, where)
 
 
 def file_state(stat: os.stat_result) -> str:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .data import ImageList, read_text
+from .data import ImageList, labeled_by, read_text
 from .errors import DataError
-from .members import LABEL_NAMES, SPLIT, Member, expand, labeled, need, state_of
+from .members import LABEL_NAMES, SPLIT, Member, expand, need, state_of
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")
 
@@ -125,7 +125,7 @@ def read_table(spec, class_names) -> ImageList:
     if not members:
         raise DataError(f"{spec}: the dataset has no rows.")
     raw = table.read_labels() if table.label else [None] * len(members)
-    return labeled(members, raw, table.label_names, class_names, spec)
+    return labeled_by(members, raw, table.label_names, class_names, spec)
 
 
 _LOCK = threading.Lock()

@@ -1,5 +1,5 @@
 """What ueo knows of an image inside a container (a tar shard, a dataset), shared by ``ueo.tarshards`` and
-``ueo.hfdata``: the ``Member`` record, its identity, and labels given by index or by name."""
+``ueo.hfdata``: the ``Member`` record and its identity (labels: ``data.labeled_by``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import ImageList, file_state, name_labels
+from .data import file_state
 from .errors import DataError
 
 LABEL_NAMES = ("label", "labels", "cls", "class")  # columns / json fields that hold a label
@@ -79,28 +79,3 @@ def state_of(container: str) -> str:
 
 def stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def labeled(members: list, raw: list, dataset_names, class_names, spec) -> ImageList:
-    """An ImageList of ``members`` from their raw labels (indices, names or None)."""
-    given = [r for r in raw if r is not None]
-    if not given or not class_names:
-        return ImageList(members, [-1] * len(members), labeled=False)
-    if len(given) != len(raw):
-        raise DataError(f"{spec}: {len(given)} sample(s) have a label and {len(raw) - len(given)} do not.")
-    if all(isinstance(r, int) for r in raw) and dataset_names is None:
-        return ImageList(members, [r if r >= 0 else -1 for r in raw], labeled=True)
-    texts = []
-    for r in raw:
-        if isinstance(r, int):
-            if not 0 <= r < len(dataset_names or []):
-                raise DataError(
-                    f"{spec}: label {r} has no name (the dataset names {len(dataset_names or [])} classes)."
-                )
-            texts.append(dataset_names[r])
-        else:
-            texts.append(r)
-    labels, unknown, labeled = name_labels(texts, class_names)
-    if not labeled:
-        return ImageList(members, [-1] * len(members), labeled=False)
-    return ImageList(members, labels, labeled=True, unknown_names=unknown)

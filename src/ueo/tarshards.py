@@ -8,9 +8,9 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .data import ImageList
+from .data import ImageList, labeled_by
 from .errors import DataError
-from .members import LABEL_NAMES, SPLIT, Member, expand, labeled, need, state_of
+from .members import LABEL_NAMES, SPLIT, Member, expand, need, state_of
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -121,7 +121,7 @@ def read_shards(spec, class_names, warn) -> ImageList:
             raw.append(_sample_label(sample, f"{shard}::{key}"))
     if not members:
         raise DataError(f"{spec}: no image member ({', '.join(IMAGE_KEYS)}) in {len(shards)} shard(s).")
-    images = labeled(members, raw, dataset_names, class_names, spec)
+    images = labeled_by(members, raw, dataset_names, class_names, spec)
     images.skipped = problems
     return images
 
