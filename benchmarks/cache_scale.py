@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from decode_cache import peak_anon_kb, tiny_vit
 from PIL import Image
 
 import ueo
@@ -38,28 +39,6 @@ from ueo.fastpath import decoded_short_side
 from ueo.files import write_text
 
 FORMATS = ("raw", "jpeg", "auto")
-
-
-def peak_anon_kb(command: list[str], limit: float) -> tuple[int, float, int | None]:
-    """(peak RssAnon in kB, wall seconds, exit code or None when stopped at ``limit`` seconds) of a command,
-    sampled every 20 ms; a run past the limit is stopped with SIGINT (it saves a checkpoint and exits)."""
-    import signal
-    import subprocess
-
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak, stopped = 0, False
-    while process.poll() is None:
-        try:
-            with open(f"/proc/{process.pid}/status") as f:
-                peak = max(peak, int(next(line for line in f if line.startswith("RssAnon")).split()[1]))
-        except (OSError, StopIteration):
-            pass
-        if not stopped and time.perf_counter() - start > limit:
-            process.send_signal(signal.SIGINT)
-            stopped = True
-        time.sleep(0.02)
-    return peak, time.perf_counter() - start, None if stopped else process.returncode
 
 
 def texture(side: int, seed: int) -> np.ndarray:
@@ -152,22 +131,14 @@ def main():
     parser.add_argument(
         "--large", type=int, default=50_000, help="from this size on, only JPEG entries (raw ones would fill the disk)"
     )
-    parser.add_argument("--fit-limit", type=float, default=1e9, help="seconds after which `ueo fit` is stopped")
+    parser.add_argument("--fit-limit", type=float, default=None, help="seconds after which `ueo fit` is stopped")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     threads = os.cpu_count() or 2
     fit_sizes = args.sizes if args.fit_sizes is None else args.fit_sizes
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         tmp = Path(tmp)
-        model_dir = tmp / "model"
-        model_dir.mkdir()
-        config = {
-            "embed_dim": 64,
-            "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-        }
-        (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
-        model = f"local-dir:{model_dir}"
+        model = tiny_vit(tmp / "model", 224)
         side = decoded_short_side(ueo.load_clip(model, device="cpu").views)
         results = {
             "date": time.strftime("%Y-%m-%d"),
@@ -206,7 +177,7 @@ def main():
                 command = [sys.executable, "-m", "ueo", "fit", "--model", model, "--data", str(data)]
                 command += [*fixed.split(), "--no-report", "--no-discover", "--out", str(tmp / f"run{n}")]
                 command += ["--cache-dir", str(tmp / f"cache-{fit_format}{n}"), "--cache-max-size", "10TB"]
-                kb, seconds, code = peak_anon_kb(command, args.fit_limit)
+                kb, seconds, code = peak_anon_kb(command, dict(os.environ), limit=args.fit_limit)
                 assert code in (0, None), n
                 row["fit_peak_rss_anon_mb"], row["fit_seconds"] = kb / 1024, seconds
                 row["fit_finished"] = code == 0  # else stopped after --fit-limit seconds (the peak is over those)

@@ -48,11 +48,29 @@ def write_photos(folder: Path, n: int, sides: tuple[int, int], classes: list[str
     return folder
 
 
-def peak_anon_kb(command: list[str], env: dict) -> tuple[int, float, int]:
-    """(peak RssAnon in kB, wall seconds, exit code) of a command, sampled every 20 ms."""
+def tiny_vit(folder: Path, image_size: int) -> str:
+    """A ViT of real input size but tiny compute (patch 32, 2 layers) as an open_clip local-dir model in
+    ``folder``, so that decoding matters as it does on a GPU (the cache keeps images at twice the input side,
+    as for ViT-B/16); returns its model name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
+    return f"local-dir:{folder}"
+
+
+def peak_anon_kb(command: list[str], env: dict, limit: float | None = None) -> tuple[int, float, int | None]:
+    """(peak RssAnon in kB, wall seconds, exit code) of a command, sampled every 20 ms. With ``limit``: a
+    run past that many seconds is stopped with SIGINT (it saves a checkpoint and exits), and its exit code
+    is given as None (the peak is over those seconds)."""
+    import signal
+
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
+    peak, stopped = 0, False
     while process.poll() is None:
         try:
             with open(f"/proc/{process.pid}/status") as f:
@@ -60,8 +78,11 @@ def peak_anon_kb(command: list[str], env: dict) -> tuple[int, float, int]:
             peak = max(peak, int(line.split()[1]))
         except (OSError, StopIteration):
             pass
+        if limit is not None and not stopped and time.perf_counter() - start > limit:
+            process.send_signal(signal.SIGINT)
+            stopped = True
         time.sleep(0.02)
-    return peak, time.perf_counter() - start, process.returncode
+    return peak, time.perf_counter() - start, None if stopped else process.returncode
 
 
 def main():
@@ -82,17 +103,7 @@ def main():
     python, threads = sys.executable, os.cpu_count() or 2
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # A ViT of real input size but tiny compute (patch 32, 2 layers), so that decoding matters as it does
-        # on a GPU: the cache keeps images at twice the input side, as for ViT-B/16.
-        model_dir = tmp / "model"
-        model_dir.mkdir()
-        config = {
-            "embed_dim": 64,
-            "vision_cfg": {"image_size": args.image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-        }
-        (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
-        model = f"local-dir:{model_dir}"
+        model = tiny_vit(tmp / "model", args.image_size)
         side = decoded_short_side(ueo.load_clip(model, device="cpu").views)
         results = {
             "date": time.strftime("%Y-%m-%d"),
