@@ -160,3 +160,19 @@ def make_folder(root, classes=("cat", "dog", "zebra"), n=4, size=(30, 24), seed=
             pixels[:, :, c % 3] += 150
             Image.fromarray(pixels).save(root / name / f"{i}.{ext}")
     return root
+
+
+def paused_after_first_checkpoint(wait: str) -> str:
+    """The source of a script that runs `ueo` (its arguments) with a hook after the first checkpoint it saves:
+    it prints "saved" and then runs ``wait`` (a Python statement that blocks until the test lets it go on),
+    so that a test can stop the run mid-way without polling, whatever the machine's speed."""
+    return (
+        "import sys\nimport ueo.cli.fit as f\nfrom ueo.cli.main import main\nreal, saved = f.save_checkpoint, []\n"
+        "def save(path, checkpoint):\n"
+        "    real(path, checkpoint)\n"
+        "    if not saved:\n"
+        "        saved.append(path)\n"
+        "        print('saved', flush=True)\n"
+        f"        {wait}\n"
+        "f.save_checkpoint = save\nsys.exit(main(sys.argv[1:]))\n"
+    )

@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import read_csv
+from helpers import fit_args, make_folder, read_csv
 from ueo import AdaptedState
 from ueo.cli import main
 
@@ -293,10 +293,6 @@ def test_random_weights_runs_are_reproducible(folder, tmp_path):
 
 def test_settings_under_their_earlier_names_are_still_read(tmp_path, tiny_vit_weights):
     """--weights (now --weight-refresh), rule 'official' (now 'bn-ln'), and both in a --config file."""
-    import yaml
-
-    from helpers import fit_args, make_folder
-
     data = make_folder(tmp_path / "data", classes=("cat", "dog"), n=3)
     args = fit_args(tiny_vit_weights, data, tmp_path / "flags", "--weights", "epoch", "--rule", "official")
     assert main([*args, "--no-report", "--no-discover"]) == 0

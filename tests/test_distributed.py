@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import ueo
-from helpers import CLASSES, GeneratedImages, read_csv
+from helpers import CLASSES, GeneratedImages, paused_after_first_checkpoint, read_csv
 
 pytestmark = pytest.mark.distributed  # every test here runs torchrun or several processes
 
@@ -109,16 +109,7 @@ def test_torchrun_cli_interrupt_and_resume_match_one_process(tmp_path, tiny_vit_
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     hook = tmp_path / "hooked_ueo.py"
-    hook.write_text(
-        "import sys\nimport ueo.cli.fit as f\nfrom ueo.cli.main import main\nreal, saved = f.save_checkpoint, []\n"
-        "def save(path, checkpoint):\n"
-        "    real(path, checkpoint)\n"
-        "    if not saved:\n"
-        "        saved.append(path)\n"
-        "        print('saved', flush=True)\n"
-        f"        open({str(gate)!r}).read()\n"
-        "f.save_checkpoint = save\nsys.exit(main(sys.argv[1:]))\n"
-    )
+    hook.write_text(paused_after_first_checkpoint(f"open({str(gate)!r}).read()"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(hook)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(

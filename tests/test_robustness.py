@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import fit_args, read_csv
+from helpers import fit_args, paused_after_first_checkpoint, read_csv
 from ueo import AdaptedState
 from ueo.cli import main
 from ueo.data import read_folder
@@ -229,16 +229,7 @@ def test_sigint_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, weigh
     run_dir = tmp_path / "interrupted"
     args = [a if a != str(tmp_path / "full") else str(run_dir) for a in base]
     # a hook after the first checkpoint: the run says so and waits, the test stops it there (no polling)
-    hook = (
-        "import sys\nimport ueo.cli.fit as f\nfrom ueo.cli.main import main\nreal, saved = f.save_checkpoint, []\n"
-        "def save(path, checkpoint):\n"
-        "    real(path, checkpoint)\n"
-        "    if not saved:\n"
-        "        saved.append(path)\n"
-        "        print('saved', flush=True)\n"
-        "        sys.stdin.readline()\n"
-        "f.save_checkpoint = save\nsys.exit(main(sys.argv[1:]))\n"
-    )
+    hook = paused_after_first_checkpoint("sys.stdin.readline()")
     process = subprocess.Popen(
         [sys.executable, "-c", hook, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
