@@ -311,3 +311,19 @@ def test_the_python_api_reads_shards(photos, tmp_path, tiny_vit):
     with Image.open(files_of(photos)[0][0]) as want:
         assert np.array_equal(np.asarray(first), np.asarray(want.convert("RGB")))
     assert io is not None
+
+
+def test_rows_of_parquet_files_with_several_row_groups_are_their_images(photos, tmp_path):
+    """A row read at random is found in its row group (the groups' sizes are read once per file)."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    import ueo
+
+    table = hf_dataset(photos).with_format("arrow")[:]
+    pq.write_table(table, tmp_path / "groups.parquet", row_group_size=3)
+    assert pq.ParquetFile(tmp_path / "groups.parquet").metadata.num_row_groups > 2
+    images = ueo.read_images(str(tmp_path / "groups.parquet"), ["cat", "dog"])
+    for member, (path, _) in zip(images.paths, files_of(photos)):
+        with Image.open(path) as want:
+            assert np.array_equal(np.asarray(ueo.load_image(member)), np.asarray(want.convert("RGB"))), member

@@ -3,6 +3,8 @@ is read). Features are read by ``datasets``; parquet row groups by ``pyarrow``."
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import os
 import threading
@@ -141,6 +143,15 @@ def _dataset(folder: str, column: str, state: str):
     return dataset
 
 
+@lru_cache(maxsize=64)
+def _group_ends(path: str, state: str) -> list[int]:
+    """The row after the last of each row group of a parquet file (read once, not for every row)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    return list(itertools.accumulate(meta.row_group(g).num_rows for g in range(meta.num_row_groups)))
+
+
 @lru_cache(maxsize=4)
 def _row_group(path: str, group: int, column: str, state: str) -> list:
     import pyarrow.parquet as pq
@@ -167,15 +178,11 @@ def read_row(member: Member) -> bytes:
         with _LOCK:
             dataset = _dataset(member.container, member.column, member.state)
         return _value_bytes(dataset[member.offset][member.column], str(member))
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(member.container).metadata
-    row = member.offset
-    for group in range(meta.num_row_groups):
-        rows = meta.row_group(group).num_rows
-        if row < rows:
-            with _LOCK:
-                values = _row_group(member.container, group, member.column, member.state)
-            return _value_bytes(values[row], str(member))
-        row -= rows
-    raise OSError(f"{member}: no such row")
+    with _LOCK:
+        ends = _group_ends(member.container, member.state)
+    group = bisect.bisect_right(ends, member.offset)
+    if group == len(ends):
+        raise OSError(f"{member}: no such row")
+    with _LOCK:
+        values = _row_group(member.container, group, member.column, member.state)
+    return _value_bytes(values[member.offset - (ends[group - 1] if group else 0)], str(member))

@@ -109,13 +109,16 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _current_key(item: dict) -> bytes | None:
-    """The key an entry's source has now; None when it is gone."""
+def _current_key(item: dict, states: dict[str, str]) -> bytes | None:
+    """The key an entry's source has now; None when it is gone. ``states``: the containers' states looked
+    at so far in this prune (a shard holds thousands of members of a few containers)."""
     try:
         if "path" in item:
             return file_key(Path(item["path"]))
-        member = Member(item["container"], item["name"], item["offset"], 0, state_of(item["container"]), item["column"])
-        return file_key(member)
+        container = item["container"]
+        if container not in states:
+            states[container] = state_of(container)
+        return file_key(Member(container, item["name"], item["offset"], 0, states[container], item["column"]))
     except OSError:
         return None
 
@@ -163,7 +166,8 @@ def _prune_shard(path: Path, old: bool, done: dict) -> None:
     except (OSError, ValueError, KeyError):
         shard = None
     if shard is not None:
-        live = [i for i, item in enumerate(shard.items) if _current_key(item) == bytes(shard.index[i]["key"])]
+        states: dict[str, str] = {}
+        live = [i for i, item in enumerate(shard.items) if _current_key(item, states) == bytes(shard.index[i]["key"])]
         if len(live) == len(shard.index):
             return
     with open(path, "rb") as handle:
