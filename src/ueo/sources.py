@@ -33,12 +33,13 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from .data import IMAGE_EXTENSIONS, ImageList, read_folder, read_list_file
 from .errors import DataError
 from .hfdata import is_dataset_folder, parquets_in, read_row, read_table, table_of
-from .members import Member, expand, stderr
+from .members import Member, expand, state_of, stderr
 from .tarshards import is_tar, read_shards, read_tar_member, shards_of, splits_in, tar_member, tars_in
 
 
@@ -128,14 +129,19 @@ def where(item) -> dict[str, str]:
     return {"shard": item.container, "key": item.name} if isinstance(item, Member) else {"shard": "", "key": ""}
 
 
+@lru_cache(maxsize=8)
+def _image_column(container: str, state: str) -> str:
+    """The image column of a dataset in this ``state`` (looked up once per page, not once per thumbnail)."""
+    return table_of(container).image
+
+
 def resolve(text: str):
     """The image a text from predictions.csv names: a file, or CONTAINER::NAME (None when neither)."""
     if os.path.isfile(text) or "::" not in text:
         return Path(text)
     container, name = text.rsplit("::", 1)
     if name.startswith("row ") and name[4:].isdigit() and kind(container) in ("dataset", "parquet"):
-        table = table_of(container)
-        return Member(container, name, int(name[4:]), 0, "", table.image)
+        return Member(container, name, int(name[4:]), 0, "", _image_column(container, state_of(container)))
     if container.lower().endswith(".tar") and os.path.isfile(container):
         return tar_member(container, name)
     return None
