@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError
+from .files import write_text
 
 VERSION = 3
 MAGIC = b"UEOSHRD3"
@@ -200,11 +201,8 @@ def bound(root: Path, max_size=None, remember: bool = True) -> tuple[int, str]:
     why = f"the default: the smaller of 50 GB and 20% of the {free / 1e9:.1f} GB free at first use"
     if not remember:
         return size, why.replace("at first use", "now")
-    with contextlib.suppress(OSError):
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps({"max_size": size, "why": why}))
-        os.replace(tmp, settings)
+    with contextlib.suppress(OSError):  # (a cache that cannot be written keeps no setting)
+        write_text(settings, json.dumps({"max_size": size, "why": why}))
     return size, why
 
 
