@@ -196,7 +196,7 @@ def bound(root: Path, max_size=None, remember: bool = True) -> tuple[int, str]:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         kept = json.loads(settings.read_text())
         return int(kept["max_size"]), kept["why"]
-    free = shutil.disk_usage(root if root.is_dir() else _existing(root)).free
+    free = shutil.disk_usage(existing(root)).free
     size = int(min(DEFAULT_MAX_SIZE, DEFAULT_SHARE * free))
     why = f"the default: the smaller of 50 GB and 20% of the {free / 1e9:.1f} GB free at first use"
     if not remember:
@@ -206,7 +206,8 @@ def bound(root: Path, max_size=None, remember: bool = True) -> tuple[int, str]:
     return size, why
 
 
-def _existing(path: Path) -> Path:
+def existing(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists (where its disk's free space can be asked)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path

@@ -17,7 +17,7 @@ import numpy as np
 
 from .cache import file_key
 from .members import Member, state_of
-from .shards import VERSION, bound, read_shard, removable, shard_files, write_shard
+from .shards import VERSION, bound, existing, read_shard, removable, shard_files, write_shard
 
 
 def _folders(root: Path) -> list[Path]:
@@ -64,16 +64,10 @@ def info(root: Path) -> dict:
         "bytes": total,
         "bound": limit,
         "bound_from": why,
-        "free_disk": shutil.disk_usage(_existing(root)).free,
+        "free_disk": shutil.disk_usage(existing(root)).free,
         "vocabulary_bytes": _size(root / "vocabulary"),
         "folders": folders,
     }
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def render(report: dict) -> str:
