@@ -167,9 +167,7 @@ def removable(path: Path) -> bool:
     """Remove a shard unless a process uses it (holds its shared lock); whether it was removed."""
     try:
         with open(path, "rb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not try_lock(handle):
                 return False
             path.unlink(missing_ok=True)
             return True
@@ -225,13 +223,13 @@ def locked(folder: Path | None, warn: Callable[[str], None] = print):
         yield False
         return
     with open(folder / ".lock", "a") as handle:
-        held = _try_lock(handle)
+        held = try_lock(handle)
         if not held:
             warn(f"waiting for another ueo process that is decoding images into the cache {folder} ...")
             deadline = time.monotonic() + LOCK_WAIT
             while not held and time.monotonic() < deadline:
                 time.sleep(0.2)
-                held = _try_lock(handle)
+                held = try_lock(handle)
             if not held:
                 warn(
                     f"warning: the other process still holds the decode cache {folder} after {LOCK_WAIT:.0f} s "
@@ -244,7 +242,8 @@ def locked(folder: Path | None, warn: Callable[[str], None] = print):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _try_lock(handle) -> bool:
+def try_lock(handle) -> bool:
+    """Take the exclusive lock of an open file if no process holds a lock on it; whether it was taken."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True

@@ -17,7 +17,7 @@ import numpy as np
 
 from .cache import file_key
 from .members import Member, state_of
-from .shards import VERSION, bound, existing, read_shard, removable, shard_files, write_shard
+from .shards import VERSION, bound, existing, read_shard, removable, shard_files, try_lock, write_shard
 
 
 def _folders(root: Path) -> list[Path]:
@@ -121,9 +121,7 @@ def _current_key(item: dict, states: dict[str, str]) -> bytes | None:
 def _unless_building(folder: Path):
     """Yields whether no process is building into ``folder`` (then holds its lock for the block)."""
     with open(folder / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(handle):
             yield False
             return
         try:
@@ -165,9 +163,7 @@ def _prune_shard(path: Path, old: bool, done: dict) -> None:
         if len(live) == len(shard.index):
             return
     with open(path, "rb") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(handle):
             done["in_use"] += 1
             return
         if shard is not None and live:
