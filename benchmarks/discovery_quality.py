@@ -10,7 +10,12 @@ against the truth by ``ueo.demo.against_truth``:
   trivial baseline "one group": the largest class's fraction, AMI 0;
 * names: for each unknown class in the adaptation set (oda, opda: 16-19), whether the group holding most
   of its images has its true name first (top-1) or among its 3 names (top-3); trivial baseline: a name
-  drawn at random from the allowed vocabulary (1/V and 3/V).
+  drawn at random from the allowed vocabulary (1/V and 3/V);
+* the corrected list fed back: a second fit with ``suggested_classes`` as the class list, discovered again;
+  the present classes it then flags absent (the list must not shrink round after round).
+
+Every class's share and decided count is kept per run, so that other absent rules can be read off the same
+runs (``--rules``: the false flags and recall of share < r / K for each r).
 
     python benchmarks/discovery_quality.py --seeds 0 1 2 --out benchmarks/results/discovery_quality.json
 """
@@ -39,6 +44,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--scenarios", nargs="+", default=list(DEMO_SCENARIOS))
     parser.add_argument("--out", default="benchmarks/results/discovery_quality.json")
+    parser.add_argument("--rules", nargs="*", type=float, default=[0.5, 0.35, 0.25, 0.15, 0.1])
     args = parser.parse_args()
 
     bundle = ueo.load_clip("ueo-toy-rn", pretrained="toyworld", device="cpu")
@@ -51,8 +57,23 @@ def main() -> None:
             result = ueo.fit(bundle, names, train, method="ueo", seed=seed, **DEMO_SETTINGS)
             found = ueo.discover(result, train, vocabulary=tw.VOCABULARY, seed=seed)
             truth = against_truth(found, labels, scenario)
-            runs.append({"scenario": scenario, "seed": seed, **truth})
-            print(f"{scenario} seed {seed}: {found.summary}", flush=True)
+            shares = [{"class": c.name, "share": c.share, "decided": c.decided} for c in found.absent]
+            again = ueo.fit(bundle, found.suggested_classes, train, method="ueo", seed=seed, **DEMO_SETTINGS)
+            second = ueo.discover(again, train, vocabulary=tw.VOCABULARY, seed=seed)
+            present = {tw.CLASS_NAMES[k] for k in set(labels)}
+            runs.append(
+                {
+                    "scenario": scenario,
+                    "seed": seed,
+                    **truth,
+                    "shares": shares,
+                    "accepted": found.accepted,
+                    "round2_classes": found.suggested_classes,
+                    "round2_absent": second.absent_classes,
+                    "round2_present_flagged": sorted(set(second.absent_classes) & present),
+                }
+            )
+            print(f"{scenario} seed {seed}: {found.summary} Fed back: {second.summary}", flush=True)
 
     rows = []
     for scenario in args.scenarios:
@@ -65,6 +86,7 @@ def main() -> None:
                 "absent_precision": mean(r["absent_precision"] for r in mine),
                 "absent_recall": mean(r["absent_recall"] for r in mine),
                 "false_flags": mean(r["absent_false_flags"] for r in mine),
+                "round2_present_flagged": mean(len(r["round2_present_flagged"]) for r in mine),
                 "unknown_decided": mean(r["num_unknown"] for r in mine),
                 "groups": mean(len(r["groups"]) for r in mine),
                 "purity": mean(r["purity"] for r in mine),
@@ -92,6 +114,18 @@ def main() -> None:
             f"{r['ami']:.2f} | {pct(r['top1'])} / {pct(r['top3'])} ({r['random_top1'] * 100:.1f} / "
             f"{r['random_top3'] * 100:.1f}) |"
         )
+    for ratio in args.rules:
+        flags = [
+            (
+                r["scenario"],
+                {s["class"] for s in r["shares"] if s["share"] < ratio / len(r["shares"])},
+                set(r["absent_truth"]),
+            )
+            for r in runs
+        ]
+        false = np.mean([len(f - t) for _, f, t in flags])
+        found = sum(len(f & t) for _, f, t in flags) / max(1, sum(len(t) for _, _, t in flags))
+        print(f"share < {ratio:g} / K: {false:.2f} false flags per run, recall {100 * found:.0f}%")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": rows, "runs": runs, "seconds": round(time.time() - started)}, indent=1))

@@ -33,8 +33,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import ueo
-from ueo.data import ImageList
 from ueo.files import write_text
+from ueo.imagelist import ImageList
 from ueo.images import ImageFiles
 from ueo.inference import autocast, image_features
 from ueo.prompts import TextTower

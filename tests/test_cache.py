@@ -99,6 +99,10 @@ def test_two_processes_building_at_once_share_one_valid_cache(tmp_path, counted)
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
+# temporary files named as builders name them: .COLLECTION.RANDOM.tmp (and an earlier version's .RANDOM.tmp)
+CUT, HALF = "." + "a" * 16 + "." + "b" * 32 + ".tmp", "." + "c" * 32 + ".tmp"
+
+
 def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path, counted, monkeypatch):
     data = make_images(tmp_path / "data", 300)
     monkeypatch.setattr(cache_module, "SHARD_IMAGES", 64)
@@ -106,12 +110,12 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     code = (
         "import sys, ueo.cache as c\nc.SHARD_IMAGES = 64\nfrom ueo.data import read_folder\n"
         "real, shards = c.write_shard, []\n"
-        "def write_shard(folder, records):\n"
+        "def write_shard(folder, records, *rest):\n"
         "    if shards:\n"
-        "        (folder / '.cut.tmp').write_bytes(b'half a shard')\n"
+        f"        (folder / {CUT!r}).write_bytes(b'half a shard')\n"
         "        print('half', flush=True)\n"
         "        sys.stdin.readline()\n"
-        "    shards.append(real(folder, records))\n"
+        "    shards.append(real(folder, records, *rest))\n"
         "c.write_shard = write_shard\n"
         f"c.DecodeCache({str(tmp_path / 'cache')!r}, format='raw').ensure(read_folder({str(data)!r}, ['cat', 'dog']), {SIDE}, "
         "threads=1)\n"
@@ -123,7 +127,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     process.wait()
     done = len(list(folder.glob("*.shard")))
     assert done == 1
-    (folder / ".half.tmp").write_bytes(b"\0" * 100)  # what a write cut short leaves
+    (folder / HALF).write_bytes(b"\0" * 100)  # what a write cut short leaves (by an earlier version)
     images = read_folder(data, ["cat", "dog"])
     pixels, problems = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     assert problems == {} and len(pixels) == 300 and counted["n"] == 300 - 64 * done

@@ -189,10 +189,10 @@ def test_cache_commands_on_a_damaged_cache(tmp_path, capsys):
     DecodeCache(tmp_path / "cache").ensure(images, SIDE)
     shard = next((tmp_path / "cache").rglob("*.shard"))
     shard.write_bytes(shard.read_bytes()[:-100])  # truncated
-    (shard.parent / ".left-by-a-crash.tmp").write_bytes(b"\0" * 10)
+    (shard.parent / ("." + "d" * 32 + ".tmp")).write_bytes(b"\0" * 10)  # named as builders name them
     old = tmp_path / "cache" / "v2" / "short128"
     old.mkdir(parents=True)
-    (old / "x.shard").write_bytes(b"an older layout")
+    (old / ("e" * 32 + ".shard")).write_bytes(b"an older layout")
     text = cache_cli(capsys, tmp_path / "cache", "info")
     assert "1 damaged shard(s), 1 temporary file(s)" in text and "an older version" in text
     text = cache_cli(capsys, tmp_path / "cache", "prune")

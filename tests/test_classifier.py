@@ -156,3 +156,31 @@ def test_a_state_without_a_threshold_warns(toy_run, tmp_path):
     with pytest.warns(UserWarning, match="no fitted threshold"):
         classifier = ueo.load_adapted(tmp_path / "old.safetensors", device="cpu")
     assert classifier.threshold == pytest.approx(1 / tw.NUM_KNOWN)
+
+
+def test_export_into_a_folder_with_files_of_its_names_is_refused_unless_overwrite(toy_run, tmp_path):
+    classifier = ueo.load_adapted(toy_run / "run" / "adapted.safetensors", device="cpu")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "README.md").write_text("my own notes")
+    (folder / "other.txt").write_text("untouched")
+    with pytest.raises(ueo.ConfigError, match=r"already holds README\.md"):
+        classifier.export(folder)
+    assert (folder / "README.md").read_text() == "my own notes" and not (folder / "open_clip_config.json").exists()
+    classifier.export(folder, overwrite=True)
+    assert "open_clip alone" in (folder / "README.md").read_text() and (folder / "other.txt").read_text() == "untouched"
+
+
+def test_a_threshold_that_decides_nothing_is_warned_about_wherever_it_comes_from(toy_run, tmp_path, capsys):
+    classifier = ueo.load_adapted(toy_run / "run" / "adapted.safetensors", device="cpu")
+    with pytest.warns(UserWarning, match="above 1"):
+        classifier.threshold = 5.0
+    state = ueo.AdaptedState.load(toy_run / "run" / "adapted.safetensors")
+    state.threshold = {**state.threshold, "threshold": 5.0}  # an edited state: still says "otsu"
+    state.save(tmp_path / "edited.safetensors")
+    with pytest.warns(UserWarning, match="above 1"):
+        ueo.load_adapted(tmp_path / "edited.safetensors", device="cpu")
+    argv = ["predict", "--adapted", str(tmp_path / "edited.safetensors"), "--data", str(toy_run / "test")]
+    assert main([*argv, "--out", str(tmp_path / "p"), "--quiet", "--no-report", "--no-discover"]) == 0
+    err = capsys.readouterr().err
+    assert "stored threshold" in err and "above 1" in err

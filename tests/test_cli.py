@@ -305,3 +305,25 @@ def test_settings_under_their_earlier_names_are_still_read(tmp_path, tiny_vit_we
     assert main([*args, "--no-report", "--no-discover"]) == 0
     assert yaml.safe_load((tmp_path / "file" / "config.yaml").read_text())["weight_refresh"] == "epoch"
     assert json.loads((tmp_path / "file" / "metrics.json").read_text())["tuning"]["rule"] == "bn-ln"
+
+
+def test_the_run_configuration_records_the_decode_cache(folder, tiny_vit_weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    argv = [
+        "fit",
+        "--model",
+        "ueo-tiny-vit",
+        "--pretrained",
+        tiny_vit_weights,
+        "--device",
+        "cpu",
+        "--data",
+        str(folder),
+    ]
+    argv += ["--classes", "cat,dog", "--epochs", "0", "--out", str(out), "--quiet", "--no-discover", "--no-report"]
+    assert main([*argv, "--cache-dir", "my-cache", "--cache-format", "raw"]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["cache_dir"] == str(tmp_path / "my-cache") and config["cache_format"] == "raw"
+    assert config["no_cache"] is False and config["cache_max_size"] is None
+    assert list((tmp_path / "my-cache").rglob("*.shard"))

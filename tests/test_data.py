@@ -4,7 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ueo.data import DataError, fold, parse_class_names, read_folder, read_list_file
+from ueo.data import parse_class_names, read_folder, read_list_file
+from ueo.errors import DataError
+from ueo.imagelist import fold
 from ueo.images import ImageFiles
 from ueo.sources import read_images
 

@@ -13,7 +13,7 @@ import ueo
 from helpers import fit_args, read_csv, write_photos
 from ueo import toyworld as tw
 from ueo.cli import main
-from ueo.discovery import absent_verdicts, class_shares, find_groups
+from ueo.discovery import MIN_PER_CLASS, absent_verdicts, class_shares, find_groups
 from ueo.naming import SYNONYM_COSINE, allowed_names, best_names
 from ueo.vocabulary import MAX_NAMES, default_vocabulary
 
@@ -104,8 +104,9 @@ def test_shares_are_the_mean_probability_over_the_accepted_images():
     assert shares.tolist() == pytest.approx(by_hand, rel=1e-5)
     assert decided.tolist() == [1, 1, 0]
     # K = 3: a share below 0.5 / 3 is absent; class 2 gets e^-8/(1+e^-2+e^-8) and e^-11/(...) ~ 2e-4
-    assert absent_verdicts(shares).tolist() == [False, False, True]
-    assert absent_verdicts(torch.zeros(3)).tolist() == [False] * 3  # nothing accepted: no verdict
+    assert absent_verdicts(shares, accepted=3 * MIN_PER_CLASS).tolist() == [False, False, True]
+    assert absent_verdicts(shares, accepted=3 * MIN_PER_CLASS - 1) is None  # too few images: no verdict
+    assert absent_verdicts(torch.zeros(3), accepted=0) is None  # nothing accepted: no verdict
 
 
 def blobs(sizes, dim=16, spread=0.05, seed=0):
@@ -172,7 +173,7 @@ def test_fit_writes_what_the_list_misses_and_the_page_says_it_first(fitted):
     absent = read_csv(run / "absent.csv")
     assert [r["class"] for r in absent] == ["cat", "dog", "fish"]
     assert set(absent[0]) == {"class", "share", "decided", "verdict"}
-    assert {r["verdict"] for r in absent} <= {"absent", "present"}
+    assert {r["verdict"] for r in absent} == {"too few images"}  # 14 images: under 8 per listed class
     metrics = json.loads((run / "metrics.json").read_text())
     found = metrics["discovery"]
     rows = read_csv(run / "discovered.csv")
@@ -278,3 +279,43 @@ def test_the_vocabulary_features_are_cached_beside_the_decode_cache(fitted, tmp_
     assert main([*base, "--out", str(tmp_path / "b"), *common]) == 0
     assert [p.stat().st_mtime_ns for p in sorted((cache / "vocabulary").glob("*.safetensors"))] == stamps
     assert (tmp_path / "a" / "discovered.csv").read_text() == (tmp_path / "b" / "discovered.csv").read_text()
+
+
+def test_no_verdict_on_absent_classes_without_enough_images(toy):
+    """Two images cannot say that 15 of 16 classes are absent: too few to tell, and nothing is removed."""
+    result, images, _ = toy
+    few = torch.utils.data.Subset(images, [0, 1])
+    found = ueo.discover(result, few, vocabulary="none")
+    assert found.too_few and found.absent_classes == []
+    assert found.suggested_classes[: len(result.adapted.class_names)] == list(result.adapted.class_names)
+    assert found.summary.startswith("Too few images to tell")
+    assert found.record()["absent_verdict"] == "too few images"
+
+
+@pytest.mark.slow
+def test_a_stop_request_is_heard_while_the_vocabulary_is_encoded(fitted, tmp_path):
+    """ctrl-C during the encoding of a long vocabulary (minutes for ViT-B-16 on a CPU) stops within a batch."""
+    import subprocess
+    import sys
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"thing number {i}" for i in range(5000)) + "\n")
+    script = (
+        "import os, signal, sys\nimport ueo.vocabulary as v\nfrom ueo.cli.main import main\nreal = v.encode_tokens\n"
+        "def encode(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n    return real(*a, **k)\n"
+        "v.encode_tokens = encode\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    run = fitted / "run"
+    argv = [
+        "predict",
+        "--adapted",
+        str(run / "adapted.safetensors"),
+        "--data",
+        str(fitted / "data"),
+        "--threshold",
+        "0.99",
+    ]
+    argv += ["--out", str(tmp_path / "p"), "--vocabulary", str(names), "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 130, done.stderr
+    assert "stopped while encoding the vocabulary" in done.stderr and "Traceback" not in done.stderr

@@ -460,7 +460,8 @@ def test_a_tampered_state_is_refused(fitted, data, tmp_path, capsys, names, mess
 
 
 def test_list_files_say_what_is_wrong(data, tmp_path):
-    from ueo.data import DataError, read_list_file
+    from ueo.data import read_list_file
+    from ueo.errors import DataError
 
     lst = tmp_path / "l.txt"
     lst.write_text(f"{data / 'cat' / '0.jpg'} 0\n")  # absolute, inside the root: fine
@@ -498,7 +499,7 @@ def test_parallel_decoding_stays_within_its_pixel_budget(tmp_path, monkeypatch):
     import threading
 
     from ueo import images as images_module
-    from ueo.data import ImageList
+    from ueo.imagelist import ImageList
     from ueo.images import PixelBudget, check_images
 
     for i in range(8):

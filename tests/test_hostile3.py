@@ -17,7 +17,8 @@ import ueo.cache as cache_module
 import ueo.shards as shards_module
 from helpers import fit_args, make_folder, odd_images, read_csv
 from ueo.cli import main
-from ueo.data import fingerprint, read_folder
+from ueo.data import read_folder
+from ueo.imagelist import fingerprint
 
 
 def run(capsys, args):
@@ -242,7 +243,9 @@ def test_a_hung_builder_is_waited_for_only_so_long(tmp_path, monkeypatch):
     folder = cache.folder(64)
     folder.mkdir(parents=True)
     monkeypatch.setattr(shards_module, "LOCK_WAIT", 0.0)
-    with open(folder / ".lock", "a") as held:  # another process builds, and does not finish
+    lock = shards_module.lock_file(folder, shards_module.collection_of(cache_module.file_key(p) for p in images.paths))
+    lock.parent.mkdir()
+    with open(lock, "a") as held:  # another process builds this collection, and does not finish
         fcntl.flock(held, fcntl.LOCK_EX)
         pixels, problems = cache.ensure(images, 64)
     assert problems == {} and len(pixels) == 3 and "still holds the decode cache" in said[-1]

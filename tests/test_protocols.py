@@ -5,7 +5,7 @@ from PIL import Image
 
 from ueo import protocols
 from ueo.cli import main
-from ueo.data import DataError
+from ueo.errors import DataError
 
 LISTS = Path(__file__).parent / "data" / "domainnet_lists"
 

@@ -103,3 +103,31 @@ def test_the_export_records_the_weights_it_was_made_from(photos, tmp_path):
     with safe_open(str(tmp_path / "x" / "classifier.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["weights_identity"]) == {"random": 5}
         assert f.get_tensor("text_features").dtype == torch.float32
+
+
+def test_weights_whose_ends_are_unchanged_are_still_other_weights(photos, tmp_path, tiny_vit_weights, capsys):
+    """A fine-tune of the middle of a checkpoint (the same size, the same first and last MiB) is another model:
+    the whole file is hashed (once per state of the file, remembered beside the decode cache)."""
+    import hashlib
+    import os
+
+    first = tmp_path / "weights.safetensors"
+    shutil.copy(tiny_vit_weights, first)
+    data = bytearray(first.read_bytes())
+    middle = len(data) // 2 & ~3  # a float32 in the middle of the file: its lowest bits changed
+    for at in range(middle, middle + 4096, 4):
+        data[at] ^= 1
+    second = tmp_path / "tuned.safetensors"
+    second.write_bytes(bytes(data))
+    a, b = ueo.clip.file_identity(first), ueo.clip.file_identity(second)
+    assert a["bytes"] == b["bytes"] and a["sha256_ends"] == b["sha256_ends"]  # what was compared before
+    assert a["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest() != b["sha256"]
+    memo = json.loads((__import__("pathlib").Path(os.environ["UEO_CACHE_DIR"]) / "digests.json").read_text())
+    assert a["sha256"] in memo.values() and b["sha256"] in memo.values()
+    out = tmp_path / "fit"
+    argv = ["fit", "--model", "ueo-tiny-vit", "--pretrained", str(first), "--data", str(photos), "--classes", "cat,dog"]
+    assert main([*argv, "--epochs", "1", "--device", "cpu", "--out", str(out), "--quiet", "--no-discover"]) == 0
+    capsys.readouterr()
+    argv = ["predict", "--adapted", str(out / "adapted.safetensors"), "--data", str(photos), "--device", "cpu"]
+    assert main([*argv, "--pretrained", str(second), "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert "another model" in capsys.readouterr().err and not (tmp_path / "p").exists()

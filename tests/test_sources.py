@@ -279,7 +279,7 @@ def test_a_pipe_needs_the_cache_and_says_so(photos, tmp_path, capsys, tiny_vit_w
 def test_a_resumed_run_sees_a_shard_rewritten(photos, tmp_path, capsys, tiny_vit_weights):
     """The identity of an image in a shard is the shard's path, size, times, inode and the member's name."""
     shards = write_shards(tmp_path / "shards", photos)
-    from ueo.data import fingerprint
+    from ueo.imagelist import fingerprint
     from ueo.sources import read_images
 
     before = fingerprint(read_images(str(shards), ["cat", "dog"]))
@@ -327,3 +327,25 @@ def test_rows_of_parquet_files_with_several_row_groups_are_their_images(photos, 
     for member, (path, _) in zip(images.paths, files_of(photos)):
         with Image.open(path) as want:
             assert np.array_equal(np.asarray(ueo.load_image(member)), np.asarray(want.convert("RGB"))), member
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["gz", "pipe"])
+def test_the_report_shows_images_of_streamed_shards(photos, tmp_path, capsys, tiny_vit_weights, form):
+    import gzip
+
+    shards = write_shards(tmp_path / "shards", photos, per_shard=100, label="txt")
+    tar = sorted(shards.glob("*.tar"))[0]
+    if form == "gz":
+        spec = str(tar) + ".gz"
+        with open(spec, "wb") as f:
+            f.write(gzip.compress(tar.read_bytes()))
+        tar.unlink()
+    else:
+        spec = f"pipe:cat {tar}"
+    args = fit_args(tiny_vit_weights, spec, tmp_path / "out", "--no-discover")
+    code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0, err
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "(image not readable)" not in page and page.count('src="thumbs/') >= len(files_of(photos))
+    assert len(list((tmp_path / "out" / "thumbs").glob("*.jpg"))) == len(files_of(photos))

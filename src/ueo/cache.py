@@ -24,13 +24,16 @@ if it still would not fit, building stops with a warning and the rest is decoded
 stops when the disk's free space would fall under a floor ($UEO_CACHE_MIN_FREE, else the smaller of 5 GB
 and 5% of the disk).
 
-Locks. One process at a time builds in a folder (an exclusive ``flock`` on its ``.lock``; others wait and
-then find the images built). A process that uses a shard holds a shared ``flock`` on it for as long as it
+Locks. One process at a time builds a collection (an exclusive ``flock`` on ``locks/COLLECTION.lock`` in
+the folder, COLLECTION a hash of its images' keys; others wait and then find the images built, while
+processes that build other collections go on). A process that uses a shard holds a shared ``flock`` on it for as long as it
 may read it. Removing a shard (eviction, ``ueo cache prune/clear``) takes an exclusive ``flock`` without
 waiting, and skips the shard when that fails, so a shard in use is never removed; a reader that takes its
 shared lock checks that the file it locked is still the one at its name (an eviction may have come first)
 and decodes the images again when not. A damaged shard is removed whatever its locks (its readers keep
-their pages), with a warning, and its images are decoded again. Nothing is written outside the folder.
+their pages), with a warning, and its images are decoded again. Nothing is written outside the folder,
+which is tagged as ueo's (CACHEDIR.TAG); in it ueo reads and removes only the files it names as it does
+(``shards.SHARD_NAME``).
 """
 
 from __future__ import annotations
@@ -49,15 +52,18 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from .data import ImageList, identity
 from .errors import ConfigError, TrainingInterrupted
+from .files import default_cache_dir, mark_cache
+from .imagelist import ImageList, identity
 from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels
 from .mapped import MappedPixels
 from .shards import (
     FORMATS,
     VERSION,
     Shard,
+    abandoned_tmps,
     bound,
+    collection_of,
     disk_floor,
     encode,
     locked,
@@ -65,6 +71,7 @@ from .shards import (
     read_shard,
     removable,
     shard_files,
+    shards_in,
     unpack,
     what_of,
     write_shard,
@@ -72,13 +79,6 @@ from .shards import (
 
 SHARD_BYTES = 512 << 20  # stored bytes per shard (a shard is built in memory before it is written)
 SHARD_IMAGES = 8192
-
-
-def default_cache_dir() -> Path:
-    """$UEO_CACHE_DIR, else $XDG_CACHE_HOME/ueo, else ~/.cache/ueo."""
-    if os.environ.get("UEO_CACHE_DIR"):
-        return Path(os.environ["UEO_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ueo"
 
 
 def file_key(item) -> bytes:
@@ -105,7 +105,7 @@ class DecodeCache:
 
     def _refresh(self, folder: Path) -> None:
         """Read the shards that appeared since the last look; remove damaged ones (with a warning)."""
-        for path in sorted(folder.glob("*.shard")):
+        for path in shards_in(folder):
             if path in self.shards:
                 continue
             try:
@@ -188,12 +188,14 @@ class DecodeCache:
                 keys.append(None)
                 problems[i] = describe(error)
         try:
+            mark_cache(self.root)
             folder.mkdir(parents=True, exist_ok=True)
             self._refresh(folder)
             writable = True
         except OSError as error:
             self.refused(folder, error)
             writable = False
+        collection = collection_of(keys)
         passing: dict[bytes, str] = {}  # problems not kept in the cache (they may not last)
         memory: dict[bytes, tuple] = {}  # decoded, but not in the cache (it could not be written)
 
@@ -207,16 +209,17 @@ class DecodeCache:
                 continue
             if not any(lacking(k) for k in keys):
                 break
-            with locked(folder if writable else None, self.warn) as held:  # one builder at a time
+            # one builder at a time for a collection (others build theirs meanwhile)
+            with locked(folder if writable else None, collection, self.warn) as held:
                 if held:
-                    for stale in folder.glob(".*.tmp"):  # left by a builder that died (only lock holders write)
+                    for stale in abandoned_tmps(folder):  # left by builders that died
                         stale.unlink(missing_ok=True)
                 if writable:
                     self._refresh(folder)
                 todo = [i for i, k in enumerate(keys) if lacking(k)]
                 items = [(keys[i], images.paths[i]) for i in todo]
                 more_passing, more_memory = self._build(
-                    folder if writable else None, items, short_side, threads, progress, should_stop
+                    folder if writable else None, items, short_side, threads, progress, should_stop, collection
                 )
                 passing |= more_passing
                 memory |= more_memory
@@ -273,7 +276,7 @@ class DecodeCache:
                 f"would leave less than the floor of {floor / 1e9:.2f} GB ($UEO_CACHE_MIN_FREE)"
             )
             return False
-        limit, why = bound(self.root, self.max_size)
+        limit, why = bound(self.root, self.max_size, warn=self.warn)
         shards = [(p, p.stat()) for p in shard_files(self.root) if p.exists()]
         total = sum(st.st_size for _, st in shards)
         for path, st in sorted(shards, key=lambda s: s[1].st_mtime_ns):  # least recently used first
@@ -298,6 +301,7 @@ class DecodeCache:
         threads: int | None,
         progress: bool,
         should_stop: Callable[[], bool] | None,
+        collection: str = "",
     ) -> tuple[dict[bytes, str], dict[bytes, tuple]]:
         """Decode ``todo`` [(key, image)] into new shards in ``folder`` (None: nowhere); returns (the problems
         not kept in the cache, the images decoded but not written: {key: (pixels, original size)}). Not kept:
@@ -347,7 +351,7 @@ class DecodeCache:
             if folder is not None:
                 try:
                     if self.room(folder, size):
-                        write_shard(folder, records)
+                        write_shard(folder, records, collection)
                         return
                     folder = None
                 except OSError as error:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .tuning import apply_adapted_state
 from .views import checked_item
 
 CLASSIFIER_FORMAT = "ueo-classifier/1"
+EXPORT_FILES = ("open_clip_model.safetensors", "open_clip_config.json", "classifier.safetensors", "README.md")
 SCORE_RULE = (
     "mcm: the score is the largest softmax of the raw cosines (temperature 1) to the known classes' "
     "text features; an image is its top-1 class when score >= threshold, else 'unknown'"
@@ -80,16 +82,14 @@ class Classifier:
             raise IncompatibleError("This adapted state gives non-finite text features on this model: it is damaged.")
         fitted = Threshold.from_record(state.threshold)
         if threshold is None and fitted is None:
-            import warnings
-
             warnings.warn(
                 "The adapted state holds no fitted threshold (saved by an older ueo): every image is "
                 "accepted as a known class until you set classifier.threshold.",
                 stacklevel=2,
             )
-        self.threshold = (
-            threshold if threshold is not None else fitted.value if fitted is not None else 1.0 / len(self.classes)
-        )
+            self._threshold = 1.0 / len(self.classes)
+        else:  # (the setter warns about a value that decides nothing, e.g. an edited state's)
+            self.threshold = threshold if threshold is not None else fitted.value
 
     @property
     def threshold(self) -> float:
@@ -99,6 +99,9 @@ class Classifier:
     def threshold(self, value: float) -> None:
         if not is_finite_number(value):
             raise ConfigError(f"threshold must be a finite number, got {value!r}.")
+        problem = threshold_warning(float(value), len(self.classes))
+        if problem:
+            warnings.warn(problem, stacklevel=2)
         self._threshold = float(value)
 
     @property
@@ -133,9 +136,17 @@ class Classifier:
         decided = decide(top, values, self.classes, self.threshold)
         return [Prediction(label, s, self.classes[k]) for label, s, k in zip(decided, values, top)]
 
-    def export(self, folder) -> Path:
-        """Write the open_clip-loadable model, the classifier and a README into ``folder``; returns it."""
+    def export(self, folder, *, overwrite: bool = False) -> Path:
+        """Write the open_clip-loadable model, the classifier and a README into ``folder`` (``EXPORT_FILES``);
+        returns it. A folder that already holds one of these files is refused unless ``overwrite`` (which
+        replaces those files, and only those)."""
         folder = Path(folder)
+        there = [name for name in EXPORT_FILES if (folder / name).exists()]
+        if there and not overwrite:
+            raise ConfigError(
+                f"{folder} already holds {', '.join(there)}: export into an empty folder, or pass overwrite=True "
+                "(--overwrite) to replace these files."
+            )
         folder.mkdir(parents=True, exist_ok=True)
         state_dict = {
             k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
@@ -201,12 +212,6 @@ def load_adapted(
     name = model or state.model
     weights = pretrained if pretrained is not None else state.pretrained
     state.check_model(name)
-    if threshold is not None:
-        problem = threshold_warning(threshold, len(state.class_names))
-        if problem:
-            import warnings
-
-            warnings.warn(problem, stacklevel=2)
     bundle = load_clip(name, pretrained=weights, device=device, seed=state.seed)  # the weights it was learned on
     return Classifier(bundle, state, threshold=threshold)
 
@@ -248,15 +253,18 @@ with safe_open(f"{{folder}}/classifier.safetensors", "pt") as f:
 classes, threshold = json.loads(meta["class_names"]), float(meta["threshold"])
 
 
-def load(path):  # the image as ueo reads it: EXIF orientation, transparency over white, 16 bits to 8
+def load(path):  # the image as ueo reads it: EXIF orientation, transparency over white, deep integers to 8 bits
     image = ImageOps.exif_transpose(Image.open(path))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGB", rgba.size, (255, 255, 255))
         white.paste(rgba, mask=rgba.split()[-1])
         return white
-    if image.mode.startswith("I;16"):
-        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 256).clip(0, 255).astype(np.uint8))
+    if image.mode.startswith("I;16") or image.mode == "I":  # by the data's own depth: 8, 10, 12, 14, 16 bits or more
+        values = np.asarray(image, dtype=np.float64)
+        bits = max(8, int(np.ceil(np.log2(max(values.max(initial=0), 0) + 1))))
+        bits += bits % 2 if bits <= 16 else 0
+        image = Image.fromarray((values / 2 ** (bits - 8)).clip(0, 255).astype(np.uint8))
     return image.convert("RGB")
 
 
@@ -270,8 +278,7 @@ def classify(path):
 ```
 
 With an open_clip model name, `open_clip.create_model_and_transforms(NAME, pretrained=f"{{folder}}/open_clip_model.safetensors")`
-loads the same weights. `load` reads an image as ueo does (for 32-bit and float images, ueo also scales
-them by their range: `ueo.pixels.as_rgb`). ueo makes its views with PIL's resampling rule in float
+loads the same weights. `load` reads an image as ueo does (float images ueo also scales by their range: `ueo.pixels.as_rgb`). ueo makes its views with PIL's resampling rule in float
 arithmetic where PIL rounds to 8 bits, so scores differ from these lines by rounding: {agreement}. On a
 GPU ueo computes in bf16 autocast: scores then differ from fp32 in the third decimal.
 """

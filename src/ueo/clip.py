@@ -19,6 +19,7 @@ import open_clip
 import torch
 
 from .errors import ConfigError, ModelUnavailableError, WeightsUnavailableError
+from .files import file_digest
 from .views import ViewSpec
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -210,15 +211,21 @@ def _tokenizer_failure(model: str, cfg: dict, offline: bool, error: Exception) -
 
 
 def file_identity(path) -> dict:
-    """A file's name, size and a SHA-256 of its size, first and last MiB: cheap to compute for weights of
-    any size, and different for any two checkpoints that are not copies of one another."""
+    """A file's name, size, SHA-256 of the whole file (read once per state of the file: ``files.file_digest``
+    remembers it) and, for adapted states saved by earlier versions, the SHA-256 of its size, first and last
+    MiB."""
     size = os.path.getsize(path)
     digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
         digest.update(f.read(1 << 20))
         f.seek(max(0, size - (1 << 20)))
         digest.update(f.read(1 << 20))
-    return {"file": os.path.basename(path), "bytes": size, "sha256_ends": digest.hexdigest()[:16]}
+    return {
+        "file": os.path.basename(path),
+        "bytes": size,
+        "sha256": file_digest(path),
+        "sha256_ends": digest.hexdigest()[:16],
+    }
 
 
 def weights_identity(model: str, pretrained: str | None, seed: int, checkpoint: str | None) -> dict:
@@ -243,14 +250,13 @@ def weights_identity(model: str, pretrained: str | None, seed: int, checkpoint: 
 
 def same_weights(a: dict, b: dict) -> bool:
     """Whether two weights identities are the same weights (a file's name does not count: copies and
-    renamed files are the same weights)."""
-
-    def content(identity):
-        if "folder" in identity:
-            return {"folder": [content(f) for f in identity["folder"]]}
-        return {k: v for k, v in identity.items() if k != "file"}
-
-    return content(a) == content(b)
+    renamed files are the same weights). Files are compared by their whole digest when both identities have
+    it (an identity recorded by an earlier version has only the digest of the file's ends)."""
+    if "folder" in a or "folder" in b:
+        files_a, files_b = a.get("folder", []), b.get("folder", [])
+        return len(files_a) == len(files_b) and all(same_weights(x, y) for x, y in zip(files_a, files_b))
+    ignored = ("file", "sha256") if "sha256" not in a or "sha256" not in b else ("file", "sha256_ends")
+    return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 
 def describe_weights(identity: dict | None) -> str:
@@ -265,7 +271,8 @@ def describe_weights(identity: dict | None) -> str:
         return f"the Hugging Face repository {identity['hub']}"
     if "folder" in identity:
         return "the folder holding " + ", ".join(describe_weights(f) for f in identity["folder"])
-    return f"the file {identity.get('file')} ({identity.get('bytes', 0):,} bytes, digest {identity.get('sha256_ends')})"
+    whole = f", SHA-256 {str(identity['sha256'])[:16]}" if identity.get("sha256") else ""
+    return f"the file {identity.get('file')} ({identity.get('bytes', 0):,} bytes, digest {identity.get('sha256_ends')}{whole})"
 
 
 def load_clip(

@@ -4,11 +4,13 @@ Conventions
   * A list file has one image a line, "relative/path label" (the official format); the path is relative
     to ``root`` (or absolute, inside ``root``) and may contain spaces (the label is the last field). A
     line with a path only is unlabeled.
-  * A folder is scanned recursively for jpg, jpeg, png, bmp, webp, tif, tiff (case-insensitive), sorted,
-    following symbolic links (each real folder once). When its first-level sub-folders are named after
+  * A folder is scanned recursively for every image format Pillow reads here (``IMAGE_EXTENSIONS``:
+    jpg, png, gif, bmp, webp, tif, avif, ... case-insensitive), sorted, following symbolic links (each
+    real folder once). Files of other image formats (HEIC without its plugin, camera raw, SVG) are left
+    out with one line that counts them and says why. When its first-level sub-folders are named after
     classes, they give the labels: a sub-folder that matches a known class name gets that class's index,
     any other sub-folder is an unknown class (label >= K). Matching is case-insensitive and treats '_' and
-    ' ' alike.
+    ' ' alike. A ``metadata.csv`` (Hugging Face's imagefolder) may add labels: see :func:`read_folder`.
   * Labels 0..K-1 are known classes; any other label is unknown; -1 means unlabeled.
   * Text files (class lists, list files) are UTF-8; a byte-order mark is ignored.
 """
@@ -17,19 +19,52 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import DataError
+from .imagelist import ImageList, fold, stderr
+from .labels import LABEL_COLUMNS, label_value, labeled_by, name_labels
 from .thresholds import UNKNOWN
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# What people keep pictures as. Those that Pillow opens here are read (IMAGE_EXTENSIONS); a file with one
+# of the others is left out with its reason (NOT_READ), never silently.
+PICTURE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
+    ".avif", ".avifs", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".jpx", ".ppm", ".pgm", ".pbm", ".pnm",
+    ".tga", ".qoi", ".ico", ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2",
+)  # fmt: skip
+RAW_CAMERA = (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 
 
-def fold(name: str) -> str:
-    """Case-insensitive, '_'/' ' tolerant key of a class or folder name."""
-    return " ".join(name.replace("_", " ").split()).lower()
+def _readable_extensions() -> tuple[str, ...]:
+    """The picture extensions Pillow opens here (HEIC too when the pillow-heif plugin is installed)."""
+    from PIL import Image
+
+    try:  # an optional plugin people install for phone photos
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except ImportError:
+        pass
+    Image.init()
+    opened = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return tuple(ext for ext in PICTURE_EXTENSIONS if ext in opened and ext not in RAW_CAMERA)
+
+
+IMAGE_EXTENSIONS = _readable_extensions()
+
+
+def why_not_read(suffix: str) -> str:
+    """Why a picture with this extension is not read (one of PICTURE_EXTENSIONS, not of IMAGE_EXTENSIONS)."""
+    suffix = suffix.lower()
+    if suffix in (".heic", ".heif"):
+        return "HEIC/HEIF photos: Pillow reads them with its plugin (pip install pillow-heif), not installed here"
+    if suffix == ".svg":
+        return "a vector drawing, not pixels: rasterise it (e.g. to PNG) first"
+    if suffix in RAW_CAMERA:
+        return "a camera raw file: develop it to JPEG, PNG or TIFF first"
+    return f"Pillow cannot read {suffix} files here: convert them to JPEG, PNG or TIFF"
 
 
 def read_text(path: Path, what: str = "") -> str:
@@ -107,30 +142,6 @@ def _unique(names: list[str], where: list[str]) -> list[str]:
     return names
 
 
-@dataclass
-class ImageList:
-    """Paths (absolute) with integer labels; ``labeled`` tells whether the labels are real."""
-
-    paths: list  # Path of an image file, or ``ueo.members.Member`` of an image inside a container
-    labels: list[int]
-    labeled: bool
-    unknown_names: dict[int, str] = field(default_factory=dict)  # label -> folder name, for unknown folders
-    skipped: list[dict] = field(default_factory=list)  # what listing found unreadable (skipped.csv rows)
-
-    def __len__(self):
-        return len(self.paths)
-
-    def subset(self, keep: Sequence[int]) -> ImageList:
-        keep = list(keep)
-        return ImageList(
-            [self.paths[i] for i in keep],
-            [self.labels[i] for i in keep],
-            self.labeled,
-            dict(self.unknown_names),
-            list(self.skipped),
-        )
-
-
 def read_list_file(
     path: str | os.PathLike,
     root: str | os.PathLike | None = None,
@@ -200,12 +211,16 @@ def _is_int(text: str) -> bool:
         return False
 
 
-def scan_folder(folder: str | os.PathLike) -> list[Path]:
-    """Every image file under ``folder`` (recursive, following links, each real folder once; sorted)."""
+def scan_folder(folder: str | os.PathLike, warn: Callable[[str], None] = stderr) -> tuple[list[Path], list[dict]]:
+    """(every image file under ``folder``: recursive, following links, each real folder once, sorted; the
+    skipped.csv rows of the pictures left out because Pillow cannot read their format here, counted in one
+    warning line)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder.")
-    found, visited = [], set()
+    found: list[Path] = []
+    left_out: list[Path] = []
+    visited: set[str] = set()
     for current, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
         if real in visited:  # a link back to a folder already seen: a loop or a duplicate
@@ -213,25 +228,52 @@ def scan_folder(folder: str | os.PathLike) -> list[Path]:
             continue
         visited.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [
-            Path(current) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".")
-        ]
+        for f in files:
+            suffix = Path(f).suffix.lower()
+            if f.startswith(".") or suffix not in PICTURE_EXTENSIONS:
+                continue
+            (found if suffix in IMAGE_EXTENSIONS else left_out).append(Path(current) / f)
     found = sorted(p for p in found if p.is_file())
+    skipped = [{"path": str(p), "reason": why_not_read(p.suffix)} for p in sorted(left_out)]
+    if skipped:
+        counts: dict[str, int] = {}
+        for p in left_out:
+            counts[p.suffix.lower()] = counts.get(p.suffix.lower(), 0) + 1
+        kinds = "; ".join(f"{n} {ext} ({why_not_read(ext)})" for ext, n in sorted(counts.items()))
+        warn(f"warning: {folder}: {len(skipped)} picture file(s) left out: {kinds}. They are listed in skipped.csv.")
     if not found:
-        raise DataError(f"No image ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}.")
-    return found
+        raise DataError(
+            f"No image ({', '.join(IMAGE_EXTENSIONS[:8])}, ...) found under {folder}"
+            + (f" ({len(skipped)} picture file(s) of formats ueo cannot read here)." if skipped else ".")
+        )
+    return found, skipped
 
 
-def read_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = None) -> ImageList:
-    """Images under ``folder``; labeled by first-level sub-folder when any sub-folder matches a class name."""
+def read_folder(
+    folder: str | os.PathLike, class_names: Sequence[str] | None = None, *, warn: Callable[[str], None] = stderr
+) -> ImageList:
+    """Every image under ``folder``; labeled by first-level sub-folder when any sub-folder matches a class
+    name. A ``metadata.csv`` in the folder (Hugging Face's imagefolder: a ``file_name`` column of paths
+    relative to the folder and a label column, ``label``/``labels``/``cls``/``class``, of names or indices)
+    labels the files it lists, as Hugging Face reads it: every image of the folder is read, listed or not.
+    With class folders too, the folders give the labels and each label of metadata.csv must agree with its
+    file's folder; without them, metadata.csv must label every image. One line says where the labels come
+    from; a metadata.csv without ``file_name`` is not Hugging Face's and is left aside, with a warning."""
     folder = Path(folder)
-    if (folder / METADATA).is_file():
-        return read_metadata(folder, class_names)
-    paths = scan_folder(folder)
+    paths, skipped = scan_folder(folder, warn)
+    listed = metadata_labels(folder, paths, warn) if (folder / METADATA).is_file() else None
     index = {fold(n): i for i, n in enumerate(class_names or [])}
     tops = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in paths]
     if not index or not any(t is not None and fold(t) in index for t in tops):
-        return ImageList(paths, [-1] * len(paths), labeled=False)
+        if listed:
+            column, given = listed
+            warn(f"note: {folder}: the labels are those of {METADATA}'s {column!r} column.")
+            images = labeled_by(
+                paths, [given.get(os.path.abspath(p)) for p in paths], None, class_names, folder / METADATA
+            )
+            images.skipped = skipped
+            return images
+        return ImageList(paths, [-1] * len(paths), labeled=False, skipped=skipped)
     loose = [p for p, top in zip(paths, tops) if top is None]
     if loose:
         raise DataError(
@@ -239,110 +281,73 @@ def read_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = N
             f"folder (e.g. {loose[0].name}): move them into their class folder, or into a folder named after "
             "what they are (a folder that matches no class name is an unknown class)."
         )
-    labels, unknown, _ = name_labels([t for t in tops if t is not None], class_names or [])  # (no loose image)
-    return ImageList(paths, labels, labeled=True, unknown_names=unknown)
-
-
-def name_labels(names: Sequence[str], class_names: Sequence[str]) -> tuple[list[int], dict[int, str], bool]:
-    """(labels, {label: name} of the unknown ones, whether any name is a listed class) of images named by
-    class names (folders, dataset labels): a listed name (ignoring case and '_') gets its index, each other
-    name a label of its own from K on."""
-    index = {fold(n): i for i, n in enumerate(class_names)}
-    unknown: dict[str, int] = {}
-    labels = []
-    for name in names:
-        key = fold(name)
-        labels.append(index[key] if key in index else unknown.setdefault(name, len(index) + len(unknown)))
-    return labels, {v: k for k, v in unknown.items()}, any(fold(n) in index for n in names)
+    tops_known = [t for t in tops if t is not None]
+    labels, unknown, _ = name_labels(tops_known, class_names or [])
+    if listed:
+        column, given = listed
+        names = list(class_names or [])
+        for path, top in zip(paths, tops_known):
+            value = given.get(os.path.abspath(path))
+            if value is None:
+                continue
+            if isinstance(value, int):  # an index: a listed class, or (K and above) an unknown one
+                agree = fold(names[value]) == fold(top) if value < len(names) else fold(top) not in index
+            else:
+                agree = fold(value) == fold(top)
+            if not agree:
+                raise DataError(
+                    f"{folder / METADATA}: {path.relative_to(folder)} is labeled {value!r} there, but it lies in the "
+                    f"class folder {top!r}. Correct one of them (the folders and {METADATA} must agree)."
+                )
+        warn(
+            f"note: {folder}: the labels are the class folders' ({METADATA}'s {column!r} column agrees on the "
+            f"{len(given)} image(s) it labels)."
+        )
+    return ImageList(paths, labels, labeled=True, unknown_names=unknown, skipped=skipped)
 
 
 METADATA = "metadata.csv"  # Hugging Face's imagefolder: a file_name column and the labels
-LABEL_COLUMNS = ("label", "labels", "cls", "class")
 
 
-def labeled_by(items: list, raw: list, dataset_names, class_names, spec) -> ImageList:
-    """An ImageList of ``items`` from their raw labels: class indices (into ``dataset_names`` when the
-    collection names its classes, else into ``class_names``), class names, or None for no label. Names
-    are matched to ``class_names`` as folder names are (``name_labels``); unlabeled when none matches."""
-    given = [r for r in raw if r is not None]
-    if not given or not class_names:
-        return ImageList(items, [-1] * len(items), labeled=False)
-    if len(given) != len(raw):
-        raise DataError(f"{spec}: {len(given)} sample(s) have a label and {len(raw) - len(given)} do not.")
-    if all(isinstance(r, int) for r in raw) and dataset_names is None:
-        return ImageList(items, [r if r >= 0 else -1 for r in raw], labeled=True)
-    texts = []
-    for r in raw:
-        if isinstance(r, int):
-            if not 0 <= r < len(dataset_names or []):
-                raise DataError(
-                    f"{spec}: label {r} has no name (the dataset names {len(dataset_names or [])} classes)."
-                )
-            texts.append(dataset_names[r])
-        else:
-            texts.append(r)
-    labels, unknown, labeled = name_labels(texts, class_names)
-    if not labeled:
-        return ImageList(items, [-1] * len(items), labeled=False)
-    return ImageList(items, labels, labeled=True, unknown_names=unknown)
-
-
-def read_metadata(folder: Path, class_names: Sequence[str] | None) -> ImageList:
-    """An ``imagefolder`` with ``metadata.csv`` (Hugging Face's layout): a ``file_name`` column of paths
-    relative to the folder, and a label column (label, labels, cls or class) of class names or indices."""
+def metadata_labels(folder: Path, paths: Sequence[Path], warn) -> tuple[str, dict[str, int | str]] | None:
+    """(label column, {absolute path of an image: its raw label}) of a folder's ``metadata.csv`` (Hugging Face's imagefolder);
+    None when it holds no labels, or is not imagefolder metadata (no ``file_name`` column: warned about)."""
     import csv
 
     where = folder / METADATA
     rows = list(csv.DictReader(read_text(where).splitlines()))
     columns = list(rows[0]) if rows else []
     if "file_name" not in columns:
-        raise DataError(f"{where}: no file_name column (columns: {', '.join(columns) or 'none'}).")
-    label = next((c for c in columns if c.lower() in LABEL_COLUMNS), None)
-    paths: list[Path] = []
-    raw: list[str | int | None] = []
-    for number, row in enumerate(rows, 2):
+        warn(
+            f"warning: {where} has no file_name column (columns: {', '.join(columns) or 'none'}): it is not Hugging "
+            "Face's imagefolder metadata, and is left aside; the folder's images are read as if it were not there."
+        )
+        return None
+    column = next((c for c in columns if c.lower() in LABEL_COLUMNS), None)
+    if column is None:
+        return None
+    images = {os.path.abspath(p) for p in paths}
+    labels: dict[str, int | str] = {}
+    values = [(row.get(column) or "").strip() for row in rows]
+    numeric = all(_is_number(v) for v in values if v)  # a column of indices, else of names
+    for number, (row, value) in enumerate(zip(rows, values), 2):
         full = Path(os.path.normpath(folder / (row["file_name"] or "")))
         if os.path.commonpath([os.path.abspath(folder), os.path.abspath(full)]) != os.path.abspath(folder):
             raise DataError(f"{where}:{number}: path {row['file_name']!r} escapes the folder {folder}.")
         if not full.is_file():
             raise DataError(f"{where}:{number}: file not found: {full}")
-        paths.append(full)
-        raw.append(((row.get(label) or "").strip() or None) if label else None)
-    if not paths:
-        raise DataError(f"{where}: no image rows.")
-    texts = [r for r in raw if isinstance(r, str)]
-    if len(texts) == len(raw) and all(_is_int(r) for r in texts):  # a column of indices, else of names
-        raw = [int(r) for r in texts]
-    return labeled_by(paths, raw, None, class_names, where)
+        label = label_value(float(value) if numeric and value else value, f"{where}:{number}")
+        key = os.path.abspath(full)
+        if key in labels and labels[key] != label:
+            raise DataError(f"{where}:{number}: {row['file_name']!r} is listed again with another label.")
+        if key in images and label is not None:
+            labels[key] = label
+    return column, labels
 
 
-def file_state(stat: os.stat_result) -> str:
-    """What says that a file is still the one seen before: size, modification and change times, inode and
-    device. Writing a file, extracting an archive over it (tar restores the modification time, not the
-    change time) or editing it in place and resetting its modification time all change its change time,
-    which only the kernel sets; a file copied elsewhere is another inode. Assumed: the clock does not go
-    back and no one rewrites the change time (that takes resetting the system clock)."""
-    return f"{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\t{stat.st_ino}\t{stat.st_dev}"
-
-
-def fingerprint(images: ImageList) -> str:
-    """A short hash of what a list of images is: every path, its ``file_state`` and label. Two runs over the
-    same files give the same fingerprint; a file added, removed, replaced, rewritten or relabeled changes it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path, label in zip(images.paths, images.labels):
-        try:
-            digest.update(identity(path) + f"\t{label}\n".encode())
-        except OSError:
-            digest.update(os.fsencode(os.path.abspath(path)) + f"\tmissing\t{label}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def identity(item) -> bytes:
-    """What an image is, for the decode cache and for resuming: a file's real path (bytes: any file name)
-    and ``file_state``, or an image inside a container (``ueo.members.Member.identity``). OSError when a
-    file is missing."""
-    if hasattr(item, "identity"):
-        return item.identity()
-    return os.fsencode(os.path.realpath(item)) + f"\0{file_state(os.stat(item))}".encode()
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import toyworld as tw
-from .data import ImageList
+from .imagelist import ImageList
 from .protocols import SHIFT_SCENARIOS
 from .webtable import write_table_page
 

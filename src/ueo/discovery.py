@@ -6,7 +6,11 @@ All from the adapted model's outputs on a collection (no label is used):
 * **A listed class's share** of the collection is the mean, over the images accepted as known (score >=
   the threshold), of its training probability softmax(100 · cos)_k. Shares sum to 1 over the K classes.
   A class is flagged **absent** when its share is below ``ABSENT_RATIO / K``: a present class of average
-  frequency gets about 1/K_present >= 1/K; an absent one only the probability that leaks to it.
+  frequency gets about 1/K_present >= 1/K; an absent one only the probability that leaks to it. No class
+  is judged without evidence: with fewer than ``MIN_PER_CLASS`` (8) accepted images per listed class every
+  verdict is "too few images to tell", and nothing is removed from the list. (With 8 per class, a class of
+  average frequency expects 8 images; sampling alone leaves it with at most 3, under half, 4% of the time:
+  Poisson(8).)
 * **Groups** are k-means clusters of the unknown-decided images' adapted image features (unit vectors),
   with k in 2..MAX_GROUPS chosen by the silhouette score (on a sample of at most SILHOUETTE_SAMPLE
   images: nothing is N x N); when no k reaches MIN_SILHOUETTE they are one group. Groups smaller than
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 from .naming import name_groups, same_name, vocabulary_names
 
 ABSENT_RATIO = 0.5
+MIN_PER_CLASS = 8  # accepted images per listed class that a verdict on absent classes needs
 MAX_GROUPS = 10
 MIN_SILHOUETTE = 0.1
 SILHOUETTE_SAMPLE = 2000
@@ -73,7 +78,9 @@ class Group:
 class Discovery:
     """``absent``: every listed class with its share and verdict; ``groups``: the groups of unknown images;
     ``other``: unknown images in no group; ``unknown``: every unknown-decided image; ``suggested_classes``
-    and ``changes`` (one line per change); ``paths``: the collection's files, when it has them."""
+    and ``changes`` (one line per change); ``paths``: the collection's files, when it has them;
+    ``accepted``: the images accepted as known (the evidence of the absent classes' verdicts), and
+    ``too_few``: whether they are too few for any verdict."""
 
     absent: list[ListedClass]
     groups: list[Group]
@@ -82,6 +89,8 @@ class Discovery:
     suggested_classes: list[str]
     changes: list[str]
     paths: list[str] | None = None
+    accepted: int = 0
+    too_few: bool = False
 
     @property
     def absent_classes(self) -> list[str]:
@@ -91,13 +100,19 @@ class Discovery:
     def summary(self) -> str:
         """One sentence: what changed."""
         gone = self.absent_classes
-        first = (
-            f"{len(gone)} listed class{'es' * (len(gone) != 1)} seem{'s' * (len(gone) == 1)} absent ({', '.join(gone[:5])}"
-            + (", ..." if len(gone) > 5 else "")
-            + ")"
-            if gone
-            else "no listed class seems absent"
-        )
+        if self.too_few:
+            needed = MIN_PER_CLASS * len(self.absent)
+            first = (
+                f"too few images to tell whether a listed class is absent ({self.accepted} accepted as known; "
+                f"a verdict needs {MIN_PER_CLASS} per listed class, {needed})"
+            )
+        elif gone:
+            first = (
+                f"{len(gone)} listed class{'es' * (len(gone) != 1)} seem{'s' * (len(gone) == 1)} absent "
+                f"({', '.join(gone[:5])}" + (", ..." if len(gone) > 5 else "") + ")"
+            )
+        else:
+            first = "no listed class seems absent"
         named = [g.name for g in self.groups if g.name]
         if not self.unknown:
             second = "no image was decided unknown"
@@ -125,6 +140,8 @@ class Discovery:
         return {
             "summary": self.summary,
             "absent": self.absent_classes,
+            "absent_verdict": "too few images" if self.too_few else "made",
+            "accepted": self.accepted,
             "groups": [
                 {"group": g.number, "size": len(g.members), "names": g.names, "looks_like": g.looks_like}
                 for g in self.groups
@@ -152,10 +169,11 @@ def class_shares(cosines: torch.Tensor, accepted: torch.Tensor, logit_scale: flo
     return shares, decided
 
 
-def absent_verdicts(shares: torch.Tensor, ratio: float = ABSENT_RATIO) -> torch.Tensor:
-    """Which classes seem absent: a share below ``ratio`` / K (none when nothing was accepted)."""
-    if float(shares.sum()) == 0:
-        return torch.zeros(len(shares), dtype=torch.bool)
+def absent_verdicts(shares: torch.Tensor, accepted: int, ratio: float = ABSENT_RATIO) -> torch.Tensor | None:
+    """Which classes seem absent: a share below ``ratio`` / K; None (no verdict) when fewer than
+    MIN_PER_CLASS images per class were accepted."""
+    if accepted < MIN_PER_CLASS * len(shares):
+        return None
     return shares < ratio / len(shares)
 
 
@@ -240,9 +258,12 @@ def discover_outputs(
     progress: bool = False,
     paths: Sequence | None = None,
     logit_scale: float = 100.0,
+    should_stop=None,
+    warn=print,
 ) -> Discovery:
     """The discovery of a scored collection (``outputs`` with features, from ``evaluate(..., features=True)``),
-    decided with ``threshold``; ``names``: the vocabulary (None: the groups are not named)."""
+    decided with ``threshold``; ``names``: the vocabulary (None: the groups are not named). ``should_stop``:
+    polled while the vocabulary is encoded; ``warn``: where warnings go."""
     from .objectives import mcm_scores
 
     if outputs.features is None:
@@ -250,8 +271,9 @@ def discover_outputs(
     listed = list(state.class_names)
     accepted = mcm_scores(outputs.cosines) >= threshold
     shares, decided = class_shares(outputs.cosines, accepted, logit_scale)
-    verdicts = absent_verdicts(shares)
-    classes = [ListedClass(n, float(s), int(d), bool(a)) for n, s, d, a in zip(listed, shares, decided, verdicts)]
+    verdicts = absent_verdicts(shares, int(accepted.sum()))
+    flags = verdicts.tolist() if verdicts is not None else [False] * len(listed)
+    classes = [ListedClass(n, float(s), int(d), bool(a)) for n, s, d, a in zip(listed, shares, decided, flags)]
     unknown = torch.nonzero(~accepted).flatten().numpy()
     features = outputs.features.float()
     labels = find_groups(features[torch.as_tensor(unknown)].numpy(), seed) if len(unknown) else np.zeros(0, dtype=int)
@@ -260,7 +282,17 @@ def discover_outputs(
     )
     groups = [Group(g + 1, central_first(features, unknown[labels == g], centres[g])) for g in range(len(centres))]
     if names is not None and groups:
-        name_groups(groups, centres, bundle, state, names, cache_dir=cache_dir, progress=progress)
+        name_groups(
+            groups,
+            centres,
+            bundle,
+            state,
+            names,
+            cache_dir=cache_dir,
+            progress=progress,
+            should_stop=should_stop,
+            warn=warn,
+        )
     other = [int(i) for i, g in zip(unknown, labels) if g < 0]
     suggested_classes, changes = suggested(classes, groups)
     return Discovery(
@@ -271,6 +303,8 @@ def discover_outputs(
         suggested_classes,
         changes,
         [str(p) for p in paths] if paths is not None else None,
+        accepted=int(accepted.sum()),
+        too_few=verdicts is None,
     )
 
 
@@ -340,7 +374,7 @@ def write_discovery(out, discovery: Discovery) -> None:
             "class": c.name,
             "share": f"{c.share:.6f}",
             "decided": c.decided,
-            "verdict": "absent" if c.absent else "present",
+            "verdict": "too few images" if discovery.too_few else "absent" if c.absent else "present",
         }
         for c in discovery.absent
     ]

@@ -1,9 +1,12 @@
-"""ueo's own files: atomic writes (a temporary file in the same folder, renamed over the target) and
-safetensors files with a format tag in their metadata (adapted states, checkpoints)."""
+"""ueo's own files: atomic writes (a temporary file in the same folder, renamed over the target),
+safetensors files with a format tag in their metadata (adapted states, checkpoints), where ueo keeps what
+it computes once (the cache folder), and what says a file is unchanged (its state, its digest)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -60,3 +63,76 @@ def read_tagged(path, file_format: str, what: str) -> tuple[dict[str, str], dict
     except (SafetensorError, OSError) as error:
         raise IncompatibleError(f"{path} is not a readable {what} ({error}).") from None
     return metadata, tensors
+
+
+def default_cache_dir() -> Path:
+    """Where ueo keeps what it computes once (decoded images, vocabulary features, file digests):
+    $UEO_CACHE_DIR, else $XDG_CACHE_HOME/ueo, else ~/.cache/ueo."""
+    if os.environ.get("UEO_CACHE_DIR"):
+        return Path(os.environ["UEO_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ueo"
+
+
+def file_state(stat: os.stat_result) -> str:
+    """What says that a file is still the one seen before: size, modification and change times, inode and
+    device. Writing a file, extracting an archive over it (tar restores the modification time, not the
+    change time) or editing it in place and resetting its modification time all change its change time,
+    which only the kernel sets; a file copied elsewhere is another inode. Assumed: the clock does not go
+    back and no one rewrites the change time (that takes resetting the system clock)."""
+    return f"{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\t{stat.st_ino}\t{stat.st_dev}"
+
+
+DIGESTS = "digests.json"  # in the cache folder: {real path + file state: SHA-256}
+MAX_DIGESTS = 1000
+
+
+def file_digest(path, cache_dir=None) -> str:
+    """The SHA-256 of a whole file (hex), read once per state of the file: it is remembered in the cache
+    folder (``cache_dir``, default :func:`default_cache_dir`) under the file's real path and ``file_state``,
+    as the decode cache keys images. A cache that cannot be written only costs reading the file again."""
+    real = os.path.realpath(path)
+    key = f"{real}\t{file_state(os.stat(real))}"
+    memo = Path(cache_dir if cache_dir is not None else default_cache_dir()) / DIGESTS
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    digest = hashlib.sha256()
+    with open(real, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    known[key] = digest.hexdigest()
+    kept = dict(list(known.items())[-MAX_DIGESTS:])  # the latest files
+    with contextlib.suppress(OSError):
+        mark_cache(memo.parent)
+        write_text(memo, json.dumps(kept))
+    return known[key]
+
+
+CACHE_TAG = "CACHEDIR.TAG"  # the Cache Directory Tagging convention: backup tools skip the folder
+CACHE_TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This folder is ueo's cache (decoded images, vocabulary features, file digests): `ueo cache clear` empties it.\n"
+)
+
+
+def mark_cache(root) -> Path:
+    """Create the cache folder ``root`` if needed, tagged as ueo's (CACHEDIR.TAG): ueo's housekeeping
+    touches only a folder so tagged, and in it only the files ueo names as it does."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not is_cache(root):
+        write_text(root / CACHE_TAG, CACHE_TAG_TEXT)
+    return root
+
+
+def is_cache(root) -> bool:
+    """Whether ``root`` is tagged as ueo's cache."""
+    try:
+        return "ueo's cache" in (Path(root) / CACHE_TAG).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False

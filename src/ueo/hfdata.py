@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .data import ImageList, labeled_by, read_text
+from .data import read_text
 from .errors import DataError
-from .members import LABEL_NAMES, SPLIT, Member, expand, need, state_of
+from .imagelist import ImageList
+from .labels import LABEL_COLUMNS, labeled_by
+from .members import SPLIT, Member, expand, need, state_of
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")
 
@@ -27,13 +29,17 @@ def parquets_in(folder: Path) -> list[str]:
 
 @dataclass
 class Table:
-    """A dataset's rows: (container, rows) parts, its image and label columns and the label names."""
+    """A dataset's rows: (container, rows) parts, its image and label columns, the label names (of the
+    first part; ``part_names``: of each part, whose ClassLabel may order the names otherwise), the other
+    image columns it has, and how to read its labels."""
 
     parts: list[tuple[str, int]]
     image: str
     label: str | None
     label_names: list[str] | None
     read_labels: Callable[[], list]
+    part_names: list[list[str] | None] | None = None
+    other_images: tuple[str, ...] = ()
 
 
 def is_dataset_folder(path: Path) -> bool:
@@ -61,22 +67,33 @@ def _dataset_folder(path: Path) -> Path:
     return path
 
 
-def _columns(features, names: Sequence[str], where: str) -> tuple[str, str | None, list[str] | None]:
-    """(image column, label column or None, label names or None) of a dataset's features."""
+def _columns(features, names: Sequence[str], where: str) -> tuple[str, str | None, list[str] | None, tuple[str, ...]]:
+    """(image column, label column or None, label names or None, the other image columns) of a dataset's
+    features. With several image columns the one named like an image (image, img, ...) is read; without
+    such a name ueo cannot tell which holds the pictures, and says so."""
     datasets = need("datasets", "hf", "Hugging Face datasets")
-    image = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
-    if image is None:
-        image = next((c for c in names if c.lower() in IMAGE_COLUMNS), None)
-    if image is None:
+    images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
+    if not images:
+        images = [c for c in names if c.lower() in IMAGE_COLUMNS]
+    if not images:
         raise DataError(
             f"{where}: no image column (columns: {', '.join(names)}); ueo reads a column with the datasets Image "
             f"feature, or one of bytes named {', '.join(IMAGE_COLUMNS)}."
         )
+    image = images[0]
+    if len(images) > 1:
+        image = next((c for name in IMAGE_COLUMNS for c in images if c.lower() == name), None)
+        if image is None:
+            raise DataError(
+                f"{where}: {len(images)} image columns ({', '.join(images)}), none named {IMAGE_COLUMNS[0]!r}: ueo cannot "
+                "tell which holds the pictures. Keep that one (datasets' select_columns) or rename it 'image'."
+            )
+    others = tuple(c for c in images if c != image)
     label = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
     if label is not None:
-        return image, label, list(features[label].names)
-    label = next((c for c in names if c.lower() in LABEL_NAMES), None)
-    return image, label, None
+        return image, label, list(features[label].names), others
+    label = next((c for c in names if c.lower() in LABEL_COLUMNS), None)
+    return image, label, None, others
 
 
 def _disk_table(folder: Path) -> Table:
@@ -85,9 +102,14 @@ def _disk_table(folder: Path) -> Table:
         dataset = datasets.load_from_disk(str(folder))
     except (OSError, ValueError, KeyError) as error:  # FileNotFoundError, a damaged state.json ...
         raise DataError(f"{folder}: not a readable dataset written by save_to_disk ({error}).") from None
-    image, label, label_names = _columns(dataset.features, dataset.column_names, str(folder))
+    image, label, label_names, others = _columns(dataset.features, dataset.column_names, str(folder))
     return Table(
-        [(str(folder), len(dataset))], image, label, label_names, lambda: list(dataset[label]) if label else []
+        [(str(folder), len(dataset))],
+        image,
+        label,
+        label_names,
+        lambda: list(dataset[label]) if label else [],
+        other_images=others,
     )
 
 
@@ -106,28 +128,34 @@ def _parquet_table(files: list[str], where: str) -> Table:
             raise DataError(f"{f}: not a readable parquet file ({error}).") from None
         parts.append((f, meta.metadata.num_rows))
         schemas.append(meta.schema_arrow)
-    features = Features.from_arrow_schema(schemas[0])
-    image, label, label_names = _columns(features, schemas[0].names, files[0])
+    features = [Features.from_arrow_schema(schema) for schema in schemas]
+    image, label, label_names, others = _columns(features[0], schemas[0].names, files[0])
     for f, schema in zip(files, schemas):
         if image not in schema.names or (label is not None and label not in schema.names):
             raise DataError(f"{f}: its columns ({', '.join(schema.names)}) differ from those of {files[0]}.")
+    part_names = [_columns(feature, schema.names, f)[2] for feature, schema, f in zip(features, schemas, files)]
 
     def labels():
         return [v for f in files for v in pq.read_table(f, columns=[label]).column(0).to_pylist()] if label else []
 
-    return Table(parts, image, label, label_names, labels)
+    return Table(parts, image, label, label_names, labels, part_names=part_names, other_images=others)
 
 
-def read_table(spec, class_names) -> ImageList:
+def read_table(spec, class_names, warn: Callable[[str], None]) -> ImageList:
     table = table_of(spec)
-    members = []
-    for container, rows in table.parts:
+    if table.other_images:
+        warn(
+            f"note: {spec}: the images are read from the column {table.image!r} (other image columns: {', '.join(table.other_images)})."
+        )
+    members, names = [], []
+    for part, (container, rows) in enumerate(table.parts):
         state = state_of(container)
         members += [Member(container, f"row {r}", r, 0, state, table.image) for r in range(rows)]
+        names += [table.part_names[part] if table.part_names else table.label_names] * rows
     if not members:
         raise DataError(f"{spec}: the dataset has no rows.")
     raw = table.read_labels() if table.label else [None] * len(members)
-    return labeled_by(members, raw, table.label_names, class_names, spec)
+    return labeled_by(members, raw, None, class_names, spec, names_per_item=names)
 
 
 _LOCK = threading.Lock()

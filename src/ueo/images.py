@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ImageList
 from .errors import DataError, TrainingInterrupted
+from .imagelist import ImageList
 from .pixels import as_rgb
 
 DECODE_BUDGET_PIXELS = 100_000_000  # pixels being decoded at once, over all threads (bounds the memory)
@@ -46,11 +46,22 @@ class PixelBudget:
                 self._cond.notify_all()
 
 
+@contextlib.contextmanager
+def opened_image(source):
+    """PIL's image of ``source`` (a file, a ``ueo.members.Member`` or an open file of its bytes), without
+    PIL's DecompressionBombWarning: ueo reads images up to PIL's own limit within its pixel budget, so the
+    warning (printed for every image over 89 Mpx) would only be noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(_opened(source)) as image:
+            yield image
+
+
 def image_pixels(path) -> int:
     """Width x height from the image's header (no decoding); 0 when the header cannot be read. ``path``: a
     file, an image inside a container (``ueo.members.Member``) or an open file of its bytes."""
     try:
-        with Image.open(_opened(path)) as image:
+        with opened_image(path) as image:
             return image.width * image.height
     except Exception:  # the decode that follows reports the problem
         return 0
@@ -74,16 +85,14 @@ def load_image(path, max_side: int | None = None) -> Image.Image:
     Raises OSError/ValueError for unreadable files and Image.DecompressionBombError for absurd sizes (more
     than twice PIL.Image.MAX_IMAGE_PIXELS: PIL's own limit; images under it decode within the pixel budget).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel budget bounds the memory
-        with Image.open(_opened(path)) as image:
-            if max_side is not None and image.format == "JPEG":
-                w, h = image.size
-                scale = max_side / max(w, h)
-                if scale < 1:
-                    image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-            image.load()
-            return as_rgb(image)
+    with opened_image(path) as image:
+        if max_side is not None and image.format == "JPEG":
+            w, h = image.size
+            scale = max_side / max(w, h)
+            if scale < 1:
+                image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+        image.load()
+        return as_rgb(image)
 
 
 def shrink(image: Image.Image, short_side: int) -> np.ndarray:

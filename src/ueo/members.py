@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import file_state
 from .errors import DataError
-
-LABEL_NAMES = ("label", "labels", "cls", "class")  # columns / json fields that hold a label
-
+from .files import file_state
 
 SPLIT = "test"  # the split read from a root with several, as CLIP_benchmark does by default
 
@@ -22,7 +18,10 @@ SPLIT = "test"  # the split read from a root with several, as CLIP_benchmark doe
 class Member:
     """An image inside a container: a tar member (``offset``: where its bytes start, -1 when the container
     is read as a stream) or a dataset row (``offset``: the row, ``column``: the image column). ``state``:
-    the container's ``data.file_state`` when it was listed."""
+    the container's ``data.file_state`` when it was listed; for a member read as a stream, a digest of its
+    bytes ("sha1:..."), which the listing reads anyway: a ``pipe:`` command or a compressed shard that gives
+    other bytes under the same name gives other images. ``name``: the member's name in the container, with
+    "#2", "#3", ... for a name that occurs again in the same shard."""
 
     container: str
     name: str
@@ -35,7 +34,8 @@ class Member:
         return f"{self.container}::{self.name}"
 
     def identity(self) -> bytes:
-        """The container's real path (a pipe: its command) and state, and the member's name."""
+        """The container's real path (a pipe: its command) and state (a streamed member: its bytes' digest),
+        and the member's name."""
         where = self.container if self.container.startswith("pipe:") else os.path.realpath(self.container)
         return os.fsencode(where) + f"\0{self.state}\0{self.name}".encode()
 
@@ -69,13 +69,10 @@ def expand(text: str) -> list[str]:
 
 def state_of(container: str) -> str:
     """What says a container is unchanged: ``data.file_state`` of its file (of a dataset folder: of its
-    arrow files and state.json); '' for a pipe: stream (taken as unchanged). OSError when it is missing."""
+    arrow files and state.json); '' for a pipe: stream (its members carry their bytes' digests). OSError
+    when it is missing."""
     if container.startswith("pipe:"):
         return ""
     path = Path(container)
     files = sorted(path.glob("*.arrow")) + [path / "state.json"] if path.is_dir() else [path]
     return "|".join(file_state(os.stat(f)) for f in files)
-
-
-def stderr(message: str) -> None:
-    print(message, file=sys.stderr)

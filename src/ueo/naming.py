@@ -4,12 +4,14 @@ that mean a listed class left out (``ueo.discovery`` finds the groups)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .data import fold
+from .errors import DataError
+from .imagelist import fold
 
 SYNONYM_COSINE = 0.95
 
@@ -56,7 +58,13 @@ def vocabulary_names(vocabulary, warn=print) -> list[str] | None:
     if isinstance(vocabulary, str) and vocabulary.lower() == "none":
         return None
     if isinstance(vocabulary, (list, tuple)):
-        return vocab.clean([str(n) for n in vocabulary], "the vocabulary", warn)
+        if not all(isinstance(n, str) for n in vocabulary):
+            raise DataError(f"a vocabulary is a list of names (texts); it holds {vocabulary!r:.80}.")
+        return vocab.clean(list(vocabulary), "the vocabulary", warn)
+    if not isinstance(vocabulary, (str, os.PathLike)):
+        raise DataError(
+            f"vocabulary must be 'default', 'none', a file (one name a line) or a list of names; got {vocabulary!r:.60}."
+        )
     return vocab.read_vocabulary(vocabulary, warn)
 
 
@@ -70,13 +78,22 @@ def learned_features(bundle, state, names: Sequence[str]) -> torch.Tensor:
         return learner.text_features().float().cpu()
 
 
-def name_groups(groups, centres, bundle, state, names, *, cache_dir=None, progress=False) -> None:
-    """Give each group its TOP_NAMES best allowed names, or "looks like" a listed class (see the module)."""
+def name_groups(
+    groups, centres, bundle, state, names, *, cache_dir=None, progress=False, should_stop=None, warn=print
+) -> None:
+    """Give each group its TOP_NAMES best allowed names, or "looks like" a listed class (see the module).
+    ``should_stop``: polled while the vocabulary is encoded; ``warn``: says when its features cannot be kept."""
     from . import vocabulary as vocab
 
     listed = list(state.class_names)
     scan = vocab.template_features(
-        bundle, names, templates=vocab.SCAN_TEMPLATES, cache_dir=cache_dir, progress=progress
+        bundle,
+        names,
+        templates=vocab.SCAN_TEMPLATES,
+        cache_dir=cache_dir,
+        progress=progress,
+        should_stop=should_stop,
+        warn=warn,
     )
     allowed = allowed_names(
         names, scan, listed, vocab.template_features(bundle, listed, templates=vocab.SCAN_TEMPLATES)

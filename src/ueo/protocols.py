@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, ImageList, fold, read_list_file
+from .data import read_list_file
+from .errors import DataError
+from .imagelist import ImageList, fold
 
 SHIFT_SCENARIOS = ("cda", "pda", "oda", "opda")  # the four class shifts (the paper's table and the demo's)
 SCENARIOS = (*SHIFT_SCENARIOS, "csda")

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from .config import PROMPT_CONTEXT
-from .data import ImageList
 from .files import atomic_path, write_text
+from .imagelist import ImageList
 from .metrics import known_mask, open_set_metrics
 from .thresholds import UNKNOWN, choose_threshold, decide
 

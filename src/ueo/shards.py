@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -24,7 +25,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError
-from .files import write_text
+from .files import mark_cache, write_text
 
 VERSION = 3
 MAGIC = b"UEOSHRD3"
@@ -82,7 +83,10 @@ def unpack(stored, fmt: int, h: int, w: int) -> torch.Tensor:
 def what_of(item) -> dict:
     """What an entry was decoded from, as ``ueo cache prune`` needs it to see whether it changed."""
     if hasattr(item, "container"):
-        return {"container": item.container, "name": item.name, "offset": item.offset, "column": item.column}
+        what = {"container": item.container, "name": item.name, "offset": item.offset, "column": item.column}
+        if item.state.startswith("sha1:"):  # a streamed member: known by its bytes (see ueo.members)
+            what["state"] = item.state
+        return what
     return {"path": os.fsdecode(os.path.realpath(item))}
 
 
@@ -120,9 +124,10 @@ def read_shard(path: Path) -> Shard:
     return Shard(path, index, notes["problems"], notes["items"])
 
 
-def write_shard(folder: Path, records: list[tuple]) -> Path:
+def write_shard(folder: Path, records: list[tuple], collection: str = "") -> Path:
     """A new shard of (key, (format, stored bytes, decoded (h, w), original (h, w)) or None, problem or None,
-    what_of), written under a temporary name, synced, then renamed: a shard that exists is complete."""
+    what_of), written under a temporary name (``.COLLECTION.RANDOM.tmp``: the builder's lock says whether it
+    is still being written), synced, then renamed: a shard that exists is complete."""
     index = np.zeros(len(records), dtype=INDEX)
     problems: list[str] = []
     offset = HEADER.size
@@ -140,7 +145,7 @@ def write_shard(folder: Path, records: list[tuple]) -> Path:
         offset += len(data)
     notes = {"problems": problems, "items": [r[3] for r in records]}
     blob = index.tobytes() + json.dumps(notes, ensure_ascii=True).encode("utf-8")
-    tmp = folder / f".{uuid.uuid4().hex}.tmp"
+    tmp = folder / f".{collection or 'any'}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(HEADER.pack(MAGIC, len(records), offset, len(blob), zlib.crc32(blob)))
@@ -158,9 +163,52 @@ def write_shard(folder: Path, records: list[tuple]) -> Path:
         raise
 
 
+# What ueo writes in a cache, and nothing else, is what ueo reads, evicts and removes there: folders
+# vN/shortS, shards named by 32 hex digits, temporary files .COLLECTION.RANDOM.tmp.
+FOLDER_NAMES = (re.compile(r"v\d+"), re.compile(r"short\d+"))
+SHARD_NAME = re.compile(r"[0-9a-f]{32}\.shard")
+TMP_NAME = re.compile(r"\.(?:([0-9a-f]{16}|any)\.)?[0-9a-f]{32}\.tmp")
+
+
+def cache_folders(root: Path) -> list[Path]:
+    """The folders of the cache (vN/shortS, every version and geometry)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for version in sorted(root.iterdir()):
+        if version.is_dir() and FOLDER_NAMES[0].fullmatch(version.name):
+            found += [g for g in sorted(version.iterdir()) if g.is_dir() and FOLDER_NAMES[1].fullmatch(g.name)]
+    return found
+
+
+def shards_in(folder: Path) -> list[Path]:
+    """The shards of one cache folder (files named as ueo names them; anything else there is not ours)."""
+    return sorted(p for p in folder.glob("*.shard") if SHARD_NAME.fullmatch(p.name))
+
+
 def shard_files(root: Path) -> list[Path]:
     """Every shard under the cache's root, of every version and geometry."""
-    return sorted(root.glob("v*/short*/*.shard")) if root.is_dir() else []
+    return [path for folder in cache_folders(root) for path in shards_in(folder)]
+
+
+def abandoned_tmps(folder: Path) -> list[Path]:
+    """The temporary files in a cache folder that no builder is writing any more (their collection's lock
+    is free: the builder ended, or died)."""
+    found = []
+    for tmp in sorted(folder.glob(".*.tmp")):
+        match = TMP_NAME.fullmatch(tmp.name)
+        if match is None:
+            continue
+        lock = lock_file(folder, match.group(1))
+        try:
+            lock.parent.mkdir(exist_ok=True)
+            with open(lock, "a") as handle:
+                if try_lock(handle):
+                    found.append(tmp)
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError:
+            continue
+    return found
 
 
 def removable(path: Path) -> bool:
@@ -182,26 +230,56 @@ def disk_floor(folder: Path) -> int:
     return int(min(MIN_FREE, MIN_FREE_SHARE * shutil.disk_usage(folder).total))
 
 
-def bound(root: Path, max_size=None, remember: bool = True) -> tuple[int, str]:
+SETTINGS = "settings.json"  # in the cache's root: {"max_size": bytes, "why": where the bound comes from}
+MIN_BOUND = 10**6  # a bound under 1 MB holds no shard: a hand edit, not a setting
+
+
+def bound(
+    root: Path, max_size=None, remember: bool = True, warn: Callable[[str], None] | None = None
+) -> tuple[int, str]:
     """(the cache's bound in bytes, where it comes from): ``max_size``, $UEO_CACHE_MAX_SIZE, or the bound
-    set at first use (kept in ``settings.json``, unless not ``remember``: the smaller of 20% of the free
-    disk then and 50 GB)."""
+    kept in ``settings.json`` (set by ``ueo cache bound SIZE``, else at first use: the smaller of 20% of the
+    free disk then and 50 GB; written unless not ``remember``). A settings.json that does not hold a bound
+    of at least 1 MB is not used: ``warn`` says so, and the default takes its place."""
     if max_size is not None:
         return parse_size(max_size), "--cache-max-size"
     if os.environ.get("UEO_CACHE_MAX_SIZE"):
         return parse_size(os.environ["UEO_CACHE_MAX_SIZE"], "$UEO_CACHE_MAX_SIZE"), "$UEO_CACHE_MAX_SIZE"
-    settings = root / "settings.json"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        kept = json.loads(settings.read_text())
-        return int(kept["max_size"]), kept["why"]
+    settings = root / SETTINGS
+    kept = None
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(settings.read_text(encoding="utf-8"))
+    if kept is not None:
+        size = kept.get("max_size") if isinstance(kept, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool) and size >= MIN_BOUND:
+            return size, str(kept.get("why") or f"set in {settings}")
+        if warn is not None:
+            warn(
+                f"warning: {settings} does not hold a bound of at least 1 MB (it holds {kept!r:.80}); the default "
+                "is used instead. Set one with `ueo cache bound SIZE`."
+            )
     free = shutil.disk_usage(existing(root)).free
     size = int(min(DEFAULT_MAX_SIZE, DEFAULT_SHARE * free))
     why = f"the default: the smaller of 50 GB and 20% of the {free / 1e9:.1f} GB free at first use"
     if not remember:
         return size, why.replace("at first use", "now")
     with contextlib.suppress(OSError):  # (a cache that cannot be written keeps no setting)
+        mark_cache(root)
         write_text(settings, json.dumps({"max_size": size, "why": why}))
     return size, why
+
+
+def set_bound(root: Path, size) -> int:
+    """Keep ``size`` (bytes, or a text such as 20GB) as the cache's bound in its settings.json; returns it."""
+    value = parse_size(size, "the bound")
+    if value < MIN_BOUND:
+        raise ConfigError(f"the bound must be at least 1 MB, got {size!r}.")
+    mark_cache(root)
+    write_text(
+        root / SETTINGS,
+        json.dumps({"max_size": value, "why": f"set with `ueo cache bound` on {time.strftime('%Y-%m-%d')}"}),
+    )
+    return value
 
 
 def existing(path: Path) -> Path:
@@ -211,21 +289,37 @@ def existing(path: Path) -> Path:
     return path
 
 
-LOCK_WAIT = 120.0  # seconds to wait for another process that builds the same cache folder
+LOCK_WAIT = 120.0  # seconds to wait for another process that builds the same collection
+
+
+def collection_of(keys) -> str:
+    """The name of a collection (16 hex digits): a hash of its images' keys, whatever their order."""
+    digest = hashlib.sha1()
+    for key in sorted(k for k in keys if k is not None):
+        digest.update(key)
+    return digest.hexdigest()[:16]
+
+
+def lock_file(folder: Path, collection: str | None) -> Path:
+    """The lock a builder of ``collection`` holds in ``folder`` (None, "any": an earlier version's one lock)."""
+    return folder / ".lock" if collection in (None, "any") else folder / "locks" / f"{collection}.lock"
 
 
 @contextlib.contextmanager
-def locked(folder: Path | None, warn: Callable[[str], None] = print):
-    """An exclusive lock on a cache folder while building (released when the block ends, or when the process
-    dies); yields whether it is held. A builder that holds it for more than LOCK_WAIT seconds (suspended,
-    hung) is not waited for longer: this process then decodes on its own, with a warning."""
+def locked(folder: Path | None, collection: str, warn: Callable[[str], None] = print):
+    """An exclusive lock on building ``collection`` into a cache folder (released when the block ends, or when
+    the process dies); yields whether it is held. Processes that build other collections do not wait; one
+    that holds it for more than LOCK_WAIT seconds (suspended, hung) is not waited for longer: this process
+    then decodes on its own, with a warning."""
     if folder is None:
         yield False
         return
-    with open(folder / ".lock", "a") as handle:
+    path = lock_file(folder, collection)
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as handle:
         held = try_lock(handle)
         if not held:
-            warn(f"waiting for another ueo process that is decoding images into the cache {folder} ...")
+            warn(f"waiting for another ueo process that is decoding these images into the cache {folder} ...")
             deadline = time.monotonic() + LOCK_WAIT
             while not held and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -22,8 +22,9 @@ names are class indices (>= K: unknown).
 
 An image inside a container is a ``Member``: the container, the member's name ("000123.jpg", or "row 17"),
 and where to read it. Its identity (for the decode cache and for resuming) is the container's real path,
-its size, modification and change times, inode and device, and the member's name. A ``pipe:`` stream has
-no file to look at: it is taken to give the same samples every time. Local uncompressed shards and
+its size, modification and change times, inode and device, and the member's name; a member read as a stream (a ``pipe:``
+command, a compressed shard) is known by a digest of its bytes instead, read while listing: a stream that
+gives other bytes gives other images. Local uncompressed shards and
 datasets are read at random; a pipe or a compressed shard only as a stream, which the decode cache reads
 once (it then needs the cache).
 """
@@ -36,11 +37,12 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .data import IMAGE_EXTENSIONS, ImageList, read_folder, read_list_file
+from .data import PICTURE_EXTENSIONS, read_folder, read_list_file
 from .errors import DataError
 from .hfdata import is_dataset_folder, parquets_in, read_row, read_table, table_of
-from .members import Member, expand, state_of, stderr
-from .tarshards import is_tar, read_shards, read_tar_member, shards_of, splits_in, tar_member, tars_in
+from .imagelist import ImageList, stderr
+from .members import Member, expand, state_of
+from .tarshards import collection_names, is_tar, read_shards, read_tar_member, splits_in, tar_member, tars_in
 
 
 def kind(spec) -> str | None:
@@ -75,16 +77,17 @@ def kind(spec) -> str | None:
 
 
 def class_names_of(spec) -> list[str] | None:
-    """The class names a container collection carries (classnames.txt, a ClassLabel's names), or None."""
-    from .data import parse_class_names
-
+    """The class names a container collection carries (classnames.txt, a ClassLabel's names), or None;
+    DataError when its parts name their classes differently."""
     what = kind(spec)
     if what == "tar":
-        _, names = shards_of(spec)
-        return parse_class_names(str(names)) if names is not None else None
+        return collection_names(spec)
     if what in ("dataset", "parquet"):
         table = table_of(spec)
-        return list(table.label_names) if table.label_names else None
+        lists = {tuple(n) for n in (table.part_names or [table.label_names]) if n}
+        if len(lists) > 1:
+            raise DataError(f"{spec}: its files name their classes differently; give the class list with --classes.")
+        return list(next(iter(lists))) if lists else None
     return None
 
 
@@ -94,24 +97,68 @@ def read_source(spec, class_names: Sequence[str] | None, warn: Callable[[str], N
     if what == "tar":
         return read_shards(spec, class_names, warn)
     if what in ("dataset", "parquet"):
-        return read_table(spec, class_names)
+        return read_table(spec, class_names, warn)
     raise DataError(f"{spec}: not a WebDataset shard or a Hugging Face dataset.")
 
 
 def read_images(
-    spec: str | os.PathLike, class_names: Sequence[str] | None = None, root: str | os.PathLike | None = None
+    spec: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    root: str | os.PathLike | None = None,
+    *,
+    warn: Callable[[str], None] = stderr,
 ) -> ImageList:
-    """A folder, a list file (``ueo.data``), WebDataset shards or a Hugging Face dataset (this module)."""
+    """A folder, a list file (``ueo.data``), WebDataset shards or a Hugging Face dataset (this module),
+    each image once (:func:`once_each`). ``warn``: where notes and warnings go (default: stderr)."""
     if kind(spec) is not None:
-        return read_source(spec, class_names)
+        return once_each(read_source(spec, class_names, warn), warn)
     spec = Path(spec)
     if spec.is_dir():
-        return read_folder(spec, class_names)
+        return once_each(read_folder(spec, class_names, warn=warn), warn)
     if spec.is_file():
-        if spec.suffix.lower() in IMAGE_EXTENSIONS:
+        if spec.suffix.lower() in PICTURE_EXTENSIONS:
             raise DataError(f"{spec} is an image: give the folder that holds the images, or a list file.")
-        return read_list_file(spec, root)
+        return once_each(read_list_file(spec, root), warn)
     raise DataError(f"{spec}: no such folder or list file.")
+
+
+def same_image(item) -> tuple:
+    """What tells one image from another whatever way it was reached: a file's device and inode (a link, a
+    hard link, another spelling of its path), or a member's container (its real path) and place in it."""
+    if isinstance(item, Member):
+        where = item.container if item.container.startswith("pipe:") else os.path.realpath(item.container)
+        return (where, item.column, item.name)
+    try:
+        stat = os.stat(item)
+        return (stat.st_dev, stat.st_ino)
+    except OSError:
+        return (os.path.realpath(item),)
+
+
+def once_each(images: ImageList, warn: Callable[[str], None] = stderr) -> ImageList:
+    """The images with each one once: an image reached twice (a file and a link to it, a line repeated in a
+    list, a shard or a dataset named twice) is read once, with a warning; DataError when its two ways give it
+    two labels."""
+    first: dict[tuple, int] = {}
+    keep = []
+    for i, item in enumerate(images.paths):
+        j = first.setdefault(same_image(item), i)
+        if j == i:
+            keep.append(i)
+        elif images.labeled and images.labels[i] != images.labels[j]:
+            raise DataError(
+                f"{item} and {images.paths[j]} are the same image with two labels "
+                f"({images.labels[i]} and {images.labels[j]}): keep one of them."
+            )
+    if len(keep) == len(images):
+        return images
+    kept = set(keep)
+    again = next(i for i in range(len(images)) if i not in kept)
+    warn(
+        f"warning: {len(images) - len(keep)} image(s) are reached twice (e.g. {images.paths[again]} is "
+        f"{images.paths[first[same_image(images.paths[again])]]}): each is read once."
+    )
+    return images.subset(keep)
 
 
 def read_member(member: Member) -> bytes:
@@ -136,12 +183,14 @@ def _image_column(container: str, state: str) -> str:
 
 
 def resolve(text: str):
-    """The image a text from predictions.csv names: a file, or CONTAINER::NAME (None when neither)."""
+    """The image a text from predictions.csv names: a file, or CONTAINER::NAME (None when neither). A
+    member of a local uncompressed shard is read at its offset; one of a pipe or a compressed shard is
+    given with offset -1 (``tarshards.stream`` reads it)."""
     if os.path.isfile(text) or "::" not in text:
         return Path(text)
     container, name = text.rsplit("::", 1)
     if name.startswith("row ") and name[4:].isdigit() and kind(container) in ("dataset", "parquet"):
         return Member(container, name, int(name[4:]), 0, "", _image_column(container, state_of(container)))
-    if container.lower().endswith(".tar") and os.path.isfile(container):
+    if is_tar(container) and (container.startswith("pipe:") or os.path.isfile(container)):
         return tar_member(container, name)
     return None

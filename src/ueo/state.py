@@ -15,9 +15,9 @@ from torch import nn
 
 from .clip import describe_weights, same_weights
 from .config import DEFAULT_INIT, PROMPT_CONTEXT, RULES, TUNE_CHOICES, canonical_rule, is_finite_number
-from .data import fold
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
+from .imagelist import fold
 from .tuning import damaged_tensors, tunable_parameters
 
 STATE_FORMAT = "ueo-adapted-state/1"

@@ -1,18 +1,32 @@
-"""WebDataset tar shards and CLIP_benchmark roots (``ueo.sources`` says what is read, and how)."""
+"""WebDataset tar shards and CLIP_benchmark roots (``ueo.sources`` says what is read, and how).
+
+Samples follow WebDataset's rule: a member's key is its name up to the first dot of its last part, the rest
+its extension, and a new sample starts whenever the key changes (a key that comes back later in the shard
+starts a sample of its own; its members are named "NAME#2", "NAME#3", ... in the outputs). Every member
+whose extension ends in a format Pillow reads ("jpg", "png", "001.png", "gif", "tif", ...) is an image;
+its label is the sample's ``cls`` (an index), else ``json`` (its label/labels/cls/class field), else
+``txt`` (a name), taken from the field with the same middle part as the image's extension ("001.cls" for
+"001.png") when there is one. Members of picture formats Pillow cannot read here, and samples without an
+image, are skipped with a line each (skipped.csv has them all).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .data import ImageList, labeled_by
+from .data import IMAGE_EXTENSIONS, PICTURE_EXTENSIONS, parse_class_names, why_not_read
 from .errors import DataError
-from .members import LABEL_NAMES, SPLIT, Member, expand, need, state_of
+from .imagelist import ImageList
+from .labels import LABEL_COLUMNS, labeled_by
+from .members import SPLIT, Member, expand, need, state_of
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+LABEL_FIELDS = ("cls", "json", "txt")  # in this order of preference
+MAX_WARNINGS = 10  # lines printed about skipped members of one collection (skipped.csv lists every one)
 
 
 def is_tar(name: str) -> bool:
@@ -29,13 +43,22 @@ def splits_in(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") and tars_in(p)}
 
 
-def shards_of(spec) -> tuple[list[str], Path | None]:
-    """(the shards of a tar spec, the classnames.txt that names its class indices, or None)."""
+def _names_beside(folder: Path | None) -> Path | None:
+    """The classnames.txt that names the class indices of the shards in ``folder`` (there or one level up)."""
+    if folder is None:
+        return None
+    return next(
+        (where / "classnames.txt" for where in (folder, folder.parent) if (where / "classnames.txt").is_file()), None
+    )
+
+
+def shards_of(spec) -> list[tuple[str, Path | None]]:
+    """The shards of a tar spec, each with the classnames.txt that names its class indices (or None)."""
     text = os.fspath(spec)
     path = Path(text)
-    folder = None
     if path.is_dir():
         tars = tars_in(path)
+        folder = path
         if not tars:
             splits = splits_in(path)
             if SPLIT not in splits:
@@ -43,26 +66,29 @@ def shards_of(spec) -> tuple[list[str], Path | None]:
                     f"{path} holds the splits {', '.join(splits)} and no {SPLIT!r}: give one, e.g. {path / next(iter(splits))}."
                 )
             tars, folder = tars_in(splits[SPLIT]), splits[SPLIT]
-        else:
-            folder = path
-    elif path.is_file():
-        tars, folder = [text], path.parent
-    else:
-        tars = expand(text)
-        local = [Path(t) for t in tars if not t.startswith("pipe:")]
-        folder = local[0].parent if local else None
-        if not tars:
-            raise DataError(f"{text}: no shard matches this pattern.")
-        missing = [t for t in local if not t.is_file()]
-        if missing:
-            raise DataError(f"{missing[0]}: no such shard ({len(missing)} of the {len(tars)} named are missing).")
-    names = None
-    if folder is not None:
-        for where in (folder, folder.parent):
-            if (where / "classnames.txt").is_file():
-                names = where / "classnames.txt"
-                break
-    return tars, names
+        return [(t, _names_beside(folder)) for t in tars]
+    if path.is_file():
+        return [(text, _names_beside(path.parent))]
+    tars = expand(text)
+    if not tars:
+        raise DataError(f"{text}: no shard matches this pattern.")
+    missing = [t for t in tars if not t.startswith("pipe:") and not Path(t).is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: no such shard ({len(missing)} of the {len(tars)} named are missing).")
+    return [(t, None if t.startswith("pipe:") else _names_beside(Path(t).parent)) for t in tars]
+
+
+def collection_names(spec) -> list[str] | None:
+    """The class names the shards' classnames.txt give (None when there is none); DataError when the shards'
+    files name their classes differently (then --classes must say which names are meant)."""
+    files = {names for _, names in shards_of(spec) if names is not None}
+    lists = {tuple(parse_class_names(str(f))) for f in files}
+    if len(lists) > 1:
+        shown = ", ".join(sorted(str(f) for f in files)[:3])
+        raise DataError(
+            f"{spec}: the shards' classnames.txt files ({shown}) differ; give the class list with --classes."
+        )
+    return list(next(iter(lists))) if lists else None
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -70,6 +96,16 @@ def _split_name(name: str) -> tuple[str, str]:
     tariterators = need("webdataset.tariterators", "wds", "WebDataset shards")
     key, ext = tariterators.base_plus_ext(name)
     return (key, ext.lower()) if key is not None else (name, "")
+
+
+def occurrence_name(name: str, seen: dict[str, int]) -> str:
+    """The name of a member in ueo's outputs: its name, with "#k" for the k-th member of that name in the shard."""
+    seen[name] = seen.get(name, 0) + 1
+    return name if seen[name] == 1 else f"{name}#{seen[name]}"
+
+
+def digest(data: bytes) -> str:
+    return "sha1:" + hashlib.sha1(data).hexdigest()
 
 
 def _open_tar(shard: str):
@@ -80,87 +116,139 @@ def _open_tar(shard: str):
     return tarfile.open(fileobj=gopen(shard, "rb"), mode="r|*"), False
 
 
-def read_shards(spec, class_names, warn) -> ImageList:
-    shards, names_file = shards_of(spec)
-    dataset_names = None
-    if names_file is not None:
-        from .data import parse_class_names
+def _damage(error: BaseException) -> str:
+    return f"the shard is damaged or truncated ({type(error).__name__}: {str(error) or 'end of data'})"
 
-        dataset_names = parse_class_names(str(names_file))
-    members, raw, problems = [], [], []
-    for shard in shards:
-        state = state_of(shard)
-        samples: dict[str, dict] = {}
-        order: list[str] = []
-        try:
-            tar, seekable = _open_tar(shard)
-            with tar:
-                for info in tar:
-                    if not info.isreg():
-                        continue
-                    key, ext = _split_name(info.name)
-                    if key.split("/")[-1].startswith("__"):  # WebDataset's metadata members
-                        continue
-                    if key not in samples:
-                        samples[key] = {}
-                        order.append(key)
-                    if ext in IMAGE_KEYS and "image" not in samples[key]:
-                        samples[key]["image"] = (info.name, info.offset_data if seekable else -1, info.size)
-                    elif ext in ("cls", "json", "txt") and info.size < 1 << 20:
-                        samples[key][ext] = tar.extractfile(info).read()
-        except (tarfile.TarError, OSError, EOFError) as error:
-            reason = f"the shard is damaged or truncated ({type(error).__name__}: {str(error) or 'end of data'})"
-            warn(f"warning: {shard}: {reason}; the {len(order)} sample(s) before it are read, the rest is skipped.")
-            problems.append({"path": shard, "shard": shard, "key": "(rest of the shard)", "reason": reason})
-        for key in order:
-            sample = samples[key]
-            if "image" not in sample:
-                continue
-            name, offset, size = sample["image"]
-            members.append(Member(shard, name, offset, size, state))
-            raw.append(_sample_label(sample, f"{shard}::{key}"))
+
+def list_shard(shard: str, problems: list[dict]) -> list[tuple[Member, int | str | float | None]]:
+    """(member, raw label) of every image of a shard, in order; skipped.csv rows of what is left out are
+    added to ``problems``. A shard that ends early keeps the samples before the last one it was reading
+    (which may lack members) and adds one row for the rest."""
+    state = state_of(shard)
+    samples: list[dict] = []
+    seen: dict[str, int] = {}
+    try:
+        tar, seekable = _open_tar(shard)
+        with tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                name = occurrence_name(info.name, seen)
+                key, ext = _split_name(info.name)
+                if key.split("/")[-1].startswith("__"):  # WebDataset's metadata members
+                    continue
+                if not samples or samples[-1]["key"] != key:
+                    samples.append({"key": key, "images": [], "fields": {}, "other": []})
+                sample = samples[-1]
+                middle, _, kind = ext.rpartition(".")
+                if f".{kind}" in IMAGE_EXTENSIONS:
+                    stamp = state if seekable else digest(tar.extractfile(info).read())
+                    offset = info.offset_data if seekable else -1
+                    sample["images"].append((Member(shard, name, offset, info.size, stamp), middle))
+                elif kind in LABEL_FIELDS and info.size < 1 << 20 and (middle, kind) not in sample["fields"]:
+                    sample["fields"][(middle, kind)] = (name, tar.extractfile(info).read())
+                elif f".{kind}" in PICTURE_EXTENSIONS:
+                    problems.append(_row(shard, name, f"not read: {why_not_read('.' + kind)}"))
+                else:
+                    sample["other"].append(name)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        cut = samples.pop() if samples else None  # the sample being read at the cut may lack members
+        where = f" (from the sample {cut['key']!r} on)" if cut else ""
+        problems.append(
+            _row(shard, "(rest of the shard)", f"{_damage(error)}; {len(samples)} sample(s) before it are read{where}")
+        )
+    listed = []
+    for sample in samples:
+        if not sample["images"]:
+            names = sample["other"] + [name for name, _ in sample["fields"].values()]
+            problems += [_row(shard, name, "no image in its sample (key {!r})".format(sample["key"])) for name in names]
+            continue
+        for member, middle in sample["images"]:
+            listed.append((member, _sample_label(sample["fields"], middle, f"{shard}::{sample['key']}")))
+    return listed
+
+
+def _row(shard: str, key: str, reason: str) -> dict:
+    return {"path": shard, "shard": shard, "key": key, "reason": reason}
+
+
+def read_shards(spec, class_names, warn: Callable[[str], None]) -> ImageList:
+    members: list[Member] = []
+    raw: list = []
+    names: list[list[str] | None] = []
+    problems: list[dict] = []
+    parsed: dict[Path, list[str]] = {}
+    for shard, names_file in shards_of(spec):
+        if names_file is not None and names_file not in parsed:
+            parsed[names_file] = parse_class_names(str(names_file))
+        for member, label in list_shard(shard, problems):
+            members.append(member)
+            raw.append(label)
+            names.append(parsed[names_file] if names_file is not None else None)
+    for row in problems[:MAX_WARNINGS]:
+        warn(f"warning: skipping {row['shard']}::{row['key']}: {row['reason']}")
+    if len(problems) > MAX_WARNINGS:
+        warn(f"warning: ... and {len(problems) - MAX_WARNINGS} more member(s) skipped; skipped.csv lists them all.")
     if not members:
-        raise DataError(f"{spec}: no image member ({', '.join(IMAGE_KEYS)}) in {len(shards)} shard(s).")
-    images = labeled_by(members, raw, dataset_names, class_names, spec)
+        raise DataError(f"{spec}: no image member ({', '.join(IMAGE_EXTENSIONS[:6])}, ...) in its shard(s).")
+    images = labeled_by(members, raw, None, class_names, spec, names_per_item=names)
     images.skipped = problems
     return images
 
 
-def _sample_label(sample: dict, where: str) -> int | str | None:
-    if "cls" in sample:
-        text = sample["cls"].decode("utf-8", "replace").strip()
-        try:
-            return int(text)
-        except ValueError:
-            raise DataError(f"{where}.cls: {text!r:.60} is not a class index.") from None
-    if "json" in sample:
-        try:
-            record = json.loads(sample["json"])
-        except ValueError:
-            raise DataError(f"{where}.json: not valid JSON.") from None
-        if isinstance(record, dict):
-            for field in LABEL_NAMES:
-                if isinstance(record.get(field), (int, str)) and not isinstance(record.get(field), bool):
+def _sample_label(fields: dict, middle: str, where: str) -> int | str | float | None:
+    """The raw label of the image with extension ``middle.<format>`` in a sample (``data.label_value``
+    reads it): its own field ("001.cls" for "001.png"), else the sample's ("cls"); cls, else json, else txt."""
+    for kind in LABEL_FIELDS:
+        found = fields.get((middle, kind)) or fields.get(("", kind))
+        if found is None:
+            continue
+        name, data = found
+        text = data.decode("utf-8", "replace").strip()
+        if kind == "cls":
+            try:
+                return float(text) if "." in text or "e" in text.lower() else int(text)
+            except ValueError:
+                raise DataError(f"{where} ({name}): {text!r:.60} is not a class index.") from None
+        if kind == "json":
+            try:
+                record = json.loads(data)
+            except ValueError:
+                raise DataError(f"{where} ({name}): not valid JSON.") from None
+            if isinstance(record, dict):
+                field = next((f for f in LABEL_COLUMNS if f in record), None)
+                if field is not None:
                     return record[field]
-        return None
-    if "txt" in sample:
-        return sample["txt"].decode("utf-8", "replace").strip() or None
+            return None
+        return text or None
     return None
 
 
 def stream(members: Iterable[Member]) -> Iterator[tuple[Member, bytes | None, str | None]]:
-    """(member, its bytes or None, why not) for members that only a stream gives, one pass per container."""
+    """(member, its bytes or None, why not) for members that only a stream gives, one pass per container.
+    A member listed with a digest of its bytes whose bytes now differ is not given ("changed")."""
     by_container: dict[str, dict[str, Member]] = {}
     for m in members:
         by_container.setdefault(m.container, {})[m.name] = m
     for container, wanted in by_container.items():
+        seen: dict[str, int] = {}
         try:
             tar, _ = _open_tar(container)
             with tar:
                 for info in tar:
-                    member = wanted.pop(info.name, None)
-                    if member is not None and info.isreg():
-                        yield member, tar.extractfile(info).read(), None
+                    if not info.isreg():
+                        continue
+                    member = wanted.pop(occurrence_name(info.name, seen), None)
+                    if member is not None:
+                        data = tar.extractfile(info).read()
+                        if member.state.startswith("sha1:") and digest(data) != member.state:
+                            yield (
+                                member,
+                                None,
+                                "its bytes changed since the shard was listed (the stream gives other data)",
+                            )
+                        else:
+                            yield member, data, None
                     if not wanted:
                         break
             why = "not in the shard any more (it changed since it was listed)"
@@ -186,8 +274,14 @@ def read_tar_member(member: Member) -> bytes:
     return data
 
 
-def tar_member(container: str, name: str) -> Member:
-    """A member of a local shard by name (for a path read back from predictions.csv)."""
+def tar_member(container: str, name: str) -> Member | None:
+    """A member by its name in ueo's outputs ("NAME", "NAME#2"), for a path read back from predictions.csv:
+    at its offset in a local uncompressed shard, else to be streamed (offset -1). None when it is not there."""
+    if container.startswith("pipe:") or not container.lower().endswith(".tar"):
+        return Member(container, name)
+    seen: dict[str, int] = {}
     with tarfile.open(container, mode="r:") as tar:
-        info = tar.getmember(name)
-        return Member(container, name, info.offset_data, info.size)
+        for info in tar:
+            if info.isreg() and occurrence_name(info.name, seen) == name:
+                return Member(container, name, info.offset_data, info.size)
+    return None

@@ -126,6 +126,9 @@ def choose_threshold(
         return Threshold(threshold_at_tpr(known_scores, tpr), "tpr", f"accepts {tpr:g} of {source}")
     choice = parse_threshold(spec)
     if choice == "fitted" and fitted is not None:
+        problem = threshold_warning(fitted.value, num_known) if num_known else None
+        if problem and warn is not None:
+            warn(f"warning: the adapted state's stored threshold ({fitted.rule}, {fitted.source}): {problem}")
         return Threshold(fitted.value, fitted.rule, f"{fitted.source or 'the fit'}, stored in the adapted state")
     if choice in THRESHOLD_WORDS:
         if choice == "fitted" and warn is not None:

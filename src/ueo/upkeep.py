@@ -1,13 +1,16 @@
-"""Looking after the decode cache (``ueo cache``): what it holds, removing stale entries, removing all.
+"""Looking after the decode cache (``ueo cache``): what it holds, its bound, removing stale entries,
+removing all.
 
-A shard that a running process uses (it holds the shard's shared lock) is never removed or rewritten
-here; a folder that a process is building into (its ``.lock`` is held) is left alone by ``prune``.
+Housekeeping touches only what ueo wrote: a folder tagged as ueo's cache (``files.CACHEDIR.TAG``, or a
+cache of an earlier version, recognised by its shards), and in it only the files ueo names as it does
+(shards, temporary files of builds, vocabulary features). A shard that a running process uses (it holds
+the shard's shared lock) is never removed or rewritten here; a temporary file whose builder still runs (it
+holds its collection's lock) is left.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,27 +19,72 @@ from typing import Any
 import numpy as np
 
 from .cache import file_key
+from .errors import ConfigError
+from .files import CACHE_TAG, is_cache, mark_cache
 from .members import Member, state_of
-from .shards import VERSION, bound, existing, read_shard, removable, shard_files, try_lock, write_shard
+from .shards import (
+    MAGIC,
+    TMP_NAME,
+    VERSION,
+    abandoned_tmps,
+    bound,
+    cache_folders,
+    existing,
+    read_shard,
+    removable,
+    shard_files,
+    shards_in,
+    try_lock,
+    write_shard,
+)
+
+VOCABULARY = "vocabulary"  # the vocabulary's text features: files named by ``vocabulary.features_name``
+VOCABULARY_FILE = re.compile(r"[0-9a-f]{24}\.safetensors")
 
 
-def _folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("v*/short*") if p.is_dir()) if root.is_dir() else []
+def owned(root: Path) -> bool:
+    """Whether ``root`` is ueo's cache: tagged as such, or (a cache of an earlier version, then tagged now)
+    holding a shard that starts as ueo's shards do."""
+    if is_cache(root):
+        return True
+    for path in shard_files(root):
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(MAGIC))[:6] == MAGIC[:6]:  # "UEOSHR": any version's shard
+                    mark_cache(root)
+                    return True
+        except OSError:
+            continue
+    return False
 
 
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+def check_owned(root: Path) -> None:
+    """Refuse to touch a folder that is not ueo's cache."""
+    if root.exists() and not owned(root):
+        raise ConfigError(
+            f"{root} is not a ueo cache (it has no {CACHE_TAG} written by ueo and no shard of ueo's): nothing "
+            "there is touched. Give the folder that --cache-dir or $UEO_CACHE_DIR names."
+        )
 
 
-def info(root: Path) -> dict:
+def _vocabulary_files(root: Path) -> list[Path]:
+    folder = root / VOCABULARY
+    return sorted(p for p in folder.iterdir() if VOCABULARY_FILE.fullmatch(p.name)) if folder.is_dir() else []
+
+
+def _tmps(folder: Path) -> list[Path]:
+    return [p for p in folder.glob(".*.tmp") if TMP_NAME.fullmatch(p.name)]
+
+
+def info(root: Path, warn=None) -> dict:
     """What the cache under ``root`` holds: its size and bound, and per folder (version, geometry) the
     shards, images (readable, unreadable), bytes, formats, damaged shards and last use."""
     folders = []
-    for folder in _folders(root):
+    for folder in cache_folders(root):
         row: dict[str, Any] = {"folder": str(folder.relative_to(root)), "current": folder.parent.name == f"v{VERSION}"}
         row |= {"shards": 0, "images": 0, "unreadable": 0, "raw": 0, "jpeg": 0, "damaged": 0, "bytes": 0}
         row["last_use"] = 0.0
-        for path in sorted(folder.glob("*.shard")):
+        for path in shards_in(folder):
             stat = path.stat()
             row["bytes"] += stat.st_size
             row["last_use"] = max(row["last_use"], stat.st_mtime)
@@ -54,18 +102,19 @@ def info(root: Path) -> dict:
             row["unreadable"] += int((~good).sum())
             row["jpeg"] += int((good & (shard.index["format"] == 1)).sum())
             row["raw"] += int((good & (shard.index["format"] == 0)).sum())
-        row["temporary"] = len(list(folder.glob(".*.tmp")))
+        row["temporary"] = len(_tmps(folder))
         folders.append(row)
-    limit, why = bound(root, remember=False)
+    limit, why = bound(root, remember=False, warn=warn)
     total = sum(f.stat().st_size for f in shard_files(root))
     return {
         "root": str(root),
         "exists": root.is_dir(),
+        "owned": root.is_dir() and owned(root),
         "bytes": total,
         "bound": limit,
         "bound_from": why,
         "free_disk": shutil.disk_usage(existing(root)).free,
-        "vocabulary_bytes": _size(root / "vocabulary"),
+        "vocabulary_bytes": sum(p.stat().st_size for p in _vocabulary_files(root)),
         "folders": folders,
     }
 
@@ -74,6 +123,8 @@ def render(report: dict) -> str:
     """``ueo cache info`` as text."""
     if not report["exists"]:
         return f"decode cache: {report['root']} (empty: nothing is kept there yet)"
+    if not report["owned"]:
+        return f"{report['root']} is not a ueo cache (no {CACHE_TAG} written by ueo, no shard of ueo's)."
     gb = 1e9
     lines = [
         f"decode cache: {report['root']}",
@@ -112,43 +163,50 @@ def _current_key(item: dict, states: dict[str, str]) -> bytes | None:
         container = item["container"]
         if container not in states:
             states[container] = state_of(container)
-        return file_key(Member(container, item["name"], item["offset"], 0, states[container], item["column"]))
+        # a streamed member is known by its bytes: its entry stays good while its container is there (a pipe:
+        # command cannot be looked at without running it)
+        state = item.get("state") or states[container]
+        return file_key(Member(container, item["name"], item["offset"], 0, state, item["column"]))
     except OSError:
         return None
-
-
-@contextlib.contextmanager
-def _unless_building(folder: Path):
-    """Yields whether no process is building into ``folder`` (then holds its lock for the block)."""
-    with open(folder / ".lock", "a") as handle:
-        if not try_lock(handle):
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prune(root: Path) -> dict:
     """Remove what no run can use: damaged shards, temporary files of interrupted builds, older versions of
     the cache, and the entries of files that no longer exist or have changed (a shard with some is written
-    again without them). Returns counts: removed shards, rewritten shards, entries removed, in use, bytes."""
-    done = {"removed": 0, "rewritten": 0, "entries": 0, "in_use": 0, "busy_folders": 0, "bytes": 0}
-    for folder in _folders(root):
-        with _unless_building(folder) as free:
-            if not free:
-                done["busy_folders"] += 1
-                continue
-            for tmp in folder.glob(".*.tmp"):
-                done["bytes"] += tmp.stat().st_size
-                tmp.unlink(missing_ok=True)
-            for path in sorted(folder.glob("*.shard")):
-                _prune_shard(path, folder.parent.name != f"v{VERSION}", done)
-    for older in root.glob("v*"):
-        if older.is_dir() and older.name != f"v{VERSION}" and not list(older.rglob("*.shard")):
-            shutil.rmtree(older, ignore_errors=True)
+    again without them). Returns counts: removed shards, rewritten shards, entries removed, shards in use,
+    temporary files of builds still running, bytes freed."""
+    check_owned(root)
+    done = {"removed": 0, "rewritten": 0, "entries": 0, "in_use": 0, "building": 0, "bytes": 0}
+    for folder in cache_folders(root):
+        abandoned = abandoned_tmps(folder)
+        done["building"] += len(_tmps(folder)) - len(abandoned)
+        for tmp in abandoned:
+            done["bytes"] += tmp.stat().st_size
+            tmp.unlink(missing_ok=True)
+        old = folder.parent.name != f"v{VERSION}"
+        for path in shards_in(folder):
+            _prune_shard(path, old, done)
+        if old:
+            _remove_if_empty(folder)
     return done
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder of an earlier version of the cache once nothing but ueo's locks is left in it."""
+    locks = folder / "locks"
+    mine = [folder / ".lock", *(sorted(locks.glob("*.lock")) if locks.is_dir() else [])]
+    if set(folder.rglob("*")) - {*mine, locks}:
+        return
+    for path in mine:
+        path.unlink(missing_ok=True)
+    for empty in (locks, folder, folder.parent):
+        if not empty.exists():
+            continue
+        try:
+            empty.rmdir()
+        except OSError:  # something else is there
+            return
 
 
 def _prune_shard(path: Path, old: bool, done: dict) -> None:
@@ -194,7 +252,9 @@ def _prune_shard(path: Path, old: bool, done: dict) -> None:
 
 
 def clear(root: Path) -> dict:
-    """Remove every shard that no process uses, and the vocabulary features; returns counts."""
+    """Remove every shard that no process uses, the temporary files of builds that ended, and the
+    vocabulary's text features; returns counts."""
+    check_owned(root)
     done = {"removed": 0, "in_use": 0, "bytes": 0}
     for path in shard_files(root):
         size = path.stat().st_size
@@ -203,12 +263,19 @@ def clear(root: Path) -> dict:
             done["bytes"] += size
         else:
             done["in_use"] += 1
-    for folder in _folders(root):
-        with _unless_building(folder) as free:
-            if free:
-                for tmp in folder.glob(".*.tmp"):
-                    tmp.unlink(missing_ok=True)
-    if (root / "vocabulary").is_dir():
-        done["bytes"] += _size(root / "vocabulary")
-        shutil.rmtree(root / "vocabulary", ignore_errors=True)
+    for folder in cache_folders(root):
+        for tmp in abandoned_tmps(folder):
+            tmp.unlink(missing_ok=True)
+    for path in _vocabulary_files(root):
+        done["bytes"] += path.stat().st_size
+        path.unlink(missing_ok=True)
     return done
+
+
+def set_bound(root: Path, size) -> tuple[int, str]:
+    """Keep ``size`` as the cache's bound (``ueo cache bound SIZE``); returns (bytes, where it comes from)."""
+    from .shards import set_bound as keep
+
+    check_owned(root)
+    keep(root, size)
+    return bound(root)

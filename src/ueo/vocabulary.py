@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .data import fold, read_text
-from .errors import DataError
-from .files import read_tagged, write_tagged
+from .data import read_text
+from .errors import DataError, TrainingInterrupted
+from .files import mark_cache, read_tagged, write_tagged
+from .imagelist import fold
 from .prompts import encode_tokens
 from .thresholds import UNKNOWN
 
@@ -81,8 +82,11 @@ def read_vocabulary(path, warn=print) -> list[str]:
     return clean(lines, str(path), warn)
 
 
-def encode_texts(bundle, texts: Sequence[str], batch_size: int = 2048, progress: bool = False) -> torch.Tensor:
-    """L2-normalised text features [N, D] of plain texts through the bundle's own text tower."""
+def encode_texts(
+    bundle, texts: Sequence[str], batch_size: int = 2048, progress: bool = False, should_stop=None
+) -> torch.Tensor:
+    """L2-normalised text features [N, D] of plain texts through the bundle's own text tower. ``should_stop``:
+    polled between batches (TrainingInterrupted when it says so: encoding a vocabulary takes minutes on a CPU)."""
     from tqdm.auto import tqdm
 
     pad_id = int(bundle.tokenizer([""])[0][-1])  # an empty text is padding at its end, whatever the tokenizer
@@ -90,32 +94,50 @@ def encode_texts(bundle, texts: Sequence[str], batch_size: int = 2048, progress:
     device = next(bundle.model.parameters()).device
     steps = range(0, len(texts), batch_size)
     for start in tqdm(steps, desc="vocabulary", unit="batch", disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            raise TrainingInterrupted("stopped while encoding the vocabulary")
         tokens = bundle.tokenizer(list(texts[start : start + batch_size])).to(device)
         with torch.no_grad():
             parts.append(encode_tokens(bundle.model, tokens, pad_id).float().cpu())
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
+def features_name(bundle, names: Sequence[str], templates: Sequence[str]) -> str:
+    """The file of a vocabulary's features in the cache (24 hex digits: the model, its weights, the names and
+    the templates)."""
+    key = json.dumps([bundle.name, bundle.identity, list(names), list(templates)], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors"
+
+
 def template_features(
-    bundle, names: Sequence[str], templates: Sequence[str] = TEMPLATES, cache_dir=None, progress: bool = False
+    bundle,
+    names: Sequence[str],
+    templates: Sequence[str] = TEMPLATES,
+    cache_dir=None,
+    progress: bool = False,
+    should_stop=None,
+    warn=print,
 ) -> torch.Tensor:
-    """[V, D]: each name's normalised mean feature over ``templates``, read from the cache on disk when there."""
-    key = hashlib.sha256(
-        json.dumps([bundle.name, bundle.identity, list(names), list(templates)], sort_keys=True, default=str).encode()
-    ).hexdigest()[:24]
-    path = Path(cache_dir) / "vocabulary" / f"{key}.safetensors" if cache_dir is not None else None
+    """[V, D]: each name's normalised mean feature over ``templates``, read from the cache on disk when there
+    (``cache_dir``/vocabulary). A cache that cannot be written (a full disk, a read-only folder) only costs
+    computing them again: ``warn`` says so, and the run goes on."""
+    path = Path(cache_dir) / "vocabulary" / features_name(bundle, names, templates) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
             return read_tagged(path, FEATURES_FORMAT, "vocabulary features")[1]["features"]
         except Exception:  # a damaged file is computed again
             path.unlink(missing_ok=True)
     texts = [template.format(name) for name in names for template in templates]
-    features = encode_texts(bundle, texts, progress=progress).view(len(names), len(templates), -1).mean(dim=1)
-    features = torch.nn.functional.normalize(features, dim=-1)
+    features = encode_texts(bundle, texts, progress=progress, should_stop=should_stop)
+    features = torch.nn.functional.normalize(features.view(len(names), len(templates), -1).mean(dim=1), dim=-1)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            mark_cache(cache_dir)
+            path.parent.mkdir(exist_ok=True)
             write_tagged(path, {"features": features.contiguous()}, {"model": bundle.name}, FEATURES_FORMAT)
-        except OSError:
-            pass  # (a cache that cannot be written only costs the time to compute them again)
+        except Exception as error:  # OSError, or safetensors' own error for a full disk
+            warn(
+                f"warning: the vocabulary's text features cannot be kept in {path.parent} ({error}); they are "
+                "computed again the next time."
+            )
     return features

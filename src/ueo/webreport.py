@@ -9,23 +9,20 @@ the image's path, so no file name reaches an attribute), and every gallery is bo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter, defaultdict
 from html import escape
 from pathlib import Path
 
-from .files import atomic_path, write_text
-from .images import load_image
-from .sources import resolve
+from .files import write_text
 from .tables import record_problem
 from .thresholds import UNKNOWN
+from .thumbs import Thumbs
 
 PER_GALLERY = 12  # images shown in each gallery
 PER_CELL = 4  # examples of one confusion-matrix cell
 MAX_CELLS = 120  # cells that get examples (the largest)
 MATRIX_CLASSES = 40  # above this many classes the confusion matrix is listed as its largest cells
-THUMB_SIDE = 112
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px 40px;color:#222}
@@ -45,30 +42,6 @@ def _read_csv(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return list(csv.DictReader(f))
-
-
-class Thumbs:
-    """Small JPEG copies of images in ``folder``/thumbs, each made once."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder / "thumbs"
-        self.made: dict[str, str | None] = {}
-
-    def __call__(self, path: str) -> str | None:
-        """The page's relative link to the thumbnail of ``path``; None when the image cannot be read."""
-        if path not in self.made:
-            name = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".jpg"
-            target = self.folder / name
-            try:
-                if not target.is_file():
-                    image = load_image(resolve(path), max_side=2 * THUMB_SIDE)
-                    image.thumbnail((THUMB_SIDE, THUMB_SIDE))
-                    with atomic_path(target) as tmp:
-                        image.save(tmp, format="JPEG", quality=80)
-                self.made[path] = f"thumbs/{name}"
-            except Exception:  # a file that moved or broke since the run: shown as a caption only
-                self.made[path] = None
-        return self.made[path]
 
 
 def _figure(thumbs: Thumbs, row: dict, caption: str) -> str:
@@ -296,11 +269,12 @@ def _discovery(thumbs: Thumbs, metrics: dict, run_dir: Path) -> str:
         f"<tr><td>{escape(r['class'])}</td><td>{100 * float(r['share']):.2f}</td><td>{escape(r['decided'])}</td></tr>"
         for r in absent
     )
-    table = (
-        f"<table><tr><th>class</th><th>share (%)</th><th>decided</th></tr>{rows}</table>"
-        if rows
-        else '<p class="muted">Every listed class seems present.</p>'
-    )
+    if found.get("absent_verdict") == "too few images":
+        table = '<p class="muted">Too few images were accepted as known to tell whether a listed class is absent.</p>'
+    elif rows:
+        table = f"<table><tr><th>class</th><th>share (%)</th><th>decided</th></tr>{rows}</table>"
+    else:
+        table = '<p class="muted">Every listed class seems present.</p>'
     members = defaultdict(list)
     for row in _read_csv(run_dir / "discovered.csv"):
         members[row["group"]].append(row)
@@ -361,6 +335,14 @@ def write_run_report(run_dir, metrics: dict | None = None) -> Path:
         if "label" in row:
             row["correct"] = row["prediction"] == (row["label"] if row["label"] in classes else UNKNOWN)
     thumbs = Thumbs(run_dir)
+    page = _page(run_dir, metrics, rows, classes, threshold, thumbs)
+    if thumbs.fetch_pending():  # images that only a stream gives: read in one pass, then the page again
+        page = _page(run_dir, metrics, rows, classes, threshold, thumbs)
+    write_text(run_dir / "report.html", page)
+    return run_dir / "report.html"
+
+
+def _page(run_dir: Path, metrics: dict, rows: list[dict], classes: list[str], threshold: float, thumbs: Thumbs) -> str:
     labeled = bool(rows) and "label" in rows[0]
     sections = [
         ("summary", _summary(metrics, rows, run_dir)),
@@ -376,11 +358,9 @@ def write_run_report(run_dir, metrics: dict | None = None) -> Path:
     sections.append(("plots", _plots(run_dir)))  # (the unknown gallery is part of the classes' html)
     nav = "".join(f'<a href="#{name}">{name}</a>' for name, html in sections if html or name == "unknown")
     title = f"ueo run: {run_dir.name}"
-    page = (
+    return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{_lead(metrics)}<nav>{nav}</nav>"
         f"{''.join(html for _, html in sections)}"
         "</body></html>\n"
     )
-    write_text(run_dir / "report.html", page)
-    return run_dir / "report.html"

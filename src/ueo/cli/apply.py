@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .. import protocols, report, tables
-from ..classifier import Classifier
+from ..classifier import EXPORT_FILES, Classifier
 from ..config import FitConfig
 from ..errors import ConfigError, IncompatibleError
 from ..fastpath import decoded_short_side
@@ -78,7 +78,7 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
         listed = labeled_images(spec, names, args.root, images_flag)
     else:
         with flag_errors(f"{images_flag} {spec}"):
-            listed = read_images(spec, names, args.root)
+            listed = read_images(spec, names, args.root, warn=say_or_warn)
     val = labeled_images(args.val, names, args.root, "--val") if args.val else None
     store = decode_cache(args)
     side = decoded_short_side(bundle.views)
@@ -128,6 +128,7 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
             paths=images.paths,
             seed=state.seed,
             progress=not args.quiet,
+            should_stop=stop,
         )
         if args.discover
         else None
@@ -193,20 +194,16 @@ def cmd_discover(args) -> int:
     return 0
 
 
-EXPORT_OUTPUTS = ("open_clip_model.safetensors", "open_clip_config.json", "classifier.safetensors", "README.md")
-
-
 def cmd_export(args) -> int:
     out = take_out(args.out, args.overwrite)
     with interruptible(out) as stop:
         state, bundle = state_and_bundle(args)
         classifier = Classifier(bundle, state)
         stop.check("loading the model")
-        if args.overwrite:
-            clear_outputs(out, EXPORT_OUTPUTS)
-        classifier.export(out)  # (a stop request heard while writing waits for the files to be complete)
+        # (replaces only the export's own files; a stop request heard while writing waits for them to be complete)
+        classifier.export(out, overwrite=args.overwrite)
     say(
-        f"wrote {', '.join(EXPORT_OUTPUTS)} to {out}: open_clip alone runs the adapted model "
+        f"wrote {', '.join(EXPORT_FILES)} to {out}: open_clip alone runs the adapted model "
         f"({len(classifier.classes)} classes, threshold {classifier.threshold:.4f}); see {out / 'README.md'}"
     )
     return 0

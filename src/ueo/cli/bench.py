@@ -34,7 +34,7 @@ def cmd_bench(args) -> int:
         once(args.methods, "--methods"),
         once(args.seeds, "--seeds"),
     )
-    store = decode_cache(args)  # one cache for the whole grid: each image is decoded once
+    store = decode_cache(base)  # one cache for the whole grid: each image is decoded once
     run_dirs = []
     for domain in domains:
         for scenario in scenarios:

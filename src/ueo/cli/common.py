@@ -13,9 +13,9 @@ from pathlib import Path
 
 from .. import thresholds
 from ..config import is_finite_number
-from ..data import ImageList
 from ..distributed import is_main
 from ..errors import ConfigError, DataError, UeoError, WeightsUnavailableError
+from ..imagelist import ImageList
 from ..images import check_images, sort_out
 from ..metrics import known_mask
 from ..sources import read_images
@@ -196,7 +196,7 @@ def require_known(images: ImageList, num_known: int, what: str) -> None:
 def labeled_images(spec, names: Sequence[str], root, flag: str) -> ImageList:
     """Images that must carry labels, at least one of them of a known class."""
     with flag_errors(f"{flag} {spec}"):
-        images = read_images(spec, names, root)
+        images = read_images(spec, names, root, warn=say_or_warn)
     if not images.labeled:
         raise DataError(f"{flag} {spec}: no labels found (use class sub-folders or a list file with labels).")
     require_known(images, len(names), flag)
@@ -232,20 +232,25 @@ def drop_unreadable(
         raise
 
 
-def decode_cache(args, fast=None):
-    """The decode cache the command uses: --cache-dir, else $UEO_CACHE_DIR or the user cache folder; none
-    with --no-cache or --fast off."""
-    if getattr(args, "no_cache", False) or fast is False:
+def cache_root(value: str | None) -> Path | None:
+    """--cache-dir: a folder (refused when empty: '' would mean the current folder to one command and the
+    default to another); None: $UEO_CACHE_DIR, else ~/.cache/ueo."""
+    if value is not None and not str(value).strip():
+        raise ConfigError("--cache-dir is empty: give a folder, or leave it out for $UEO_CACHE_DIR, else ~/.cache/ueo.")
+    return Path(value) if value is not None else None
+
+
+def decode_cache(settings, fast=None):
+    """The decode cache a command uses (``settings``: its arguments, or fit's resolved configuration):
+    --cache-dir, else $UEO_CACHE_DIR or the user cache folder; none with --no-cache or --fast off."""
+    get = settings.get if isinstance(settings, dict) else lambda key, default=None: getattr(settings, key, default)
+    root = cache_root(get("cache_dir"))
+    if get("no_cache", False) or fast is False:
         return None
     from ..cache import DecodeCache
 
     with flag_errors("--cache-max-size"):
-        return DecodeCache(
-            getattr(args, "cache_dir", None),
-            warn=warn,
-            format=getattr(args, "cache_format", "auto"),
-            max_size=getattr(args, "cache_max_size", None),
-        )
+        return DecodeCache(root, warn=warn, format=get("cache_format") or "auto", max_size=get("cache_max_size"))
 
 
 def threshold_spec(spec, tpr) -> None:
@@ -322,13 +327,25 @@ def discovery_names(spec):
         return vocabulary_names(spec, warn=warn)
 
 
-def discover_into(out: Path, outputs, bundle, state, threshold: float, names, *, cache_dir, paths, seed, progress):
+def discover_into(
+    out: Path, outputs, bundle, state, threshold: float, names, *, cache_dir, paths, seed, progress, should_stop=None
+):
     """Find what the class list misses in scored ``outputs`` (with features), write absent.csv,
     discovered.csv and suggested_classes.txt into ``out`` (rank 0), say it in a line; returns its record."""
     from ..discovery import discover_outputs, write_discovery
 
     found = discover_outputs(
-        outputs, bundle, state, threshold, names=names, cache_dir=cache_dir, seed=seed, progress=progress, paths=paths
+        outputs,
+        bundle,
+        state,
+        threshold,
+        names=names,
+        cache_dir=cache_dir,
+        seed=seed,
+        progress=progress,
+        paths=paths,
+        should_stop=should_stop,
+        warn=warn,
     )
     write_discovery(out, found)
     say(f"{found.summary} See {out / 'suggested_classes.txt'}.")

@@ -12,11 +12,11 @@ import yaml
 from .. import report
 from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..config import PROMPT_CONTEXT, FitConfig
-from ..data import ImageList, fingerprint
 from ..distributed import init_from_environment, is_main
 from ..errors import ConfigError, DivergedError, TrainingInterrupted
 from ..fastpath import decoded_short_side
 from ..files import write_text
+from ..imagelist import ImageList, fingerprint
 from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
 from ..prompts import PromptLearner
@@ -82,7 +82,7 @@ def cmd_fit(args) -> int:
         overwrite=args.overwrite,
         quiet=args.quiet,
         report_html=not args.no_report,
-        store=decode_cache(args),
+        store=decode_cache(config),
     )
     say_done(metrics, out)
     return 0
@@ -128,7 +128,7 @@ def resume(args) -> int:
         checkpoint=checkpoint,
         quiet=args.quiet,
         report_html=not args.no_report,
-        store=decode_cache(args),
+        store=decode_cache(config),
         resuming=True,
     )
     say_done(metrics, run_dir)
@@ -352,6 +352,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
                 paths=job.train.paths,
                 seed=config["seed"],
                 progress=job.settings.progress,
+                should_stop=stop,
             )
         result.adapted.save(out / "adapted.safetensors")
         report.write_history(out, result.history)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import protocols
-from ..data import ImageList, parse_class_names
+from ..data import parse_class_names
 from ..errors import ConfigError
+from ..imagelist import ImageList
 from ..sources import class_names_of, read_images
 from .common import flag_errors, labeled_images, require_known, say, say_or_warn
 
@@ -43,7 +44,7 @@ def load_inputs(config: dict):
             f"class names: the {len(names)} that --data names ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
         )
     with flag_errors(f"--data {config['data']}"):
-        train = read_images(config["data"], names, config["root"])
+        train = read_images(config["data"], names, config["root"], warn=say_or_warn)
     require_known(train, len(names), "--data")
     run = {"benchmark": "-", "domain": Path(config["data"]).name, "scenario": "-"}
     return names, train, optional_images(config, "test", names), optional_images(config, "val", names), run

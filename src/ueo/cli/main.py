@@ -121,14 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "cache",
-        help="see the decode cache (info), remove its stale entries (prune), or remove it (clear)",
+        help="see the decode cache (info), remove its stale entries (prune), remove it (clear), set its bound",
         description="The decode cache keeps each image decoded once, for later runs. info: where it is, its "
         "size and bound, shards, images per geometry, last use. prune: remove damaged shards, older versions and "
-        "the entries of files that no longer exist or have changed. clear: remove every shard. Shards in use by "
-        "a running ueo are never removed.",
+        "the entries of files that no longer exist or have changed. clear: remove every shard. bound SIZE: keep "
+        "SIZE (e.g. 20GB) as its bound (bound alone: show it). Shards in use by a running ueo are never removed, "
+        "and only a folder that ueo tagged as its cache is touched.",
         formatter_class=defaults,
     )
-    p.add_argument("action", choices=("info", "prune", "clear"))
+    p.add_argument("action", choices=("info", "prune", "clear", "bound"))
+    p.add_argument("size", nargs="?", default=None, help="with bound: the new bound, e.g. 20GB, 500MB, 2GiB")
     p.add_argument("--cache-dir", default=None, help="the cache (default: $UEO_CACHE_DIR, else ~/.cache/ueo)")
 
     p = sub.add_parser(

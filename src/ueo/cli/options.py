@@ -62,6 +62,10 @@ RUN_DEFAULTS: dict[str, Any] = {
     "out": None,
     "discover": True,
     "vocabulary": "default",
+    "cache_dir": None,
+    "cache_format": "auto",
+    "cache_max_size": None,
+    "no_cache": False,
 }
 _ENGINE_DEFAULTS = FitConfig()
 DEFAULTS: dict[str, Any] = {**RUN_DEFAULTS, **{k: getattr(_ENGINE_DEFAULTS, k) for k in ENGINE_KEYS}, "fast": "auto"}
@@ -137,22 +141,34 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-report", action="store_true", help="write no report.html (and skip the zero-shot pass it compares with)"
     )
-    add_cache_options(parser)
+    add_cache_options(parser, config=True)
 
 
-def add_cache_options(parser: argparse.ArgumentParser) -> None:
+def add_cache_options(parser: argparse.ArgumentParser, config: bool = False) -> None:
+    """The decode cache's flags. ``config``: for fit and bench, whose flags have no argparse default (a
+    --config file may set them; the resolved configuration records them)."""
+
+    def default(value):
+        return None if config else value
+
     parser.add_argument(
         "--cache-dir",
         default=None,
         help="where decoded images are kept between runs (default: $UEO_CACHE_DIR, else ~/.cache/ueo)",
     )
-    parser.add_argument("--no-cache", action="store_true", help="decode the images in memory, keep nothing on disk")
+    parser.add_argument(
+        "--no-cache",
+        action="store_const",
+        const=True,
+        default=default(False),
+        help="decode the images in memory, keep nothing on disk",
+    )
     parser.add_argument(
         "--cache-format",
         choices=("auto", "raw", "jpeg"),
-        default="auto",
+        default=default("auto"),
         help="how new cache entries are stored: raw pixels, or JPEG at quality 95 (about a tenth of the disk); "
-        "auto: JPEG for images shrunk to the cap, raw for smaller ones",
+        "auto: JPEG for images shrunk to the cap, raw for smaller ones (default: auto)",
     )
     parser.add_argument(
         "--cache-max-size",
@@ -166,10 +182,10 @@ def add_cache_options(parser: argparse.ArgumentParser) -> None:
 # the settings' types, from FitConfig itself (with --tpr, a flag of the commands, not of the engine)
 INT_KEYS = tuple(f.name for f in dataclasses.fields(FitConfig) if f.type == "int" and f.name in ENGINE_KEYS)
 FLOAT_KEYS = (*(f.name for f in dataclasses.fields(FitConfig) if f.type == "float" and f.name in ENGINE_KEYS), "tpr")
-REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weight_refresh")
-PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out")
+REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weight_refresh", "cache_format")
+PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out", "cache_dir")
 # What a resumed run may change: how it runs, not what it computes.
-RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size")
+RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size", "cache_dir", "cache_max_size")
 
 
 def absolute(spec: str) -> str:
@@ -248,10 +264,16 @@ def typed(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise wrong("a file, a,b,c or a list of names")
         return value
-    if key == "discover":
+    if key in ("discover", "no_cache"):
         if not isinstance(value, bool):
             raise wrong("true or false")
         return value
+    if key == "cache_format" and value not in ("auto", "raw", "jpeg"):
+        raise wrong("auto, raw or jpeg")
+    if key == "cache_max_size":
+        if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
+            return value
+        raise wrong("a size such as 50GB")
     if key in ("threshold", "fast"):
         if isinstance(value, (bool, int, float, str)):
             return value
