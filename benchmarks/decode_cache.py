@@ -48,6 +48,21 @@ def write_photos(folder: Path, n: int, sides: tuple[int, int], classes: list[str
     return folder
 
 
+def textured(width: int, height: int, seed: int) -> Image.Image:
+    """A stand-in for a photo whose every resampling step shows: noise at four scales over a checkerboard
+    of edges and a colour ramp (a smooth field would hide the differences between resamplers)."""
+    rng = np.random.default_rng(seed)
+    field = np.zeros((height, width, 3))
+    for scale in (1, 4, 16, 64):
+        noise = rng.integers(0, 256, (max(1, height // scale), max(1, width // scale), 3), dtype=np.uint8)
+        field += np.asarray(Image.fromarray(noise).resize((width, height), Image.Resampling.BICUBIC)) / scale**0.5
+    field = field / field.max() * 190
+    yy, xx = np.mgrid[0:height, 0:width]
+    field[((xx // 19 + yy // 13) % 2) == 1] *= 0.6
+    field[..., 1] += 60 * xx / width
+    return Image.fromarray(field.clip(0, 255).astype(np.uint8))
+
+
 def tiny_vit(folder: Path, image_size: int) -> str:
     """A ViT of real input size but tiny compute (patch 32, 2 layers) as an open_clip local-dir model in
     ``folder``, so that decoding matters as it does on a GPU (the cache keeps images at twice the input side,

@@ -319,3 +319,13 @@ def test_a_stop_request_is_heard_while_the_vocabulary_is_encoded(fitted, tmp_pat
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 130, done.stderr
     assert "stopped while encoding the vocabulary" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_name_broader_than_a_listed_class_is_never_proposed():
+    """'blue' covers 'blue circle' and 'cat' covers 'tabby cat': listed, they would take their images."""
+    names = ["blue", "circle", "tabby", "cat", "red bar", "blue star", "bar"]
+    listed = ["blue circle", "tabby cat", "red square"]
+    features = unit(np.eye(12)[: len(names)].tolist())  # far from each other and from the listed classes
+    listed_features = unit(np.eye(12)[-3:].tolist())
+    allowed = allowed_names(names, features, listed, listed_features)
+    assert [n for n, ok in zip(names, allowed.tolist()) if ok] == ["red bar", "blue star", "bar"]

@@ -98,6 +98,13 @@ def test_a_repeated_key_in_a_compressed_shard_is_decoded_as_its_own_image(tmp_pa
     assert [r["score"] for r in read_csv(plain / "predictions.csv")] == [r["score"] for r in rows]
 
 
+def test_keys_from_file_stems_in_a_row_are_samples_of_their_own(tmp_path):
+    """001.jpg, 001.cls, 001.jpg, 001.cls: the same key twice in a row; the repeated extension starts a sample."""
+    members = [("001.jpg", jpeg(1)), ("001.cls", b"1"), ("001.jpg", jpeg(2)), ("001.cls", b"0")]
+    images = ueo.read_images(str(tar_of(tmp_path / "s.tar", members)), ["cat", "dog"])
+    assert [m.name for m in images.paths] == ["001.jpg", "001.jpg#2"] and images.labels == [1, 0]
+
+
 def test_every_picture_format_pillow_reads_is_an_image_and_the_others_are_named(tmp_path, capsys):
     members = [
         ("g.gif", jpeg(1, fmt="GIF")),

@@ -203,9 +203,10 @@ def _missing(full: Path, root: Path, relative: str) -> str:
     return f"file not found: {full}"
 
 
-def _is_int(text: str) -> bool:
+def _is_int(text: str, kind=int) -> bool:
+    """Whether ``text`` reads as a ``kind`` (int, or float)."""
     try:
-        int(text)
+        kind(text)
         return True
     except ValueError:
         return False
@@ -329,7 +330,7 @@ def metadata_labels(folder: Path, paths: Sequence[Path], warn) -> tuple[str, dic
     images = {os.path.abspath(p) for p in paths}
     labels: dict[str, int | str] = {}
     values = [(row.get(column) or "").strip() for row in rows]
-    numeric = all(_is_number(v) for v in values if v)  # a column of indices, else of names
+    numeric = all(_is_int(v, float) for v in values if v)  # a column of indices, else of names
     for number, (row, value) in enumerate(zip(rows, values), 2):
         full = Path(os.path.normpath(folder / (row["file_name"] or "")))
         if os.path.commonpath([os.path.abspath(folder), os.path.abspath(full)]) != os.path.abspath(folder):
@@ -343,11 +344,3 @@ def metadata_labels(folder: Path, paths: Sequence[Path], warn) -> tuple[str, dic
         if key in images and label is not None:
             labels[key] = label
     return column, labels
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False

@@ -219,7 +219,7 @@ def write_run(
         if result.history:
             report.plot_loss(result.history, run_dir / "loss.png")
     if discovery is not None:
-        from .discovery import write_discovery
+        from .report import write_discovery
 
         write_discovery(run_dir, discovery)
         metrics["discovery"] = discovery.record()

@@ -5,8 +5,10 @@ All from the adapted model's outputs on a collection (no label is used):
 
 * **A listed class's share** of the collection is the mean, over the images accepted as known (score >=
   the threshold), of its training probability softmax(100 · cos)_k. Shares sum to 1 over the K classes.
-  A class is flagged **absent** when its share is below ``ABSENT_RATIO / K``: a present class of average
-  frequency gets about 1/K_present >= 1/K; an absent one only the probability that leaks to it. No class
+  A class is flagged **absent** when its share is below ``ABSENT_RATIO`` (0.45) times the median class's
+  share: a present class takes about its frequency among the present classes, an absent one only the
+  probability that leaks to it, and while fewer than half the listed classes are absent the median is a
+  present class's (with more absent, the median is an absent class's and fewer are flagged). No class
   is judged without evidence: with fewer than ``MIN_PER_CLASS`` (8) accepted images per listed class every
   verdict is "too few images to tell", and nothing is removed from the list. (With 8 per class, a class of
   average frequency expects 8 images; sampling alone leaves it with at most 3, under half, 4% of the time:
@@ -20,8 +22,9 @@ All from the adapted model's outputs on a collection (no label is used):
   CLIP's seven templates and the learned prompt (the normalised sum of the seven templates' mean feature
   and the feature of "[learned context] name."), and the best 3 are kept (a name that a bigger group
   has as its best goes last in a smaller group's). A name that means a listed class is
-  never proposed: one that equals a listed name (ignoring case, '_' and a plural 's'), or whose feature of
-  "a photo of a {name}." has a cosine of at least SYNONYM_COSINE with a listed class's. A group whose centroid is
+  never proposed: one that equals a listed name (ignoring case, '_' and a plural 's'), whose feature of
+  "a photo of a {name}." has a cosine of at least SYNONYM_COSINE with a listed class's, or that is broader
+  than a listed class (each of its words is a word of one listed name: ``naming.covers``). A group whose centroid is
   closer to a listed class (scored the same way) than to its best name "looks like" that class: its
   images resemble a listed class but scored below the threshold.
 * **The corrected list** is the listed classes minus the absent ones, plus each group's best name
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 
 from .naming import name_groups, same_name, vocabulary_names
 
-ABSENT_RATIO = 0.5
+ABSENT_RATIO = 0.45
 MIN_PER_CLASS = 8  # accepted images per listed class that a verdict on absent classes needs
 MAX_GROUPS = 10
 MIN_SILHOUETTE = 0.1
@@ -170,11 +173,11 @@ def class_shares(cosines: torch.Tensor, accepted: torch.Tensor, logit_scale: flo
 
 
 def absent_verdicts(shares: torch.Tensor, accepted: int, ratio: float = ABSENT_RATIO) -> torch.Tensor | None:
-    """Which classes seem absent: a share below ``ratio`` / K; None (no verdict) when fewer than
-    MIN_PER_CLASS images per class were accepted."""
+    """Which classes seem absent: a share below ``ratio`` times the median share; None (no verdict) when
+    fewer than MIN_PER_CLASS images per class were accepted."""
     if accepted < MIN_PER_CLASS * len(shares):
         return None
-    return shares < ratio / len(shares)
+    return shares < ratio * float(np.median(shares.numpy()))
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -359,40 +362,3 @@ def discover(
         progress=progress,
         paths=paths,
     )
-
-
-def write_discovery(out, discovery: Discovery) -> None:
-    """absent.csv, discovered.csv and suggested_classes.txt in the folder ``out``."""
-    from pathlib import Path
-
-    from .files import write_text
-    from .report import write_csv
-
-    out = Path(out)
-    rows = [
-        {
-            "class": c.name,
-            "share": f"{c.share:.6f}",
-            "decided": c.decided,
-            "verdict": "too few images" if discovery.too_few else "absent" if c.absent else "present",
-        }
-        for c in discovery.absent
-    ]
-    write_csv(out / "absent.csv", rows, ["class", "share", "decided", "verdict"])
-    paths = discovery.paths or []
-
-    def place(i):
-        return paths[i] if i < len(paths) else str(i)
-
-    found = []
-    for g in discovery.groups:
-        label = "|".join(n for n, _ in g.names) if g.names else ""
-        for rank, i in enumerate(g.members, start=1):
-            found.append(
-                {"path": place(i), "group": g.number, "names": label, "looks_like": g.looks_like or "", "rank": rank}
-            )
-    found += [{"path": place(i), "group": "other", "names": "", "looks_like": "", "rank": ""} for i in discovery.other]
-    write_csv(out / "discovered.csv", found, ["path", "group", "names", "looks_like", "rank"])
-    header = f"# ueo: the listed classes corrected by what this collection shows. {discovery.summary}\n"
-    lines = [header, *[c + "\n" for c in discovery.changes], *[n + "\n" for n in discovery.suggested_classes]]
-    write_text(out / "suggested_classes.txt", "".join(lines))

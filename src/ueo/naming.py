@@ -37,7 +37,16 @@ def allowed_names(names: Sequence[str], features: torch.Tensor, listed: Sequence
         else torch.zeros(len(names), dtype=torch.bool)
     )
     equal = torch.tensor([any(same_name(n, c) for c in listed) for n in names], dtype=torch.bool)
-    return ~(near | equal)
+    broader = torch.tensor([covers(n, listed) for n in names], dtype=torch.bool)
+    return ~(near | equal | broader)
+
+
+def covers(name: str, listed: Sequence[str]) -> bool:
+    """Whether ``name`` is broader than a listed class: each of its words is a word of one listed name ("blue"
+    or "circle" for "blue circle", "cat" for "tabby cat"). Such a name covers listed classes; proposed as a
+    class of its own, it would take their images from them."""
+    words = set(fold(name).split())
+    return bool(words) and any(words <= set(fold(c).split()) for c in listed)
 
 
 def best_names(centres: torch.Tensor, features: torch.Tensor, allowed: torch.Tensor, top: int) -> list[list[int]]:

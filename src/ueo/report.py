@@ -250,3 +250,35 @@ def fit_record(
         },
         "ueo_version": __version__,
     }
+
+
+def write_discovery(out, discovery) -> None:
+    """absent.csv, discovered.csv and suggested_classes.txt of a ``discovery.Discovery``, in the folder ``out``."""
+    out = Path(out)
+    rows = [
+        {
+            "class": c.name,
+            "share": f"{c.share:.6f}",
+            "decided": c.decided,
+            "verdict": "too few images" if discovery.too_few else "absent" if c.absent else "present",
+        }
+        for c in discovery.absent
+    ]
+    write_csv(out / "absent.csv", rows, ["class", "share", "decided", "verdict"])
+    paths = discovery.paths or []
+
+    def place(i):
+        return paths[i] if i < len(paths) else str(i)
+
+    found = []
+    for g in discovery.groups:
+        label = "|".join(n for n, _ in g.names) if g.names else ""
+        for rank, i in enumerate(g.members, start=1):
+            found.append(
+                {"path": place(i), "group": g.number, "names": label, "looks_like": g.looks_like or "", "rank": rank}
+            )
+    found += [{"path": place(i), "group": "other", "names": "", "looks_like": "", "rank": ""} for i in discovery.other]
+    write_csv(out / "discovered.csv", found, ["path", "group", "names", "looks_like", "rank"])
+    header = f"# ueo: the listed classes corrected by what this collection shows. {discovery.summary}\n"
+    lines = [header, *[c + "\n" for c in discovery.changes], *[n + "\n" for n in discovery.suggested_classes]]
+    write_text(out / "suggested_classes.txt", "".join(lines))

@@ -2,7 +2,9 @@
 
 Samples follow WebDataset's rule: a member's key is its name up to the first dot of its last part, the rest
 its extension, and a new sample starts whenever the key changes (a key that comes back later in the shard
-starts a sample of its own; its members are named "NAME#2", "NAME#3", ... in the outputs). Every member
+starts a sample of its own; its members are named "NAME#2", "NAME#3", ... in the outputs). Where WebDataset
+stops at an extension repeated within a sample (keys from file stems: 001.jpg, 001.cls, 001.jpg, ...), the
+repeated extension starts the next sample. Every member
 whose extension ends in a format Pillow reads ("jpg", "png", "001.png", "gif", "tif", ...) is an image;
 its label is the sample's ``cls`` (an index), else ``json`` (its label/labels/cls/class field), else
 ``txt`` (a name), taken from the field with the same middle part as the image's extension ("001.cls" for
@@ -137,8 +139,9 @@ def list_shard(shard: str, problems: list[dict]) -> list[tuple[Member, int | str
                 key, ext = _split_name(info.name)
                 if key.split("/")[-1].startswith("__"):  # WebDataset's metadata members
                     continue
-                if not samples or samples[-1]["key"] != key:
-                    samples.append({"key": key, "images": [], "fields": {}, "other": []})
+                if not samples or samples[-1]["key"] != key or ext in samples[-1]["exts"]:
+                    samples.append({"key": key, "images": [], "fields": {}, "other": [], "exts": set()})
+                samples[-1]["exts"].add(ext)
                 sample = samples[-1]
                 middle, _, kind = ext.rpartition(".")
                 if f".{kind}" in IMAGE_EXTENSIONS:

@@ -332,7 +332,8 @@ def discover_into(
 ):
     """Find what the class list misses in scored ``outputs`` (with features), write absent.csv,
     discovered.csv and suggested_classes.txt into ``out`` (rank 0), say it in a line; returns its record."""
-    from ..discovery import discover_outputs, write_discovery
+    from ..discovery import discover_outputs
+    from ..report import write_discovery
 
     found = discover_outputs(
         outputs,
