@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import ueo
+import ueo.builder as builder_module
 import ueo.cache as cache_module
 import ueo.shards as shards_module
 from ueo.cache import DecodeCache
@@ -105,18 +106,18 @@ CUT, HALF = "." + "a" * 16 + "." + "b" * 32 + ".tmp", "." + "c" * 32 + ".tmp"
 
 def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path, counted, monkeypatch):
     data = make_images(tmp_path / "data", 300)
-    monkeypatch.setattr(cache_module, "SHARD_IMAGES", 64)
+    monkeypatch.setattr(builder_module, "SHARD_IMAGES", 64)
     # the builder says when its second shard is half-written (a hook in write), then waits to be killed
     code = (
-        "import sys, ueo.cache as c\nc.SHARD_IMAGES = 64\nfrom ueo.data import read_folder\n"
-        "real, shards = c.write_shard, []\n"
+        "import sys, ueo.builder as b, ueo.cache as c\nb.SHARD_IMAGES = 64\nfrom ueo.data import read_folder\n"
+        "real, shards = b.write_shard, []\n"
         "def write_shard(folder, records, *rest):\n"
         "    if shards:\n"
         f"        (folder / {CUT!r}).write_bytes(b'half a shard')\n"
         "        print('half', flush=True)\n"
         "        sys.stdin.readline()\n"
         "    shards.append(real(folder, records, *rest))\n"
-        "c.write_shard = write_shard\n"
+        "b.write_shard = write_shard\n"
         f"c.DecodeCache({str(tmp_path / 'cache')!r}, format='raw').ensure(read_folder({str(data)!r}, ['cat', 'dog']), {SIDE}, "
         "threads=1)\n"
     )
@@ -136,7 +137,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     assert all(torch.equal(pixels.image(i), fresh.image(i)) for i in range(0, 300, 7))
 
 
-def test_a_full_disk_writes_no_shard_and_the_images_are_decoded_in_memory(tmp_path, monkeypatch):
+def test_a_full_disk_writes_no_shard_and_the_images_are_read_from_their_files(tmp_path, monkeypatch, counted):
     images = read_folder(make_images(tmp_path / "data", 5), ["cat", "dog"])
 
     def full(fd):
@@ -147,9 +148,11 @@ def test_a_full_disk_writes_no_shard_and_the_images_are_decoded_in_memory(tmp_pa
     pixels, problems = DecodeCache(tmp_path / "cache", warn=warnings.append, format="raw").ensure(images, SIDE)
     folder = DecodeCache(tmp_path / "cache", format="raw").folder(SIDE)
     assert not list(folder.glob("*.shard")) and not list(folder.glob("*.tmp"))
-    assert len(warnings) == 1 and "No space left" in warnings[0] and "decoded in memory" in warnings[0]
+    assert len(warnings) == 1 and "No space left" in warnings[0] and "read from their files" in warnings[0]
     memory = build_cache(ImageFiles(images), SIDE)
+    decoded = counted["n"]
     assert problems == {} and all(torch.equal(pixels.image(i), memory.image(i)) for i in range(5))
+    assert counted["n"] == decoded + 5 and pixels.resident_bytes == 0  # each read decodes its file; none is kept
 
 
 @pytest.mark.parametrize("damage", ["truncate", "index", "pixels"])
@@ -277,6 +280,8 @@ def test_a_second_cli_run_decodes_nothing(tmp_path, tiny_vit_weights, counted):
     ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0 and counted["n"] == 8  # adaptation and test: once each
     assert main([*args, "--out", str(tmp_path / "b")]) == 0 and counted["n"] == 8
-    assert main([*args, "--no-cache", "--out", str(tmp_path / "c")]) == 0 and counted["n"] == 8
+    shards = sorted((tmp_path / "cache").rglob("*.shard"))
+    assert main([*args, "--no-cache", "--out", str(tmp_path / "c")]) == 0  # each image decoded when its batch comes
+    assert counted["n"] > 8 and sorted((tmp_path / "cache").rglob("*.shard")) == shards
     a, c = (json.loads((tmp_path / d / "metrics.json").read_text())["adapted"] for d in "ac")
     assert a == c  # the same bytes, the same run

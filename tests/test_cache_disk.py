@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import ueo.cache as cache_module
+import ueo.builder as builder_module
 import ueo.shards as shards_module
 from helpers import fit_args, photo, psnr
 from ueo.cache import DecodeCache
@@ -44,36 +44,47 @@ def test_jpeg_entries_take_a_fraction_of_raw_and_stay_close(tmp_path):
     images = read_folder(write_collection(tmp_path / "data", 12, seed=0), ["cat", "dog"])
     raw, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(images, SIDE)
     jpeg, _ = DecodeCache(tmp_path / "jpeg", format="jpeg").ensure(images, SIDE)
-    auto, _ = DecodeCache(tmp_path / "auto").ensure(images, SIDE)  # every image is shrunk: JPEG
-    assert all(int(f) == shards_module.JPEG for f in auto.format)
     assert shard_bytes(tmp_path / "jpeg") < 0.4 * shard_bytes(tmp_path / "raw")
-    assert shard_bytes(tmp_path / "auto") == pytest.approx(shard_bytes(tmp_path / "jpeg"), rel=0.01)
     for i in range(len(images)):
         assert jpeg.sizes[i] == raw.sizes[i] and jpeg.originals[i] == raw.originals[i]
         assert psnr(jpeg.image(i).float() / 255, raw.image(i).float() / 255) >= 36  # 37.4 measured (textured)
-    # an image smaller than the cap is kept raw by auto: exactly its pixels
-    small = read_folder(write_collection(tmp_path / "small", 4, seed=1, size=(120, 90)), ["cat", "dog"])
-    kept, _ = DecodeCache(tmp_path / "auto").ensure(small, SIDE)
-    exact, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(small, SIDE)
-    assert all(torch.equal(kept.image(i), exact.image(i)) for i in range(4))
-    assert all(int(kept.format[i]) == shards_module.RAW for i in range(4))
+
+
+def test_the_default_format_is_what_fits(tmp_path):
+    """auto: raw while the collection's raw size fits in half the bound, JPEG when it does not; said in one
+    line and kept for `ueo cache info`."""
+    images = read_folder(write_collection(tmp_path / "data", 12, seed=0), ["cat", "dog"])
+    exact, _ = DecodeCache(tmp_path / "raw", format="raw").ensure(images, SIDE)
+    raw_size = shard_bytes(tmp_path / "raw")
+    said = []
+    small, _ = DecodeCache(tmp_path / "roomy", say=said.append).ensure(images, SIDE)  # the default bound
+    assert all(int(f) == shards_module.RAW for f in small.format) and not said
+    assert all(torch.equal(small.image(i), exact.image(i)) for i in range(12))
+    tight, _ = DecodeCache(tmp_path / "tight", say=said.append, max_size=str(int(1.5 * raw_size))).ensure(images, SIDE)
+    assert all(int(f) == shards_module.JPEG for f in tight.format)
+    assert shard_bytes(tmp_path / "tight") < 0.4 * raw_size
+    assert len(said) == 1 and "kept as JPEG" in said[0] and "more than half its bound" in said[0]
+    record = json.loads(next((tmp_path / "tight").rglob("collections/*.json")).read_text())
+    assert record["format"] == "jpeg" and record["images"] == 12 and record["raw_bytes"] > 0.5 * 1.5 * raw_size
+    explicit, _ = DecodeCache(tmp_path / "given", format="raw", max_size=str(int(1.5 * raw_size))).ensure(images, SIDE)
+    assert all(int(f) == shards_module.RAW for f in explicit.format)  # an explicit --cache-format wins
 
 
 def test_the_bound_is_respected_and_the_least_recently_used_go_first(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_module, "SHARD_IMAGES", 4)
+    monkeypatch.setattr(builder_module, "SHARD_IMAGES", 4)
     a = read_folder(write_collection(tmp_path / "a", 8, seed=2), ["cat", "dog"])
     b = read_folder(write_collection(tmp_path / "b", 8, seed=3), ["cat", "dog"])
-    DecodeCache(tmp_path / "probe").ensure(a, SIDE)
+    DecodeCache(tmp_path / "probe", format="raw").ensure(a, SIDE)
     one = shard_bytes(tmp_path / "probe") / 2  # about the size of a shard of 4 images
     limit = int(3.2 * one)  # room for three shards of the four that a and b need
     said = []
-    first = DecodeCache(tmp_path / "cache", warn=said.append, max_size=str(limit))
+    first = DecodeCache(tmp_path / "cache", warn=said.append, max_size=str(limit), format="raw")
     first.ensure(a, SIDE)
     a_shards = sorted((tmp_path / "cache").rglob("*.shard"))
     assert len(a_shards) == 2 and not said
     first.release()  # a's run is over: its shards may go
     os.utime(a_shards[0], ns=(1, 1))  # a_shards[0] used long ago, a_shards[1] recently
-    DecodeCache(tmp_path / "cache", warn=said.append, max_size=str(limit)).ensure(b, SIDE)
+    DecodeCache(tmp_path / "cache", warn=said.append, max_size=str(limit), format="raw").ensure(b, SIDE)
     assert shard_bytes(tmp_path / "cache") <= limit
     assert not a_shards[0].exists() and a_shards[1].exists() and not said  # only the oldest made room
     assert len(list((tmp_path / "cache").rglob("*.shard"))) == 3
@@ -95,7 +106,7 @@ print("same" if again == first else "changed", len(pixels), flush=True)
 
 @pytest.mark.slow
 def test_eviction_never_removes_a_shard_another_process_reads(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_module, "SHARD_IMAGES", 4)
+    monkeypatch.setattr(builder_module, "SHARD_IMAGES", 4)
     a = write_collection(tmp_path / "a", 8, seed=4)
     b = read_folder(write_collection(tmp_path / "b", 8, seed=5), ["cat", "dog"])
     code = "import ueo.cache as c; c.SHARD_IMAGES = 4\n" + HOLDER
@@ -115,7 +126,7 @@ def test_eviction_never_removes_a_shard_another_process_reads(tmp_path, monkeypa
         said = []
         pixels, problems = DecodeCache(cache, warn=said.append, max_size=limit).ensure(b, SIDE)
         assert all(p.exists() for p in held)  # in use: not evicted
-        assert not problems and len(pixels) == 8  # b decoded in memory, with a warning
+        assert not problems and len(pixels) == 8  # b read from its files, with a warning
         assert len(said) == 1 and "stopped growing" in said[0] and "in use" in said[0]
         holder.stdin.write("go\n")
         holder.stdin.flush()
@@ -136,7 +147,7 @@ def test_a_full_disk_during_building_the_run_finishes_and_says_the_cache_stopped
     args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--no-report", "--no-discover")
     code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
-    assert "decode cache stopped growing" in err and "floor" in err and "decoded in memory" in err
+    assert "decode cache stopped growing" in err and "floor" in err and "read from its files" in err
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_adaptation_images"] == 6
     assert not list((tmp_path / "cache").rglob("*.shard"))
 
@@ -170,7 +181,8 @@ def test_cache_commands_on_a_full_cache(tmp_path, capsys, tiny_vit_weights):
     args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--no-report", "--no-discover")
     assert run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])[0] == 0
     text = cache_cli(capsys, tmp_path / "cache", "info")
-    assert "10 image(s) (10 JPEG, 0 raw), 0 unreadable" in text and "v3/short" in text and "bound:" in text
+    assert "10 image(s) (0 JPEG, 10 raw), 0 unreadable" in text and "v3/short" in text and "bound:" in text
+    assert "1 collection(s) kept raw" in text
     assert "1 shard(s)" in text
     photo(400, 300, seed=99).save(data / "cat" / "0001.jpg")  # changed: its entry is stale
     (data / "dog" / "0000.jpg").unlink()  # gone: its entry is stale
@@ -242,6 +254,8 @@ def test_batched_decoding_of_jpeg_entries_gives_what_pil_gives(tmp_path):
     both = images.subset(range(6))
     both.paths += small.paths
     both.labels += small.labels
+    DecodeCache(tmp_path / "cache", format="jpeg").ensure(images, SIDE)
+    DecodeCache(tmp_path / "cache", format="raw").ensure(small, SIDE)
     pixels, _ = DecodeCache(tmp_path / "cache").ensure(both, SIDE)  # 6 JPEG entries, 2 raw ones
     assert [int(f) for f in pixels.format] == [1] * 6 + [0] * 2
     for got, i in zip(decode_batch(pixels, range(8), "cpu"), range(8)):

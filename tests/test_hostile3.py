@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ueo.builder as builder_module
 import ueo.cache as cache_module
 import ueo.shards as shards_module
 from helpers import fit_args, make_folder, odd_images, read_csv
@@ -92,7 +93,7 @@ def test_a_run_that_finishes_meanwhile_is_never_overwritten(fitted, tmp_path, ca
     copy = shutil.copytree(data, tmp_path / "data")
     out = tmp_path / "out"
     second = []
-    real = cache_module.decode
+    real = builder_module.decode
 
     def decode(path, short_side):  # while the first run decodes, a second run starts into the same --out
         if not second:
@@ -101,7 +102,7 @@ def test_a_run_that_finishes_meanwhile_is_never_overwritten(fitted, tmp_path, ca
             second.append((done.returncode, done.stderr))
         return real(path, short_side)
 
-    monkeypatch.setattr(cache_module, "decode", decode)
+    monkeypatch.setattr(builder_module, "decode", decode)
     code, _, _ = run(capsys, fit_args(tiny_vit_weights, copy, out, classes="cat,dog"))
     assert code == 0 and second[0][0] == 2 and "in use by another ueo run" in second[0][1]
     assert json.loads((out / "metrics.json").read_text())["num_adaptation_images"] == 12
@@ -220,17 +221,17 @@ def test_a_permission_error_is_not_remembered(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "data", classes=("cat",), n=2, ext="bmp")
     (data / "cat" / "text.jpg").write_text("not an image")
     images = read_folder(data, ["cat"])
-    real = cache_module.decode
+    real = builder_module.decode
 
     def refused(path, short_side):
         if path == images.paths[0]:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path, short_side)
 
-    monkeypatch.setattr(cache_module, "decode", refused)
+    monkeypatch.setattr(builder_module, "decode", refused)
     _, problems = DecodeCache(tmp_path / "cache").ensure(images, 64)
     assert "Permission denied" in problems[0] and "cannot identify" in problems[2]
-    monkeypatch.setattr(cache_module, "decode", real)  # chmod 644: readable again
+    monkeypatch.setattr(builder_module, "decode", real)  # chmod 644: readable again
     pixels, problems = DecodeCache(tmp_path / "cache").ensure(images, 64)
     assert list(problems) == [2] and len(pixels) == 2
 
@@ -440,7 +441,7 @@ def test_ctrl_c_while_predict_decodes_says_what_is_left(fitted, tmp_path, capsys
 
     data, run_dir = fitted
     copy = shutil.copytree(data, tmp_path / "data")
-    real = cache_module.decode
+    real = builder_module.decode
 
     once, heard = threading.Lock(), threading.Event()
     from ueo.cli import stop as stop_module
@@ -458,7 +459,7 @@ def test_ctrl_c_while_predict_decodes_says_what_is_left(fitted, tmp_path, capsys
         return real(path, short_side)
 
     monkeypatch.setattr(stop_module.StopRequest, "_heard", hear)
-    monkeypatch.setattr(cache_module, "decode", decode)
+    monkeypatch.setattr(builder_module, "decode", decode)
     args = ["predict", "--adapted", str(run_dir / "adapted.safetensors"), "--data", str(copy)]
     code, _, err = run(capsys, [*args, "--out", str(tmp_path / "p"), "--quiet"])
     assert code == 130 and "stopped while decoding" in err and "incomplete" in err

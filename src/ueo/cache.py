@@ -41,22 +41,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-from PIL import Image
-
-from .errors import ConfigError, TrainingInterrupted
+from .builder import Spill, build
+from .errors import ConfigError
 from .files import default_cache_dir, mark_cache
 from .imagelist import ImageList, identity
-from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels
-from .mapped import MappedPixels
+from .images import describe
+from .mapped import Pixels
 from .shards import (
     FORMATS,
     VERSION,
@@ -65,20 +61,13 @@ from .shards import (
     bound,
     collection_of,
     disk_floor,
-    encode,
     locked,
     parse_size,
     read_shard,
     removable,
     shard_files,
     shards_in,
-    unpack,
-    what_of,
-    write_shard,
 )
-
-SHARD_BYTES = 512 << 20  # stored bytes per shard (a shard is built in memory before it is written)
-SHARD_IMAGES = 8192
 
 
 def file_key(item) -> bytes:
@@ -91,10 +80,27 @@ class DecodeCache:
     stored (auto, raw, jpeg); ``max_size``: the bound (a size such as "50GB"; None: $UEO_CACHE_MAX_SIZE or
     the bound set at first use)."""
 
-    def __init__(self, root=None, warn: Callable[[str], None] = print, *, format: str = "auto", max_size=None):
+    def __init__(
+        self,
+        root=None,
+        warn: Callable[[str], None] = print,
+        *,
+        format: str = "auto",
+        max_size=None,
+        say: Callable[[str], None] = print,
+    ):
         if format not in FORMATS:
             raise ConfigError(f"--cache-format must be one of {', '.join(FORMATS)}, got {format!r}.")
-        self.root, self.warn, self.format = Path(root) if root is not None else default_cache_dir(), warn, format
+        self.root, self.warn, self.say, self.format = (
+            Path(root) if root is not None else default_cache_dir(),
+            warn,
+            say,
+            format,
+        )
+        self.spill = Spill()  # entries of streamed images the cache could not take
+        # where the images this process decoded but the cache could not take are read from (the check pass
+        # and the run that follows it decode them once)
+        self.later: dict[bytes, tuple] = {}
         self.max_size = None if max_size is None else parse_size(max_size)
         self.shards: dict[Path, Shard] = {}  # read in this process
         self.lookup: dict[bytes, tuple[Path, int]] = {}
@@ -173,11 +179,12 @@ class DecodeCache:
         threads: int | None = None,
         progress: bool = False,
         should_stop: Callable[[], bool] | None = None,
-    ) -> tuple[MappedPixels, dict[int, str]]:
+    ) -> tuple[Pixels, dict[int, str]]:
         """Every image decoded in the cache (decoding only those that are not): (the pixels of the readable
-        ones, memory-mapped, {position in ``images``: why it is unreadable}). When the cache cannot be
-        written (a read-only or full disk, the bound reached), the images it lacks are decoded in memory,
-        with a warning. The shards used stay locked against eviction until ``release``."""
+        ones, {position in ``images``: why it is unreadable}). When the cache cannot take an image (a
+        read-only or full disk, the bound reached), it is read from its source when a batch needs it, with a
+        warning: the process holds none of the collection's pixels. The shards used stay locked against
+        eviction until ``release``."""
         folder = self.folder(short_side)
         keys: list[bytes | None] = []
         problems: dict[int, str] = {}
@@ -197,10 +204,10 @@ class DecodeCache:
             writable = False
         collection = collection_of(keys)
         passing: dict[bytes, str] = {}  # problems not kept in the cache (they may not last)
-        memory: dict[bytes, tuple] = {}  # decoded, but not in the cache (it could not be written)
+        later = self.later  # decoded, but not in the cache (it could not take them): their places
 
         def lacking(key):
-            return key is not None and key not in self.lookup and key not in memory and key not in passing
+            return key is not None and key not in self.lookup and key not in later and key not in passing
 
         for _ in range(3):  # a shard evicted by another process between looking and locking: build again
             wanted = {self.lookup[k][0] for k in keys if k is not None and k in self.lookup}
@@ -216,13 +223,20 @@ class DecodeCache:
                         stale.unlink(missing_ok=True)
                 if writable:
                     self._refresh(folder)
-                todo = [i for i, k in enumerate(keys) if lacking(k)]
-                items = [(keys[i], images.paths[i]) for i in todo]
-                more_passing, more_memory = self._build(
-                    folder if writable else None, items, short_side, threads, progress, should_stop, collection
+                todo = [(keys[i], images.paths[i]) for i, k in enumerate(keys) if lacking(k)]
+                more_passing, more_later = build(
+                    self,
+                    folder if writable else None,
+                    todo,
+                    short_side,
+                    collection=collection,
+                    images=len(keys),
+                    threads=threads,
+                    progress=progress,
+                    should_stop=should_stop,
                 )
                 passing |= more_passing
-                memory |= more_memory
+                later |= more_later
                 if writable:
                     self._refresh(folder)
         kept, places = [], []
@@ -232,9 +246,9 @@ class DecodeCache:
             if key in passing:
                 problems[i] = passing[key]
                 continue
-            if key in memory:
+            if key in later:
                 kept.append(i)
-                places.append(memory[key])
+                places.append(later[key])
                 continue
             if key not in self.lookup or not self.pin(self.lookup[key][0]):
                 problems[i] = "its decode cache entry was removed by another process while this one read it"
@@ -246,25 +260,28 @@ class DecodeCache:
             else:
                 kept.append(i)
                 places.append((path, row))
-        return MappedPixels(
+        return Pixels(
             self, places, [images.paths[i] for i in kept], [images.labels[i] for i in kept], short_side
         ), problems
 
     def refused(self, where: Path, error: OSError) -> None:
-        """Say, once, that the cache cannot be written and that decoding goes on in memory."""
+        """Say, once, that the cache cannot be written and that images are read from their sources instead."""
         if not getattr(self, "_said_refused", False):
             self._said_refused = True
             self.warn(
                 f"warning: the decode cache cannot be written at {where} ({error.strerror or error}); the images "
-                "it lacks are decoded in memory instead (choose another place with --cache-dir or $UEO_CACHE_DIR, "
-                "or --no-cache to keep nothing)."
+                "it lacks are read from their files whenever a batch needs them, which is slower (choose another "
+                "place with --cache-dir or $UEO_CACHE_DIR, or --no-cache to keep nothing)."
             )
 
     def stopped(self, why: str) -> None:
         """Say, once, that the cache stops growing and why."""
         if not getattr(self, "_said_stopped", False):
             self._said_stopped = True
-            self.warn(f"warning: the decode cache stopped growing: {why}; the rest is decoded in memory.")
+            self.warn(
+                f"warning: the decode cache stopped growing: {why}; the rest is read from its files whenever a batch "
+                "needs it, which is slower."
+            )
 
     def room(self, folder: Path, size: int) -> bool:
         """Whether a new shard of ``size`` bytes may be written: under the bound (evicting the least recently
@@ -292,105 +309,3 @@ class DecodeCache:
             )
             return False
         return True
-
-    def _build(
-        self,
-        folder: Path | None,
-        todo: list,
-        short_side: int,
-        threads: int | None,
-        progress: bool,
-        should_stop: Callable[[], bool] | None,
-        collection: str = "",
-    ) -> tuple[dict[bytes, str], dict[bytes, tuple]]:
-        """Decode ``todo`` [(key, image)] into new shards in ``folder`` (None: nowhere); returns (the problems
-        not kept in the cache, the images decoded but not written: {key: (pixels, original size)}). Not kept:
-        errors of the operating system (a permission, a missing file: they may be gone the next time) and
-        images over PIL's decompression-bomb limit (a setting). When a shard cannot be written (the disk is
-        full or read-only, the bound is reached) the cache stops growing, with a warning, and the rest is
-        decoded in memory. Images that only a stream gives (``ueo.sources``) are read in one pass per
-        container; the others at random, in parallel."""
-        from tqdm.auto import tqdm
-
-        from .sources import opened
-        from .tarshards import stream
-
-        budget = PixelBudget()
-
-        def payloads():
-            streamed = {item: key for key, item in todo if getattr(item, "streamed", False)}
-            for key, item in todo:
-                if item not in streamed:
-                    yield key, item, None
-            for item, data, why in stream(list(streamed)):
-                yield streamed[item], item, data if data is not None else OSError(why)
-
-        def one(payload):
-            key, item, data = payload
-            if should_stop is not None and should_stop():
-                return key, item, None, None, False
-            try:
-                if isinstance(data, OSError):
-                    raise data
-                source = (
-                    io.BytesIO(data) if data is not None else (opened(item) if hasattr(item, "container") else item)
-                )
-                with budget(image_pixels(source)):
-                    return key, item, decode(source, short_side), None, True
-            except UNREADABLE as error:
-                lasting = not isinstance(error, Image.DecompressionBombError) and not (
-                    isinstance(error, OSError) and error.errno is not None
-                )
-                return key, item, None, describe(error), lasting
-
-        records: list[tuple] = []
-        size, passing, memory = 0, {}, {}
-
-        def flush():
-            nonlocal folder
-            if folder is not None:
-                try:
-                    if self.room(folder, size):
-                        write_shard(folder, records, collection)
-                        return
-                    folder = None
-                except OSError as error:
-                    self.refused(folder, error)
-                    folder = None
-            for key, stored, problem, _ in records:
-                if stored is not None:
-                    fmt, data, (h, w), original = stored
-                    memory[key] = (unpack(np.frombuffer(bytearray(data), np.uint8), fmt, h, w).numpy(), original)
-                else:
-                    passing[key] = problem
-
-        bar = tqdm(total=len(todo), desc="decode", unit="img", disable=not progress, leave=False)
-        work = payloads()
-        with ThreadPoolExecutor(max_workers=threads or min(32, os.cpu_count() or 4)) as pool:
-            while batch := [p for _, p in zip(range(256), work)]:  # in order, a bounded number in flight
-                for key, item, decoded, problem, lasting in pool.map(one, batch):
-                    if decoded is None and problem is None:
-                        raise TrainingInterrupted("stopped while decoding the images")
-                    bar.update()
-                    if problem is not None and not lasting:
-                        passing[key] = problem
-                        continue
-                    if folder is None:  # no cache to write: kept in memory as decoded
-                        if decoded is not None:
-                            memory[key] = decoded
-                        else:
-                            passing[key] = problem
-                        continue
-                    stored = None
-                    if decoded is not None:
-                        fmt, data = encode(decoded[0], decoded[1], self.format)
-                        stored = (fmt, data, decoded[0].shape[1:], decoded[1])
-                    records.append((key, stored, problem, what_of(item)))
-                    size += len(stored[1]) if stored is not None else 0
-                    if size >= SHARD_BYTES or len(records) >= SHARD_IMAGES:
-                        flush()
-                        records, size = [], 0
-        if records:
-            flush()
-        bar.close()
-        return passing, memory

@@ -53,9 +53,26 @@ class DecodedImages:
     def nbytes(self) -> int:
         return self.pixels.numel()
 
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+    @property
+    def resident_bytes(self) -> int:
+        """The decoded pixels held in memory: all of them (images given in memory, not files)."""
+        return self.pixels.numel() if self.pixels.device.type == "cpu" else 0
+
     def to(self, device) -> DecodedImages:
         pixels = self.pixels.to(device, non_blocking=True)
         return DecodedImages(pixels, self.offsets, self.sizes, self.labels, self.originals)
+
+    def encoded(self, i: int) -> None:
+        """(No image here is stored as JPEG.)"""
+        return None
+
+    def prefetch(self, indices: Sequence[int]) -> dict[int, torch.Tensor]:
+        """(Nothing to decode: every image is here.)"""
+        return {}
 
 
 def decoded_short_side(spec: ViewSpec) -> int:
@@ -176,12 +193,19 @@ def whole(pixels, indices: Sequence[int]) -> list[Region]:
     return [(int(i), 0, 0, *pixels.sizes[int(i)]) for i in indices]
 
 
-def fetch(pixels, regions: Sequence[Region], device) -> list[torch.Tensor]:
-    """The uint8 regions [3, h, w] on ``device``, each copied on its own (pixels already there, or a CPU)."""
+def cut_out(pixels, regions: Sequence[Region]) -> list[torch.Tensor]:
+    """The uint8 regions [3, h, w] where the pixels are, the images that need decoding decoded together
+    (``pixels.prefetch``: on a pool of threads)."""
+    decoded = pixels.prefetch([i for i, *_ in regions])
     return [
-        pixels.image(i)[:, top : top + h, left : left + w].to(device, non_blocking=True)
+        (decoded[i] if i in decoded else pixels.image(i))[:, top : top + h, left : left + w]
         for i, top, left, h, w in regions
     ]
+
+
+def fetch(pixels, regions: Sequence[Region], device) -> list[torch.Tensor]:
+    """The uint8 regions [3, h, w] on ``device``, each copied on its own (pixels already there, or a CPU)."""
+    return [crop.to(device, non_blocking=True) for crop in cut_out(pixels, regions)]
 
 
 class Stager:
@@ -204,8 +228,9 @@ class Stager:
         if self.buffers[turn] is None or self.buffers[turn].numel() < total:
             self.buffers[turn] = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=self.pin)
         buffer, at = self.buffers[turn], 0
-        for i, top, left, h, w in regions:
-            buffer[at : at + 3 * h * w].view(3, h, w).copy_(self.pixels.image(i)[:, top : top + h, left : left + w])
+        for crop in cut_out(self.pixels, regions):
+            h, w = crop.shape[1:]
+            buffer[at : at + 3 * h * w].view(3, h, w).copy_(crop)
             at += 3 * h * w
         return turn, [(h, w) for _, _, _, h, w in regions]
 
@@ -225,8 +250,8 @@ class Stager:
 def put_on_device(pixels, device):
     """Where the pixels live while they are used: on a CUDA device when they take under half its free
     memory (copied there 256 images at a time; JPEG entries of the decode cache decoded there, in batches,
-    by torchvision's GPU decoder), else where they are (host memory, or the decode cache's memory maps,
-    read through a Stager)."""
+    by torchvision's GPU decoder; images read from their files decoded on the CPU's threads), else where they
+    are (host memory, or the decode cache, read through a Stager a batch ahead)."""
     device = torch.device(device)
     if device.type != "cuda":
         return pixels
@@ -239,12 +264,8 @@ def put_on_device(pixels, device):
 
     flat = torch.empty(pixels.nbytes, dtype=torch.uint8, device=device)
     offsets, at = [], 0
-    stager = Stager(pixels, device)
-    jpeg = hasattr(pixels, "encoded") and bool(pixels.format.any())
     for start in range(0, len(pixels), 256):
-        chunk = range(start, min(start + 256, len(pixels)))
-        parts = decode_batch(pixels, chunk, device) if jpeg else stager.send(*stager.gather(whole(pixels, chunk)))
-        for part in parts:
+        for part in decode_batch(pixels, range(start, min(start + 256, len(pixels))), device):
             flat[at : at + part.numel()].copy_(part.reshape(-1), non_blocking=True)
             offsets.append(at)
             at += part.numel()
@@ -258,7 +279,7 @@ class CachedImages:
     def __init__(self, pixels, spec: ViewSpec, seed: int, device):
         self.device = torch.device(device)
         self.pixels, self.spec, self.seed = put_on_device(pixels, self.device), spec, seed
-        on_host = self.pixels.image(0).device.type == "cpu" if len(self.pixels) else True
+        on_host = self.pixels.device.type == "cpu"
         self.stager = Stager(self.pixels, self.device) if self.device.type == "cuda" and on_host else None
 
     def __len__(self):
@@ -268,21 +289,29 @@ class CachedImages:
         return torch.tensor([self.pixels.labels[i] for i in indices], dtype=torch.long)
 
     def _fetched(self, plans):
-        """(plan, uint8 regions on the device) for each plan (indices, regions, extra): directly, or through
-        the Stager with the next plan's regions gathered in the background."""
+        """(plan, uint8 regions on the device) for each plan (indices, regions, extra), the next plan's
+        regions made ready in the background while the current one is used: the images that need decoding
+        decoded (on the pixels' pool of threads), and for host pixels on a CUDA device gathered into a pinned
+        buffer (the Stager)."""
         if self.stager is None:
-            for plan in plans:
-                yield plan, fetch(self.pixels, plan[1], self.device)
-            return
+
+            def prepare(plan):
+                return cut_out(self.pixels, plan[1])
+
+            def deliver(ready):
+                return [crop.to(self.device, non_blocking=True) for crop in ready]
+
+        else:
+            prepare, deliver = (lambda plan: self.stager.gather(plan[1])), (lambda ready: self.stager.send(*ready))
         with ThreadPoolExecutor(max_workers=1) as pool:
             plans = iter(plans)
             current = next(plans, None)
-            ahead = pool.submit(self.stager.gather, current[1]) if current is not None else None
+            ahead = pool.submit(prepare, current) if current is not None else None
             while current is not None:
-                gathered = ahead.result()
+                ready = ahead.result()
                 following = next(plans, None)
-                ahead = pool.submit(self.stager.gather, following[1]) if following is not None else None
-                yield current, self.stager.send(*gathered)
+                ahead = pool.submit(prepare, following) if following is not None else None
+                yield current, deliver(ready)
                 current = following
 
     def train_batches(self, batches: Sequence[Sequence[int]], epoch: int) -> Iterator[Batch]:

@@ -95,21 +95,58 @@ def load_image(path, max_side: int | None = None) -> Image.Image:
         return as_rgb(image)
 
 
+def decoded_size(original: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """The (h, w) an image of ``original`` (h, w) is kept at: its shorter side shrunk to ``short_side`` when
+    it is longer, else as it is."""
+    h, w = original
+    if min(h, w) <= short_side:
+        return h, w
+    scale = short_side / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def shrink(image: Image.Image, short_side: int) -> np.ndarray:
-    """uint8 [3, h, w] of an RGB image, shrunk (bicubic) so that its shorter side is ``short_side`` when it is
-    longer than that; smaller images are kept as they are."""
-    shorter = min(image.size)
-    if shorter > short_side:
-        scale = short_side / shorter
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
+    """uint8 [3, h, w] of an RGB image, shrunk (bicubic) to :func:`decoded_size`; smaller images are kept as
+    they are."""
+    h, w = decoded_size((image.height, image.width), short_side)
+    if (h, w) != (image.height, image.width):
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
     return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
+
+
+ROTATED = (5, 6, 7, 8)  # EXIF orientations that turn an image by 90 degrees
+
+
+def original_size(source) -> tuple[int, int]:
+    """The (h, w) of the image ueo sees of ``source`` (EXIF orientation applied), from its header alone: what
+    decoding it gives, without decoding it. OSError/ValueError when the header cannot be read."""
+    with opened_image(source) as image:
+        w, h = image.size
+        turned = image.getexif().get(0x0112) in ROTATED
+    return (w, h) if turned else (h, w)
+
+
+class Tally:
+    """A count that threads add to: how many images this process decoded from their sources (``decode``;
+    the decode cache's first pass, and images read from their files per batch). A hook for tests and
+    benchmarks: ``ueo.images.DECODED.count``."""
+
+    def __init__(self):
+        self.count, self._lock = 0, threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self.count += n
+
+
+DECODED = Tally()
 
 
 def decode(source, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 [3, h, w], the original (h, w)) of an image (a file, a member, or an open file of its bytes),
-    its shorter side shrunk to ``short_side`` when it is longer."""
+    its shorter side shrunk to ``short_side`` when it is longer. Counted in ``DECODED``."""
     image = load_image(source)
+    DECODED.add()
     return shrink(image, short_side), (image.height, image.width)
 
 
@@ -179,7 +216,9 @@ def sort_out(
 
 class ImageFiles(torch.utils.data.Dataset):
     """A Dataset of (PIL image, label) over an ImageList; images are read when asked for. ``store``: a
-    ``ueo.cache.DecodeCache`` that the fast path reads the decoded images from (None: decode in memory)."""
+    ``ueo.cache.DecodeCache`` that the fast path reads the decoded images from (None: the one the call that
+    uses it chooses: by default the user's decode cache; with ``cache=False``, each image is decoded from its
+    file when a batch needs it)."""
 
     def __init__(self, images: ImageList, store=None):
         self.images, self.store = images, store
@@ -241,8 +280,10 @@ class GivenImages(torch.utils.data.Dataset):
 
 def as_dataset(images) -> tuple:
     """(a dataset of (image, label), the images' paths or None) of what a user may pass as images: one path
-    or PIL image, or a sequence or iterable of them (label -1); or a dataset, as it is (with the paths of
-    its files when it is ``ImageFiles``)."""
+    or PIL image, or a sequence or iterable of them (label -1); an ``ImageList`` (``ueo.read_images``), as
+    ``ImageFiles``; or a dataset, as it is (with the paths of its files when it is ``ImageFiles``)."""
+    if isinstance(images, ImageList):  # what ueo.read_images gives
+        return ImageFiles(images), [str(p) for p in images.paths]
     is_array = hasattr(images, "__array__")  # an array or a tensor is not a dataset of images (listed says why)
     if (
         hasattr(images, "__getitem__")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .cache import DecodeCache
 from .config import DEFAULT_INIT
 from .distributed import gather_in_order, rank_indices, rank_world
 from .errors import ConfigError, DataError, IncompatibleError, TrainingInterrupted
 from .fastpath import CachedImages, build_cache, decoded_short_side
+from .imagelist import ImageList
+from .images import ImageFiles, as_dataset
+from .mapped import file_pixels
 from .metrics import compute_metrics
 from .objectives import mcm_scores
 from .prompts import PromptLearner
@@ -83,15 +88,44 @@ def image_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     return F.normalize(model.encode_image(images).float(), dim=-1)
 
 
-def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers: int = 0, progress: bool = False):
+def decode_cache_of(dataset, cache):
+    """The decode cache the images of ``dataset`` are read through: its own (``ImageFiles(images, store)``),
+    else ``cache``: True (or None) for the user's decode cache (the command line's: --cache-dir's default,
+    bound and format), a ``DecodeCache``, a folder, or False for none (each image decoded from its file when
+    a batch needs it). None for datasets that are not image files."""
+    if not isinstance(dataset, ImageFiles):
+        return None
+    if dataset.store is not None:
+        return dataset.store
+    if cache is None or cache is True:
+        return DecodeCache()
+    if cache is False:
+        return None
+    if isinstance(cache, DecodeCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return DecodeCache(cache)
+    raise ConfigError(f"cache must be True, False, a folder or a ueo.DecodeCache, got {cache!r:.60}.")
+
+
+def image_source(
+    bundle,
+    dataset,
+    fast: bool | None,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = False,
+    cache=True,
+):
     """Where the views of ``dataset`` come from: the fast path (decoded once, views made on the device) when
     ``fast`` (None: yes, for datasets of images; measured faster on CPUs too), else the plain path (PIL
-    transforms in DataLoader workers). Image files with a decode cache (``ImageFiles(images, store)``) are
-    read from it, memory-mapped; other images are decoded into memory."""
+    transforms in DataLoader workers). Image files (``ImageFiles``, or what ``ueo.read_images`` gives) are
+    read through the decode cache (:func:`decode_cache_of`), or decoded from their files a batch at a time
+    with ``cache=False``: their pixels are never all held in memory. Other images are decoded into memory."""
     device = bundle.device
     use_fast = fast if fast is not None else True
-    store = getattr(dataset, "store", None)  # image files (and images in containers): images, not tensors
-    if store is None or not use_fast:
+    files = isinstance(dataset, ImageFiles)
+    if not files or not use_fast:
         first, _ = checked_item(dataset[0], 0, bundle.image_size)
         if use_fast and torch.is_tensor(first):
             if fast:
@@ -99,16 +133,19 @@ def image_source(bundle, dataset, fast: bool | None, seed: int = 0, num_workers:
             use_fast = False
     if not use_fast:
         return LoadedImages(dataset, bundle.views, seed=seed, num_workers=num_workers, pin_memory=device.type == "cuda")
-    if store is not None:
-        pixels, problems = store.ensure(dataset.images, decoded_short_side(bundle.views), progress=progress)
-        if problems:
-            first = min(problems)
-            raise DataError(
-                f"{len(problems)} image(s) cannot be read, e.g. {dataset.images.paths[first]} "
-                f"({problems[first]}); leave them out first (ueo.images.check_images)."
-            )
-    else:
-        pixels = build_cache(dataset, decoded_short_side(bundle.views), progress=progress)
+    short_side = decoded_short_side(bundle.views)
+    if not files:
+        return CachedImages(build_cache(dataset, short_side, progress=progress), bundle.views, seed, device)
+    store = decode_cache_of(dataset, cache)
+    if store is None:
+        return CachedImages(file_pixels(dataset.images, short_side), bundle.views, seed, device)
+    pixels, problems = store.ensure(dataset.images, short_side, progress=progress)
+    if problems:
+        first = min(problems)
+        raise DataError(
+            f"{len(problems)} image(s) cannot be read, e.g. {dataset.images.paths[first]} "
+            f"({problems[first]}); leave them out first (ueo.images.check_images)."
+        )
     return CachedImages(pixels, bundle.views, seed, device)
 
 
@@ -175,16 +212,21 @@ def evaluate(
     init: str = DEFAULT_INIT,
     should_stop: Callable[[], bool] | None = None,
     features: bool = False,
+    cache=True,
 ) -> tuple[dict, Outputs]:
-    """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on the dataset ``test``.
+    """Evaluate zero-shot CLIP, or CLIP with an adapted state applied, on ``test``: a dataset of (image,
+    label) items, or what ``ueo.read_images`` gives.
 
     class_names default to the adapted state's. Returns (metrics dict, Outputs).
     init: the prompt's words when no adapted state is given (the zero-shot prompt "{init} {name}.").
     fast: decode once and make the eval views on the device (None: yes, for datasets of PIL images).
     should_stop: polled between batches; when it returns True, TrainingInterrupted is raised.
     features: also keep the image features (``Outputs.features``), e.g. for ``ueo.discover``.
+    cache: how image files are read (see :func:`decode_cache_of`): by default through the user's decode cache,
+        so that a second call decodes nothing; False: each decoded from its file when its batch comes.
     The bundle's model is left unchanged.
     """
+    test = as_dataset(test)[0] if isinstance(test, ImageList) else test
     if adapted is not None:
         adapted.check_compatible(bundle)
         adapted.check_fits(bundle.model)
@@ -201,7 +243,7 @@ def evaluate(
             text = learner.text_features().float()
         if not torch.isfinite(text).all():
             raise IncompatibleError("The adapted state gives non-finite text features on this model: it is damaged.")
-        source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress)
+        source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress, cache=cache)
         out = outputs_of(
             bundle.model,
             text,

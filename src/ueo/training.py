@@ -18,11 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .cache import DecodeCache
 from .checkpoint import make_checkpoint, restore
 from .clip import ClipBundle
 from .config import PROMPT_CONTEXT, FitConfig, FitResult, config_fields
 from .distributed import any_rank, average_gradients, gather_rows, rank_world
 from .errors import DataError, DivergedError, TrainingInterrupted
+from .imagelist import ImageList
+from .images import as_dataset
 from .inference import Outputs, autocast, image_features, image_source, outputs_of, positions_in
 from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
 from .prompts import PromptLearner
@@ -157,9 +160,11 @@ def fit(
     resume: dict | None = None,
     should_stop: Callable[[], bool] | None = None,
     identity: dict | None = None,
+    cache=True,
     **overrides,
 ) -> FitResult:
-    """Adapt ``bundle``'s CLIP to the unlabeled dataset ``train`` for the known ``class_names``.
+    """Adapt ``bundle``'s CLIP to the unlabeled ``train`` for the known ``class_names``. ``train`` and ``test``
+    are datasets of (image, label) items, or what ``ueo.read_images`` gives.
 
     Any FitConfig field may be given as a keyword (``method="ueo", epochs=50, ...``), overriding ``config``.
     Evaluates at epoch 0 (zero-shot), every ``eval_every`` epochs and at the end, on ``test`` and (when
@@ -178,6 +183,7 @@ def fit(
     if unknown:
         raise TypeError(f"Unknown fit option(s): {sorted(unknown)}. Valid: {config_fields()}.")
     cfg = replace(config or FitConfig(), **overrides).validate()
+    train, test = (as_dataset(d)[0] if isinstance(d, ImageList) else d for d in (train, test))
     if len(train) == 0:
         raise DataError("The adaptation set is empty.")
     model, device = bundle.model, bundle.device
@@ -187,8 +193,9 @@ def fit(
     tuned = configure_tuning(model, learner, cfg.tune, rule)
     originals = adapted_state(tuned)
     result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()}, rule=rule, bundle=bundle)
+    store = DecodeCache() if cache is None or cache is True else cache  # (the same one for both sets)
     sources = {
-        name: image_source(bundle, data, cfg.fast, cfg.seed, cfg.num_workers, cfg.progress)
+        name: image_source(bundle, data, cfg.fast, cfg.seed, cfg.num_workers, cfg.progress, cache=store)
         for name, data in (("train", train), ("test", test))
         if data is not None
     }

@@ -10,6 +10,7 @@ holds its collection's lock) is left.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -72,6 +73,18 @@ def _vocabulary_files(root: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if VOCABULARY_FILE.fullmatch(p.name)) if folder.is_dir() else []
 
 
+def _collections(folder: Path) -> dict[str, int]:
+    """How many collections the first pass chose to keep in each format (``builder.chosen_format``)."""
+    counts: dict[str, int] = {}
+    for path in sorted((folder / "collections").glob("*.json")):
+        try:
+            fmt = str(json.loads(path.read_text(encoding="utf-8"))["format"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        counts[fmt] = counts.get(fmt, 0) + 1
+    return counts
+
+
 def _tmps(folder: Path) -> list[Path]:
     return [p for p in folder.glob(".*.tmp") if TMP_NAME.fullmatch(p.name)]
 
@@ -103,6 +116,7 @@ def info(root: Path, warn=None) -> dict:
             row["jpeg"] += int((good & (shard.index["format"] == 1)).sum())
             row["raw"] += int((good & (shard.index["format"] == 0)).sum())
         row["temporary"] = len(_tmps(folder))
+        row["collections"] = _collections(folder)
         folders.append(row)
     limit, why = bound(root, remember=False, warn=warn)
     total = sum(f.stat().st_size for f in shard_files(root))
@@ -146,6 +160,15 @@ def render(report: dict) -> str:
             f"  {row['folder']}{state}: {row['shards']} shard(s), {row['images']} image(s) ({row['jpeg']} JPEG, "
             f"{row['raw']} raw), {row['unreadable']} unreadable, {row['bytes'] / gb:.3f} GB, last used {used}"
         )
+        if row["collections"]:
+            kinds = {"raw": "kept raw", "jpeg": "kept as JPEG"}
+            lines.append(
+                "    "
+                + ", ".join(
+                    f"{n} collection(s) {kinds.get(k, k)}" for k, n in sorted(row["collections"].items(), reverse=True)
+                )
+                + " (chosen at their first pass by what fits the bound)"
+            )
         if row["damaged"] or row["temporary"]:
             lines.append(
                 f"    {row['damaged']} damaged shard(s), {row['temporary']} temporary file(s) left by an "

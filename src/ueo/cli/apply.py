@@ -86,7 +86,7 @@ def apply_state(args, images_flag: str, labeled: bool, stop) -> tuple[Path, dict
     if args.overwrite:
         clear_outputs(out)
     report.write_csv(out / "skipped.csv", skipped, SKIPPED_COLUMNS)
-    score = dict(batch_size=args.batch_size, progress=not args.quiet, should_stop=stop)
+    score = dict(batch_size=args.batch_size, progress=not args.quiet, should_stop=stop, cache=store or False)
     _, outputs = evaluate(bundle, ImageFiles(images, store), adapted=state, features=args.discover, **score)
     val_outputs = None
     if val is not None and args.tpr is not None:

@@ -250,7 +250,9 @@ def decode_cache(settings, fast=None):
     from ..cache import DecodeCache
 
     with flag_errors("--cache-max-size"):
-        return DecodeCache(root, warn=warn, format=get("cache_format") or "auto", max_size=get("cache_max_size"))
+        return DecodeCache(
+            root, warn=warn, say=say, format=get("cache_format") or "auto", max_size=get("cache_max_size")
+        )
 
 
 def threshold_spec(spec, tpr) -> None:

@@ -66,6 +66,12 @@ class FitJob:
     def files(self, images: ImageList) -> ImageFiles:
         return ImageFiles(images, self.store)
 
+    @property
+    def cache(self):
+        """How the library reads the images: through the command's decode cache, or (--no-cache, --fast off)
+        each decoded from its file when its batch comes."""
+        return self.store if self.store is not None else False
+
 
 def cmd_fit(args) -> int:
     if args.resume:
@@ -270,6 +276,7 @@ def train(job: FitJob, out: Path, checkpoint: dict | None, stop: StopRequest):
             should_stop=stop,
             identity=job.identity,
             checkpoint=(lambda c: save_checkpoint(out / "checkpoint.safetensors", c)) if is_main() else None,
+            cache=job.cache,
         )
     except DivergedError as error:
         if is_main():
@@ -286,7 +293,11 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     zeroshot_cut = result.adapted.threshold.get("zeroshot")
     if config["tpr"] is not None and job.val is not None:  # (prepare refuses --tpr without --val)
         _, val_outputs = evaluate(
-            job.bundle, job.files(job.val), adapted=result.adapted, batch_size=config["eval_batch_size"]
+            job.bundle,
+            job.files(job.val),
+            adapted=result.adapted,
+            batch_size=config["eval_batch_size"],
+            cache=job.cache,
         )
         threshold = choose_threshold(None, num_known=num_known, tpr=config["tpr"], val_outputs=val_outputs)
     elif parse_threshold(config["threshold"]) == "auto":
@@ -323,6 +334,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
             job.files(job.train),
             adapted=result.adapted,
             batch_size=config["eval_batch_size"],
+            cache=job.cache,
             should_stop=stop,
             features=True,
         )
@@ -331,12 +343,16 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         outputs = found  # (its features are kept too: one pass serves both)
     if outputs is None:  # a resumed run whose training had finished: score the images again
         _, outputs = evaluate(
-            job.bundle, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"]
+            job.bundle, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"], cache=job.cache
         )
     zeroshot = result.zeroshot_outputs.get(split) if report_html else None
     if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
         _, zeroshot = evaluate(
-            job.bundle, job.files(target), class_names=job.class_names, batch_size=config["eval_batch_size"]
+            job.bundle,
+            job.files(target),
+            class_names=job.class_names,
+            batch_size=config["eval_batch_size"],
+            cache=job.cache,
         )
     stop.check("writing the outputs")
     if is_main():
