@@ -117,6 +117,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
         "        print('half', flush=True)\n"
         "        sys.stdin.readline()\n"
         "    shards.append(real(folder, records, *rest))\n"
+        "    return shards[-1]\n"
         "b.write_shard = write_shard\n"
         f"c.DecodeCache({str(tmp_path / 'cache')!r}, format='raw').ensure(read_folder({str(data)!r}, ['cat', 'dog']), {SIDE}, "
         "threads=1)\n"

@@ -72,6 +72,7 @@ def test_the_default_format_is_what_fits(tmp_path):
 
 def test_the_bound_is_respected_and_the_least_recently_used_go_first(tmp_path, monkeypatch):
     monkeypatch.setattr(builder_module, "SHARD_IMAGES", 4)
+    monkeypatch.setattr(builder_module, "SHARDS_PER_BOUND", 1)  # shards of 4 images whatever the bound
     a = read_folder(write_collection(tmp_path / "a", 8, seed=2), ["cat", "dog"])
     b = read_folder(write_collection(tmp_path / "b", 8, seed=3), ["cat", "dog"])
     DecodeCache(tmp_path / "probe", format="raw").ensure(a, SIDE)

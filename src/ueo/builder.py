@@ -31,7 +31,8 @@ from .files import write_text
 from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels
 from .shards import bound, encode, existing, what_of, write_shard
 
-SHARD_BYTES = 128 << 20  # stored bytes per shard (a shard is built in memory before it is written)
+SHARD_BYTES = 128 << 20  # stored bytes per shard at most (a shard is built in memory before it is written)
+SHARDS_PER_BOUND = 8  # and at most an eighth of the bound, so that a small bound still holds some
 SHARD_IMAGES = 8192
 IN_FLIGHT = 32  # images decoded at once (the first ones choose the format of a collection's entries)
 COMFORTABLE = 0.5  # raw entries while the collection's raw size is at most this share of the bound
@@ -210,7 +211,10 @@ def build(
         if folder is not None:
             try:
                 if cache.room(folder, size):
-                    write_shard(folder, [(k, st, pr, what_of(item)) for k, st, pr, item in records], collection)
+                    written = write_shard(
+                        folder, [(k, st, pr, what_of(item)) for k, st, pr, item in records], collection
+                    )
+                    cache.pin(written)  # (its own shards are in use: never what makes room for the next)
                     return
                 folder = None
             except OSError as error:
@@ -222,6 +226,7 @@ def build(
             else:
                 passing[key] = problem
 
+    shard_bytes = min(SHARD_BYTES, bound(cache.root, cache.max_size, warn=cache.warn)[0] // SHARDS_PER_BOUND)
     bar = tqdm(total=len(todo), desc="decode", unit="img", disable=not progress, leave=False)
     work, started, fmt = payloads(), time.monotonic(), None
     with ThreadPoolExecutor(max_workers=threads or min(32, os.cpu_count() or 4)) as pool:
@@ -250,7 +255,7 @@ def build(
                     continue
                 records.append((key, stored, problem, item))
                 size += len(stored[1]) if stored is not None else 0
-                if size >= SHARD_BYTES or len(records) >= SHARD_IMAGES:
+                if size >= shard_bytes or len(records) >= SHARD_IMAGES:
                     flush()
                     records, size = [], 0
             del results, entries  # (before the next images are decoded: one chunk's pixels at a time)
