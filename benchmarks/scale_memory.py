@@ -30,7 +30,7 @@ from decode_cache import peak_anon_kb, tiny_vit
 
 import ueo
 from ueo.cache import DecodeCache
-from ueo.fastpath import CachedImages
+from ueo.fastpath import BatchViews
 from ueo.files import write_text
 
 
@@ -56,7 +56,7 @@ def read_rates(images, model_name: str, sample: int = 512) -> dict:
             pixels.image(i)
         one_core = len(pixels) / (time.perf_counter() - start)
         bundle = ueo.load_clip(model_name, device="cpu")
-        source = CachedImages(pixels, bundle.views, seed=0, device="cpu")
+        source = BatchViews(pixels, bundle.views, seed=0, device="cpu")
         batches = [list(range(s, min(s + 64, len(pixels)))) for s in range(0, len(pixels), 64)]
         start = time.perf_counter()
         for views, _, _ in source.train_batches(batches, epoch=1):

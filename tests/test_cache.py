@@ -18,7 +18,7 @@ import ueo.cache as cache_module
 import ueo.shards as shards_module
 from ueo.cache import DecodeCache
 from ueo.data import read_folder
-from ueo.fastpath import Stager, build_cache, fetch, whole
+from ueo.fastpath import Stager, decode_all, fetch, whole
 from ueo.images import ImageFiles
 
 pytestmark = pytest.mark.slow  # subprocess builders, memory probes, whole fits (`make test-quick` leaves them out)
@@ -47,7 +47,7 @@ def test_a_second_run_decodes_nothing_and_a_changed_file_is_decoded_again(tmp_pa
     assert counted["n"] == 12
     assert all(torch.equal(a, b) for a, b in zip(pixels_of(first), pixels_of(again)))
     # the same bytes as decoding in memory (the fast path without a cache)
-    memory = build_cache(ImageFiles(images), SIDE)
+    memory = decode_all(ImageFiles(images), SIDE)
     assert all(torch.equal(first.image(i), memory.image(i)) for i in range(12))
     assert all(min(first.sizes[i]) <= SIDE for i in range(12))
 
@@ -134,7 +134,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     pixels, problems = DecodeCache(tmp_path / "cache", format="raw").ensure(images, SIDE)
     assert problems == {} and len(pixels) == 300 and counted["n"] == 300 - 64 * done
     assert not list(folder.glob("*.tmp"))
-    fresh = build_cache(ImageFiles(images), SIDE)
+    fresh = decode_all(ImageFiles(images), SIDE)
     assert all(torch.equal(pixels.image(i), fresh.image(i)) for i in range(0, 300, 7))
 
 
@@ -150,7 +150,7 @@ def test_a_full_disk_writes_no_shard_and_the_images_are_read_from_their_files(tm
     folder = DecodeCache(tmp_path / "cache", format="raw").folder(SIDE)
     assert not list(folder.glob("*.shard")) and not list(folder.glob("*.tmp"))
     assert len(warnings) == 1 and "No space left" in warnings[0] and "read from their files" in warnings[0]
-    memory = build_cache(ImageFiles(images), SIDE)
+    memory = decode_all(ImageFiles(images), SIDE)
     decoded = counted["n"]
     assert problems == {} and all(torch.equal(pixels.image(i), memory.image(i)) for i in range(5))
     assert counted["n"] == decoded + 5 and pixels.resident_bytes == 0  # each read decodes its file; none is kept

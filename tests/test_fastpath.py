@@ -16,7 +16,7 @@ from helpers import PHOTO_SIZES, photo, psnr, write_photos
 from ueo import ViewSpec
 from ueo.cache import DecodeCache
 from ueo.data import read_folder
-from ueo.fastpath import CachedImages, build_cache, decoded_short_side
+from ueo.fastpath import BatchViews, decode_all, decoded_short_side
 from ueo.views import view_seed
 
 MODES = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
@@ -71,7 +71,7 @@ def photos(tmp_path_factory):
 
 
 def views_of(pixels, spec, kind, epoch=0):
-    source = CachedImages(pixels, spec, seed=7, device="cpu")
+    source = BatchViews(pixels, spec, seed=7, device="cpu")
     indices = list(range(len(pixels)))
     if kind == "train":
         batches = [[i] for i in indices]
@@ -121,7 +121,7 @@ def test_views_from_the_decode_cache_equal_the_reference_on_real_size_photos(pho
 def test_views_of_images_in_memory_equal_the_reference():
     spec = ViewSpec(224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     images = [photo(w, h, seed=i) for i, (w, h) in enumerate(PHOTO_SIZES)]
-    pixels = build_cache([(image, 0) for image in images], decoded_short_side(spec))
+    pixels = decode_all([(image, 0) for image in images], decoded_short_side(spec))
     for image, got in zip(images, views_of(pixels, spec, "eval")):
         assert psnr(got, reference_eval_view(image, spec)) >= 45
     for i, (image, got) in enumerate(zip(images, views_of(pixels, spec, "train", epoch=3))):

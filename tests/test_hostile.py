@@ -15,7 +15,7 @@ from PIL import Image
 from helpers import fit_args, make_folder, read_csv
 from ueo import AdaptedState, load_checkpoint, save_checkpoint
 from ueo.cli import main
-from ueo.cli.common import lock_folder
+from ueo.cli.outputs import lock_folder
 
 
 @pytest.fixture(scope="module")

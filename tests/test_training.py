@@ -213,7 +213,6 @@ def test_bad_options_are_clear_errors(tiny_vit, generated):
 def test_an_adaptation_set_inside_the_test_set_is_not_scored_twice(tiny_vit, generated, tmp_path, monkeypatch):
     """The transductive protocols adapt on part of the test set: its outputs are the test set's at its
     positions (same parameters, same deterministic eval views), with its own labels."""
-    from ueo import training
     from ueo.data import read_folder
     from ueo.images import ImageFiles
 
@@ -225,12 +224,12 @@ def test_an_adaptation_set_inside_the_test_set_is_not_scored_twice(tiny_vit, gen
     test = read_folder(tmp_path / "data", CLASSES)
     train = test.subset([7, 1, 4, 10, 2])  # out of order, as a scenario's subset need not be
     train.labels = [-1 if i % 2 else label for i, label in enumerate(train.labels)]  # its own labels
-    calls = []
-    real = training.outputs_of
-    monkeypatch.setattr(training, "outputs_of", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    scored = ueo.inference.SCORED
+    before = scored.count
     kwargs = dict(epochs=1, batch_size=4, lr_prompt=1e-2, lr_norm=1e-2, eval_train=True)
     result = ueo.fit(tiny_vit, CLASSES, ImageFiles(train), test=ImageFiles(test), **kwargs)
-    assert calls == [12, 12]  # the zero-shot and the final evaluation: the test set only
+    calls = list(scored.recent)[-2:]
+    assert calls == [12, 12] and scored.count - before == 24  # the zero-shot and the final evaluation: the test set
 
     _, alone = ueo.evaluate(tiny_vit, ImageFiles(train), class_names=CLASSES, adapted=result.adapted)
     kept = result.outputs["train"]
@@ -242,8 +241,9 @@ def test_an_adaptation_set_inside_the_test_set_is_not_scored_twice(tiny_vit, gen
     assert [e["epoch"] for e in train_rows] == [0, 1]
     assert train_rows[-1]["pacc"] == pytest.approx(alone.metrics(len(CLASSES))["pacc"])
 
-    calls.clear()  # one adaptation image that is not a test image: the adaptation set is scored on its own
+    before = scored.count  # one adaptation image that is not a test image: the adaptation set is scored on its own
     ueo.fit(
         tiny_vit, CLASSES, ImageFiles(train), test=ImageFiles(test.subset([i for i in range(12) if i != 10])), **kwargs
     )
-    assert calls == [11, 5, 11, 5]  # at each evaluation: the test set, then the adaptation set
+    calls = list(scored.recent)[-4:]
+    assert calls == [11, 5, 11, 5] and scored.count - before == 32  # each time: the test set, then the adaptation set

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> the module that defines it
 _PUBLIC = {
@@ -35,6 +35,7 @@ _PUBLIC = {
     "ModelUnavailableError": "errors",
     "WeightsUnavailableError": "errors",
     "DivergedError": "errors",
+    "Interrupted": "errors",
     "TrainingInterrupted": "errors",
     "Outputs": "inference",
     "evaluate": "inference",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
         DataError,
         DivergedError,
         IncompatibleError,
+        Interrupted,
         ModelUnavailableError,
         TrainingInterrupted,
         UeoError,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .errors import TrainingInterrupted
+from .errors import Interrupted
 from .files import write_text
 from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels
 from .shards import bound, encode, existing, what_of, write_shard
@@ -233,7 +233,7 @@ def build(
         while batch := [p for _, p in zip(range(IN_FLIGHT), work)]:  # in order, a bounded number in flight
             results = list(pool.map(one, batch))
             if any(decoded is None and problem is None for _, _, decoded, problem, _ in results):
-                raise TrainingInterrupted("stopped while decoding the images")
+                raise Interrupted("stopped while decoding the images")
             if fmt is None and any(r[2] is not None for r in results):  # the entries' format, what it costs
                 fmt = first_look(cache, results, len(todo), images, collection, folder, started)
             entries = [

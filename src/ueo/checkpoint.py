@@ -24,7 +24,7 @@ CHECKPOINT_FORMAT = "ueo-checkpoint/1"
 
 
 def make_checkpoint(run, *, epoch: int, done_in_epoch: int) -> dict:
-    """The checkpoint of ``run`` (``training.Run``: its tuned parameters, confidence weights, settings, model,
+    """The checkpoint of ``run`` (``loop.Run``: its tuned parameters, confidence weights, settings, model,
     class names, results so far, optimiser and identity, the data the run is made of) that is to continue at
     step ``done_in_epoch`` of ``epoch``: a dict of tensors and a dict of metadata, as nanoGPT's."""
     tensors = {f"param/{k}": v for k, v in adapted_state(run.tuned).items()}
@@ -136,7 +136,7 @@ def check_resumable(
 
 
 def restore(run, checkpoint: dict, *, steps_per_epoch: int) -> tuple:
-    """Copy a checkpoint's parameters, RNG state, history and evaluations into ``run`` (``training.Run``) after
+    """Copy a checkpoint's parameters, RNG state, history and evaluations into ``run`` (``loop.Run``) after
     checking that it belongs to this run. Returns (epoch, steps already done in it)."""
     config, tuned, result, identity = run.config, run.tuned, run.result, run.identity
     check_resumable(checkpoint, config, run.class_names, run.bundle.name, identity)

@@ -22,17 +22,18 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .config import is_finite_number
 from .errors import ConfigError, DataError, IncompatibleError
+from .feed import image_source
 from .files import write_tagged, write_text
 from .images import as_dataset
-from .inference import autocast, image_source, outputs_of
+from .inference import autocast, outputs_of
 from .objectives import mcm_scores
 from .prompts import PromptLearner
 from .state import AdaptedState
-from .thresholds import Threshold, decide, threshold_warning
+from .thresholds import decide, threshold_warning
 from .tuning import apply_adapted_state
+from .version import __version__
 from .views import checked_item
 
 CLASSIFIER_FORMAT = "ueo-classifier/1"
@@ -80,7 +81,7 @@ class Classifier:
             self.text_features = learner.text_features().float()
         if not torch.isfinite(self.text_features).all():
             raise IncompatibleError("This adapted state gives non-finite text features on this model: it is damaged.")
-        fitted = Threshold.from_record(state.threshold)
+        fitted = state.threshold
         if threshold is None and fitted is None:
             warnings.warn(
                 "The adapted state holds no fitted threshold (saved by an older ueo): every image is "
@@ -125,7 +126,7 @@ class Classifier:
         if len(dataset) == 0:
             empty = torch.zeros(0, len(self.classes))
             return Similarities(empty, empty)
-        source = image_source(self.bundle, dataset, fast=None)
+        source = image_source(self.bundle, dataset)
         cosines = outputs_of(self.model, self.text_features, source, batch_size=self.batch_size, amp=None).cosines
         return Similarities(cosines, torch.softmax(cosines, dim=-1))
 
@@ -163,7 +164,7 @@ class Classifier:
         meta = {
             "class_names": json.dumps(self.classes),
             "threshold": repr(self.threshold),
-            "threshold_rule": json.dumps(self.state.threshold),
+            "threshold_rule": json.dumps(self.state.threshold.record() if self.state.threshold is not None else None),
             "score": SCORE_RULE,
             "model": self.bundle.name,
             "pretrained": json.dumps(self.bundle.pretrained),

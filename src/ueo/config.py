@@ -49,7 +49,7 @@ class FitConfig:
     eval_every: evaluate every N epochs (epoch 0 = zero-shot and the last epoch always); 0 = only those.
     eval_train: also report metrics on the adaptation set (when it has labels).
     amp: bf16 autocast; None = on for CUDA, off on the CPU. Tuned parameters always keep fp32 copies.
-    fast: decode the images once (into the decode cache for ImageFiles with a store, else into memory) and
+    fast: decode the images once (image files into the decode cache, or per batch without one; other images into memory) and
         make the views of whole batches on the device (``ueo.fastpath``); None = on when the datasets yield
         images (measured faster than PIL in DataLoader workers on GPUs and on CPUs alike), off for tensors.
     """
@@ -153,6 +153,7 @@ class FitResult:
     zeroshot_outputs: the zero-shot evaluation's raw outputs per split (empty for a resumed run).
     zeroshot_threshold: Otsu's rule on the zero-shot scores (of the adaptation set when they were computed,
         else of the test set): what the zero-shot model's decisions are compared with.
+    threshold: the "unknown" threshold chosen at the end (a ``thresholds.Threshold``; the adapted state's).
     bundle: the CLIP it was fitted on (what ``ueo.discover(result, images)`` and later evaluations use).
     """
 
@@ -167,6 +168,7 @@ class FitResult:
     zeroshot_outputs: dict[str, Any] = field(default_factory=dict)
     bundle: Any = None
     zeroshot_threshold: float | None = None  # Otsu's cut of the zero-shot scores (adaptation set, else test)
+    threshold: Any = None
 
     @property
     def metrics(self) -> dict[str, dict]:

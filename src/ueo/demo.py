@@ -180,12 +180,13 @@ def write_run(
     settings: dict | None = None,
 ) -> None:
     from . import report
+    from .record import fit_record
     from .webreport import write_run_report
 
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
     result.adapted.save(run_dir / "adapted.safetensors")
     report.write_history(run_dir, result.history)
-    metrics = report.fit_record(
+    metrics = fit_record(
         run={
             "benchmark": "toyworld",
             "domain": tw.TARGET_STYLE,
@@ -201,7 +202,6 @@ def write_run(
         settings={"tune": "both", "rule": "auto", "method": method, **(settings or DEMO_SETTINGS)},
         class_names=names,
         result=result,
-        threshold=result.adapted.threshold,
         num_adaptation_images=train_size,
         num_test_images=len(test),
     )
@@ -211,10 +211,8 @@ def write_run(
             image_files(out, test),
             result.outputs["test"],
             class_names=names,
-            threshold=result.adapted.threshold["threshold"],
-            num_known=len(names),
+            threshold=result.threshold,
             zeroshot=result.zeroshot_outputs["test"],
-            fitted=result.adapted.threshold,
         )
         if result.history:
             report.plot_loss(result.history, run_dir / "loss.png")

@@ -331,6 +331,7 @@ def discover(
     Returns a :class:`Discovery` (``.absent``, ``.groups``, ``.suggested_classes``, ``.summary``)."""
     from .cache import default_cache_dir
     from .classifier import Classifier
+    from .config import FitResult
     from .errors import ConfigError
     from .images import as_dataset
     from .inference import evaluate
@@ -339,10 +340,9 @@ def discover(
     cut: float | None
     if isinstance(source, Classifier):
         bundle, state, cut = source.bundle, source.state, source.threshold
-    elif getattr(source, "adapted", None) is not None and getattr(source, "bundle", None) is not None:
+    elif isinstance(source, FitResult) and source.adapted is not None and source.bundle is not None:
         bundle, state = source.bundle, source.adapted
-        fitted = (state.threshold or {}).get("threshold")
-        cut = float(fitted) if fitted is not None else None
+        cut = state.threshold.value if state.threshold is not None else None
     else:
         raise ConfigError("discover takes a Classifier (ueo.load_adapted) or the result of ueo.fit.")
     dataset, paths = as_dataset(images)

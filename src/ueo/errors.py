@@ -46,8 +46,11 @@ class DivergedError(UeoError, FloatingPointError):
         self.last_good = last_good
 
 
-class TrainingInterrupted(UeoError):
-    """fit stopped on request (SIGINT/SIGTERM in the command line) after saving a checkpoint. ``signum``:
-    the signal that asked for it, when one did."""
+class Interrupted(UeoError):
+    """Work stopped on request (SIGINT/SIGTERM in the command line): a fit after saving a checkpoint, or the
+    decoding, scoring or naming of images. ``signum``: the signal that asked for it, when one did."""
 
     signum: int | None = None
+
+
+TrainingInterrupted = Interrupted  # (its name before it was raised where nothing trains too)

@@ -12,7 +12,7 @@ epoch; on a GPU that, not the model, is the bottleneck. Here:
     host synchronisation. An image kept whole gives PIL's view to rounding; a shrunk one is resampled
     twice, which no crop notices: every crop the reference draws (at least half the area, aspect 3/4-4/3,
     so at least half of each side) is at least the input size in the copy, so it is only ever shrunk.
-  * ``CachedImages`` offers these as an image source with the same methods as ``views.LoadedImages``.
+  * ``BatchViews`` offers these as an image source with the same methods as ``views.LoadedImages``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def decoded_short_side(spec: ViewSpec) -> int:
     return 2 * spec.size
 
 
-def build_cache(dataset, short_side: int, threads: int = 8, progress: bool = False) -> DecodedImages:
+def decode_all(dataset, short_side: int, threads: int = 8, progress: bool = False) -> DecodedImages:
     """Decode every (PIL image, label) item of ``dataset`` once, into host memory (for datasets that are
     not image files; files go through the persistent decode cache, ``ueo.cache``)."""
     from tqdm.auto import tqdm
@@ -272,7 +272,7 @@ def put_on_device(pixels, device):
     return DecodedImages(flat, offsets, list(pixels.sizes), list(pixels.labels), list(pixels.originals))
 
 
-class CachedImages:
+class BatchViews:
     """The fast image source: views made on ``device`` from decoded pixels, a batch at a time. Host pixels
     on a CUDA device go through a Stager, a batch ahead."""
 

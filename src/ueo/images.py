@@ -3,6 +3,7 @@ that finds unreadable files, and a Dataset of (PIL image, label) over an ``Image
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DataError, TrainingInterrupted
+from .errors import DataError, Interrupted
 from .imagelist import ImageList
 from .pixels import as_rgb
 
@@ -127,19 +128,19 @@ def original_size(source) -> tuple[int, int]:
 
 
 class Tally:
-    """A count that threads add to: how many images this process decoded from their sources (``decode``;
-    the decode cache's first pass, and images read from their files per batch). A hook for tests and
-    benchmarks: ``ueo.images.DECODED.count``."""
+    """A count that threads add to, with the last amounts added (``recent``): a hook for tests and benchmarks
+    (``ueo.images.DECODED``, ``ueo.inference.SCORED``)."""
 
     def __init__(self):
-        self.count, self._lock = 0, threading.Lock()
+        self.count, self.recent, self._lock = 0, collections.deque(maxlen=64), threading.Lock()
 
     def add(self, n: int = 1) -> None:
         with self._lock:
             self.count += n
+            self.recent.append(n)
 
 
-DECODED = Tally()
+DECODED = Tally()  # images decoded from their sources (the cache's first pass; files read per batch)
 
 
 def decode(source, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -171,7 +172,7 @@ def check_images(
 
     strict: raise DataError at the first unreadable file instead of skipping it.
     budget: bounds the pixels decoded at once (default: DECODE_BUDGET_PIXELS).
-    should_stop: polled between images; when it returns True the check stops (TrainingInterrupted).
+    should_stop: polled between images; when it returns True the check stops (Interrupted).
     """
     budget = budget or PixelBudget()
 
@@ -188,7 +189,7 @@ def check_images(
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         problems = list(pool.map(problem, images.paths))
     if should_stop is not None and should_stop():
-        raise TrainingInterrupted("stopped while checking the images")
+        raise Interrupted("stopped while checking the images")
     return sort_out(images, {i: reason for i, reason in enumerate(problems) if reason is not None}, strict, warn)
 
 
@@ -215,13 +216,18 @@ def sort_out(
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """A Dataset of (PIL image, label) over an ImageList; images are read when asked for. ``store``: a
+    """A Dataset of (PIL image, label) over an ImageList; images are read when asked for. ``cache``: a
     ``ueo.cache.DecodeCache`` that the fast path reads the decoded images from (None: the one the call that
     uses it chooses: by default the user's decode cache; with ``cache=False``, each image is decoded from its
-    file when a batch needs it)."""
+    file when a batch needs it). ``pixels``: what ``ueo.feed.readable`` made of them (checked, decoded)."""
 
-    def __init__(self, images: ImageList, store=None):
-        self.images, self.store = images, store
+    def __init__(self, images: ImageList, cache=None, *, pixels=None):
+        self.images, self.cache, self.pixels = images, cache, pixels  # pixels: from ueo.feed.readable
+
+    @property
+    def store(self):
+        """(The decode cache's name before it was called ``cache``.)"""
+        return self.cache
 
     def __len__(self):
         return len(self.images)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,20 +16,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cache import DecodeCache
 from .config import DEFAULT_INIT
 from .distributed import gather_in_order, rank_indices, rank_world
-from .errors import ConfigError, DataError, IncompatibleError, TrainingInterrupted
-from .fastpath import CachedImages, build_cache, decoded_short_side
+from .errors import DataError, IncompatibleError, Interrupted
+from .feed import image_source
 from .imagelist import ImageList
-from .images import ImageFiles, as_dataset
-from .mapped import file_pixels
+from .images import ImageFiles, Tally, as_dataset
 from .metrics import compute_metrics
 from .objectives import mcm_scores
 from .prompts import PromptLearner
 from .state import AdaptedState
 from .tuning import applied
-from .views import LoadedImages, checked_item
+
+SCORED = Tally()  # a hook for tests and benchmarks: the images of each scoring pass (outputs_of)
 
 
 @dataclass
@@ -65,9 +63,9 @@ def positions_in(part, whole) -> tuple[torch.Tensor, torch.Tensor] | None:
     each file of ``part`` is also in ``whole`` (the transductive protocols: the adaptation set is part of
     the test set), else None. Eval views depend on the image alone, so ``part``'s outputs are then
     ``whole``'s at these positions, and ``part`` needs no scoring of its own."""
-    a, b = getattr(part, "images", None), getattr(whole, "images", None)
-    if not hasattr(a, "paths") or not hasattr(b, "paths"):
+    if not isinstance(part, ImageFiles) or not isinstance(whole, ImageFiles):
         return None
+    a, b = part.images, whole.images
     where = {str(path): i for i, path in enumerate(b.paths)}
     positions = [where.get(str(path)) for path in a.paths]
     if any(i is None for i in positions):
@@ -88,67 +86,6 @@ def image_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     return F.normalize(model.encode_image(images).float(), dim=-1)
 
 
-def decode_cache_of(dataset, cache):
-    """The decode cache the images of ``dataset`` are read through: its own (``ImageFiles(images, store)``),
-    else ``cache``: True (or None) for the user's decode cache (the command line's: --cache-dir's default,
-    bound and format), a ``DecodeCache``, a folder, or False for none (each image decoded from its file when
-    a batch needs it). None for datasets that are not image files."""
-    if not isinstance(dataset, ImageFiles):
-        return None
-    if dataset.store is not None:
-        return dataset.store
-    if cache is None or cache is True:
-        return DecodeCache()
-    if cache is False:
-        return None
-    if isinstance(cache, DecodeCache):
-        return cache
-    if isinstance(cache, (str, os.PathLike)):
-        return DecodeCache(cache)
-    raise ConfigError(f"cache must be True, False, a folder or a ueo.DecodeCache, got {cache!r:.60}.")
-
-
-def image_source(
-    bundle,
-    dataset,
-    fast: bool | None,
-    seed: int = 0,
-    num_workers: int = 0,
-    progress: bool = False,
-    cache=True,
-):
-    """Where the views of ``dataset`` come from: the fast path (decoded once, views made on the device) when
-    ``fast`` (None: yes, for datasets of images; measured faster on CPUs too), else the plain path (PIL
-    transforms in DataLoader workers). Image files (``ImageFiles``, or what ``ueo.read_images`` gives) are
-    read through the decode cache (:func:`decode_cache_of`), or decoded from their files a batch at a time
-    with ``cache=False``: their pixels are never all held in memory. Other images are decoded into memory."""
-    device = bundle.device
-    use_fast = fast if fast is not None else True
-    files = isinstance(dataset, ImageFiles)
-    if not files or not use_fast:
-        first, _ = checked_item(dataset[0], 0, bundle.image_size)
-        if use_fast and torch.is_tensor(first):
-            if fast:
-                raise ConfigError("fast=True needs datasets of PIL images (the fast path decodes and augments them).")
-            use_fast = False
-    if not use_fast:
-        return LoadedImages(dataset, bundle.views, seed=seed, num_workers=num_workers, pin_memory=device.type == "cuda")
-    short_side = decoded_short_side(bundle.views)
-    if not files:
-        return CachedImages(build_cache(dataset, short_side, progress=progress), bundle.views, seed, device)
-    store = decode_cache_of(dataset, cache)
-    if store is None:
-        return CachedImages(file_pixels(dataset.images, short_side), bundle.views, seed, device)
-    pixels, problems = store.ensure(dataset.images, short_side, progress=progress)
-    if problems:
-        first = min(problems)
-        raise DataError(
-            f"{len(problems)} image(s) cannot be read, e.g. {dataset.images.paths[first]} "
-            f"({problems[first]}); leave them out first (ueo.images.check_images)."
-        )
-    return CachedImages(pixels, bundle.views, seed, device)
-
-
 @torch.no_grad()
 def outputs_of(
     model: torch.nn.Module,
@@ -166,7 +103,8 @@ def outputs_of(
     results are gathered: every image counted exactly once.
 
     should_stop: polled between batches (under torch.distributed every 10 batches, at batches every rank
-    has; it must agree across ranks); when it returns True, TrainingInterrupted is raised."""
+    has; it must agree across ranks); when it returns True, Interrupted is raised."""
+    SCORED.add(len(source))
     device = text_features.device
     mine = rank_indices(len(source))
     rank, world = rank_world()
@@ -182,7 +120,7 @@ def outputs_of(
     )
     for position, (images, batch_labels, _) in enumerate(batches):
         if should_stop is not None and (world == 1 or (position % 10 == 9 and position < shared)) and should_stop():
-            raise TrainingInterrupted("stopped during an evaluation")
+            raise Interrupted("stopped during an evaluation")
         with autocast(device, amp):
             feats = image_features(model, images.to(device, non_blocking=True))
         cosines.append((feats @ text_features.float().T).float())
@@ -220,9 +158,9 @@ def evaluate(
     class_names default to the adapted state's. Returns (metrics dict, Outputs).
     init: the prompt's words when no adapted state is given (the zero-shot prompt "{init} {name}.").
     fast: decode once and make the eval views on the device (None: yes, for datasets of PIL images).
-    should_stop: polled between batches; when it returns True, TrainingInterrupted is raised.
+    should_stop: polled between batches; when it returns True, Interrupted is raised.
     features: also keep the image features (``Outputs.features``), e.g. for ``ueo.discover``.
-    cache: how image files are read (see :func:`decode_cache_of`): by default through the user's decode cache,
+    cache: how image files are read (see ``feed.decode_cache_of``): by default through the user's decode cache,
         so that a second call decodes nothing; False: each decoded from its file when its batch comes.
     The bundle's model is left unchanged.
     """
@@ -243,7 +181,7 @@ def evaluate(
             text = learner.text_features().float()
         if not torch.isfinite(text).all():
             raise IncompatibleError("The adapted state gives non-finite text features on this model: it is damaged.")
-        source = image_source(bundle, test, fast, num_workers=num_workers, progress=progress, cache=cache)
+        source = image_source(bundle, test, fast=fast, cache=cache, num_workers=num_workers, progress=progress)
         out = outputs_of(
             bundle.model,
             text,

@@ -6,7 +6,7 @@ Whatever the collection's size, the process's own memory holds a few numbers per
 view of its memory map (its pages belong to the file), a JPEG entry is decoded at each read, and an image
 the cache could not take (its bound reached, the disk full or read-only, no cache at all) is decoded from
 its file at each read. :meth:`Pixels.prefetch` decodes the images of a batch that need decoding on a pool
-of threads (``fastpath.CachedImages`` asks for the next batch's while the current one is used).
+of threads (``fastpath.BatchViews`` asks for the next batch's while the current one is used).
 """
 
 from __future__ import annotations

@@ -11,13 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import PROMPT_CONTEXT
 from .files import atomic_path, write_text
 from .imagelist import ImageList
 from .metrics import known_mask, open_set_metrics
-from .thresholds import UNKNOWN, choose_threshold, decide
-
-RUN_KEYS = ("benchmark", "domain", "scenario", "method")
+from .thresholds import UNKNOWN, Threshold, decide
 
 
 def write_json(path, data) -> None:
@@ -136,25 +133,19 @@ def plot_loss(history: Sequence[dict], path) -> None:
 
 
 def write_predictions(
-    out: Path,
-    images: ImageList,
-    outputs,
-    *,
-    class_names: Sequence[str],
-    threshold: float,
-    num_known: int,
-    zeroshot=None,
-    fitted: dict | None = None,
+    out: Path, images: ImageList, outputs, *, class_names: Sequence[str], threshold: Threshold, zeroshot=None
 ) -> dict:
     """predictions.csv (+ plots and open-set metrics when labeled), with the zero-shot model's decisions
-    beside the adapted ones when ``zeroshot`` outputs are given (cut by :func:`zeroshot_threshold` of the
-    adapted state's threshold record ``fitted``). Returns what goes into metrics.json."""
+    beside the adapted ones when ``zeroshot`` outputs are given and the threshold carries the zero-shot
+    cut. Returns what goes into metrics.json."""
+    num_known = len(class_names)
     predictions, scores = outputs.predictions.numpy(), outputs.scores.numpy()
-    decided = decide(predictions, scores, class_names, threshold)
+    decided = decide(predictions, scores, class_names, threshold.value)
     columns = ["path", *(["label"] if images.labeled else []), "prediction", "score", "top1"]
-    if zeroshot is not None:
+    zs_cut = threshold.zeroshot if zeroshot is not None else None
+    compared = zs_cut is not None
+    if zs_cut is not None:
         zs_scores = zeroshot.scores.numpy()
-        zs_cut = zeroshot_threshold(fitted, zeroshot)
         zs_decided = decide(zeroshot.predictions.numpy(), zs_scores, class_names, zs_cut)
         columns += ["zeroshot_prediction", "zeroshot_score"]
 
@@ -173,83 +164,29 @@ def write_predictions(
                     if 0 <= label < num_known
                     else images.unknown_names.get(label, f"unknown:{label}" if label >= 0 else "unknown")
                 )
-            if zeroshot is not None:
+            if compared:
                 row.update(zeroshot_prediction=zs_decided[i], zeroshot_score=f"{zs_scores[i]:.6f}")
             yield row
 
     write_csv(out / "predictions.csv", rows(), columns)
     summary: dict[str, Any] = {
-        "threshold": threshold,
+        "threshold": threshold.value,
         "num_images": len(images.paths),
         "num_predicted_unknown": int(sum(d == UNKNOWN for d in decided)),
     }
-    if zeroshot is not None:
-        summary["zeroshot_threshold"] = zs_cut
+    if compared:
+        summary["zeroshot_threshold"] = threshold.zeroshot
         summary["num_changed_by_adaptation"] = int(sum(a != b for a, b in zip(decided, zs_decided)))
     if images.labeled:
         labels = outputs.labels.numpy()
-        summary["open_set"] = open_set_metrics(labels, predictions, scores, num_known, threshold)
+        summary["open_set"] = open_set_metrics(labels, predictions, scores, num_known, threshold.value)
         known = known_mask(labels, num_known)
         if known.any() and (~known).any():
             plot_roc(labels, scores, num_known, out / "roc.png")
-        plot_scores(labels, scores, num_known, threshold, out / "scores.png")
+        plot_scores(labels, scores, num_known, threshold.value, out / "scores.png")
         if known.any():
             plot_confusion(labels, predictions, class_names, out / "confusion.png")
     return summary
-
-
-def zeroshot_threshold(state_threshold: dict | None, zeroshot_outputs) -> float:
-    """The zero-shot decisions' threshold: the one fit chose by the same rule on the zero-shot scores of
-    the adaptation set, else Otsu's rule on the zero-shot scores at hand."""
-    stored = (state_threshold or {}).get("zeroshot")
-    return (
-        float(stored) if stored is not None else choose_threshold("auto", scores=zeroshot_outputs.scores.numpy()).value
-    )
-
-
-FIT_SETTINGS = ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weight_refresh")
-
-
-def fit_record(
-    *,
-    run: dict,
-    settings: dict,
-    class_names,
-    result,
-    threshold: dict,
-    num_adaptation_images: int,
-    num_test_images: int,
-    num_skipped: int = 0,
-    requested_rule: str | None = None,
-) -> dict:
-    """metrics.json of a fit (``ueo fit``, the demo's runs): the one record, its keys in docs/metrics.md.
-    ``run``: benchmark, domain, scenario, method, seed, model, pretrained, weights, data, data_fingerprint;
-    ``settings``: the fit's settings (those of FIT_SETTINGS are kept); ``result``: the FitResult."""
-    from . import __version__
-
-    tuned = result.tuned_parameters
-    return {
-        "run": {**run, "settings": {k: settings[k] for k in FIT_SETTINGS if k in settings}},
-        "class_names": list(class_names),
-        "zeroshot": result.metrics.get("zeroshot"),
-        "adapted": result.metrics.get("adapted"),
-        "evaluations": result.evaluations,
-        "threshold": threshold,
-        "num_adaptation_images": num_adaptation_images,
-        "num_test_images": num_test_images,
-        "num_skipped": num_skipped,
-        "tuned_parameters": sum(tuned.values()),
-        "tuning": {
-            "tune": settings.get("tune"),
-            "rule": result.rule,
-            "requested_rule": requested_rule or settings.get("rule"),
-            "parameters": {
-                "prompt": tuned.get(PROMPT_CONTEXT, 0),
-                "norm": sum(n for k, n in tuned.items() if k != PROMPT_CONTEXT),
-            },
-        },
-        "ueo_version": __version__,
-    }
 
 
 def write_discovery(out, discovery) -> None:

@@ -18,6 +18,7 @@ from .config import DEFAULT_INIT, PROMPT_CONTEXT, RULES, TUNE_CHOICES, canonical
 from .errors import IncompatibleError
 from .files import read_tagged, write_tagged
 from .imagelist import fold
+from .thresholds import Threshold
 from .tuning import damaged_tensors, tunable_parameters
 
 STATE_FORMAT = "ueo-adapted-state/1"
@@ -30,8 +31,8 @@ class AdaptedState:
     tensors: {PROMPT_CONTEXT: [m, W], "visual.<norm>.weight"/"bias": ...} in fp32.
     class_names, init: to rebuild the prompt learner. model, pretrained: the CLIP it belongs to.
     tune, rule: what was tuned. info: free-form provenance (versions, method, ...).
-    threshold: the "unknown" threshold chosen when the state was fitted, {"threshold", "rule", "source"}
-        (None for a state saved without one); predictions use it unless told otherwise.
+    threshold: the "unknown" threshold chosen when the state was fitted (a ``thresholds.Threshold``; a record
+        of one is read as one; None for a state saved without one); predictions use it unless told otherwise.
     weights_identity: what the CLIP's weights were (``ueo.clip.weights_identity``: a seed, a tag, a file's
         size and digest), so that the state is applied to those weights and no others.
     """
@@ -44,8 +45,12 @@ class AdaptedState:
     rule: str = "bn-ln"
     init: str = DEFAULT_INIT
     info: dict[str, str] = field(default_factory=dict)
-    threshold: dict | None = None
+    threshold: Threshold | None = None
     weights_identity: dict | None = None
+
+    def __post_init__(self):
+        if isinstance(self.threshold, dict):  # a record (a state's file, or one made by hand)
+            self.threshold = Threshold.from_record(self.threshold) or self.threshold  # (kept when damaged: see problem)
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -56,7 +61,7 @@ class AdaptedState:
             "rule": self.rule,
             "init": self.init,
             "info": json.dumps(self.info),
-            "threshold": json.dumps(self.threshold),
+            "threshold": json.dumps(self.threshold.record() if self.threshold is not None else None),
             "weights_identity": json.dumps(self.weights_identity),
         }
 
@@ -108,8 +113,10 @@ class AdaptedState:
         if self.weights_identity is not None and not isinstance(self.weights_identity, dict):
             return f"weights_identity must be a mapping, got {self.weights_identity!r:.80}"
         if self.threshold is not None:
-            value = self.threshold.get("threshold") if isinstance(self.threshold, dict) else None
-            if not is_finite_number(value):
+            value = self.threshold.value if isinstance(self.threshold, Threshold) else None
+            if not is_finite_number(value) or (
+                self.threshold.zeroshot is not None and not is_finite_number(self.threshold.zeroshot)
+            ):
                 return f"threshold must be {{'threshold': a number, 'rule': ...}}, got {self.threshold!r:.80}"
         problem = damaged_tensors(self.tensors)
         if problem:

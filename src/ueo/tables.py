@@ -14,13 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import write_text
+from .record import RUN_KEYS, TABLE_METRICS, record_problem
 from .report import write_csv
-
-TABLE_METRICS = ("pacc", "auroc", "hm", "gacc", "fpr95", "aupr_in", "aupr_out")
-RUN_KEYS = ("benchmark", "domain", "scenario", "method")
-
-
-TABLE_METRICS = ("pacc", "auroc", "hm", "gacc", "fpr95", "aupr_in", "aupr_out")
 
 
 def find_runs(paths: Iterable) -> list[Path]:
@@ -80,50 +75,6 @@ def collect(paths: Iterable) -> tuple[list[dict], list[tuple[str, str]]]:
             }
         )
     return rows, left_out
-
-
-def record_problem(data) -> str | None:
-    """What makes a metrics.json unusable (None: nothing): not a mapping, or a field of the wrong type."""
-    if not isinstance(data, dict):
-        return f"damaged: a metrics.json holds a mapping, not a {type(data).__name__}"
-
-    def number(value, integer=False):
-        kinds = (int,) if integer else (int, float)
-        return not isinstance(value, bool) and isinstance(value, kinds) and math.isfinite(value)
-
-    for key in ("adapted", "zeroshot"):
-        row = data.get(key)
-        if row is None:
-            continue
-        if not isinstance(row, dict):
-            return f"damaged: {key!r} is not a mapping"
-        for metric in TABLE_METRICS:
-            value = row.get(metric)
-            if value is not None and not number(value):
-                return f"damaged: {key} {metric} is {value!r:.40}, not a number"
-    for key in ("run", "tuning", "predictions"):
-        if data.get(key) is not None and not isinstance(data[key], dict):
-            return f"damaged: {key!r} is not a mapping"
-    threshold = data.get("threshold")
-    if threshold is not None and not (isinstance(threshold, dict) and number(threshold.get("threshold"))):
-        return f"damaged: 'threshold' is {threshold!r:.60}, not a record with a number"
-    names = data.get("class_names")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        return "damaged: 'class_names' is not a list of names"
-    for key in ("num_adaptation_images", "num_test_images", "num_skipped", "tuned_parameters"):
-        if data.get(key) is not None and not number(data[key], integer=True):
-            return f"damaged: {key!r} is {data[key]!r:.40}, not a count"
-    if data.get("seconds") is not None and not number(data["seconds"]):
-        return f"damaged: 'seconds' is {data['seconds']!r:.40}, not a number"
-    found = data.get("discovery")
-    if found is not None and not (
-        isinstance(found, dict)
-        and isinstance(found.get("summary"), str)
-        and isinstance(found.get("groups"), list)
-        and all(isinstance(g, dict) and number(g.get("size"), integer=True) for g in found["groups"])
-    ):
-        return "damaged: 'discovery' is not a record with a summary and groups"
-    return None
 
 
 def _model_label(model, pretrained, weights=None) -> str:

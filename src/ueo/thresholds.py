@@ -88,22 +88,58 @@ def decide(predictions, scores, class_names: Sequence[str], threshold: float) ->
 
 @dataclass(frozen=True)
 class Threshold:
-    """The unknown threshold and why: ``value``, the ``rule`` that chose it ("otsu", "given" or "tpr") and
-    the ``source`` it was chosen on (which scores, or the flag that gave it)."""
+    """The unknown threshold and why: ``value``, the ``rule`` that chose it ("otsu", "given" or "tpr"), the
+    ``source`` it was chosen on (which scores, or the flag that gave it), and ``zeroshot``: the cut of the
+    zero-shot model's scores by Otsu's rule (on the adaptation set when the state was fitted), what the
+    zero-shot model's decisions are compared at (None when unknown). The one form a threshold takes in
+    ueo; ``record()`` is how adapted states and metrics.json keep it."""
 
     value: float
     rule: str
     source: str
+    zeroshot: float | None = None
 
     def record(self) -> dict:
-        """As metrics.json and adapted states keep it: {"threshold", "rule", "source"}."""
-        return {"threshold": self.value, "rule": self.rule, "source": self.source}
+        """As metrics.json and adapted states keep it: {"threshold", "rule", "source"[, "zeroshot"]}."""
+        kept = {"threshold": self.value, "rule": self.rule, "source": self.source}
+        return kept | ({"zeroshot": self.zeroshot} if self.zeroshot is not None else {})
+
+    def __getitem__(self, key: str):
+        """A threshold reads as its record too (``state.threshold["threshold"]``: code written when states
+        kept the record itself)."""
+        return self.record()[key]
+
+    def get(self, key: str, default=None):
+        return self.record().get(key, default)
 
     @classmethod
-    def from_record(cls, record: dict | None) -> Threshold | None:
-        if not record or record.get("threshold") is None:
+    def from_record(cls, record) -> Threshold | None:
+        """A threshold from its record (a Threshold is returned as it is); None for none."""
+        if isinstance(record, Threshold) or record is None:
+            return record
+        if not isinstance(record, dict) or record.get("threshold") is None:
             return None
-        return cls(float(record["threshold"]), str(record.get("rule", "given")), str(record.get("source", "")))
+        zeroshot = record.get("zeroshot")
+        try:
+            return cls(
+                float(record["threshold"]),
+                str(record.get("rule", "given")),
+                str(record.get("source", "")),
+                float(zeroshot) if zeroshot is not None else None,
+            )
+        except (TypeError, ValueError):  # a damaged record
+            return None
+
+    def describe(self) -> str:
+        """The threshold and how it was chosen, in words."""
+        rule = {"otsu": "Otsu's rule on", "given": "given with", "tpr": "the threshold that"}.get(self.rule, self.rule)
+        return f"threshold {self.value:.4f}: {rule} {self.source}"
+
+
+def known_of(labels, scores, num_known: int) -> np.ndarray:
+    """The scores of the labeled known images (labels 0..K-1)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    return scores[(labels >= 0) & (labels < num_known)]
 
 
 def choose_threshold(
@@ -115,13 +151,34 @@ def choose_threshold(
     fitted: Threshold | None = None,
     tpr: float | None = None,
     known_scores=None,
+    val=None,
+    zeroshot_scores=None,
     warn: Callable[[str], None] | None = None,
 ) -> Threshold:
     """The threshold, by the one policy every caller uses. With ``tpr``: the highest threshold accepting that
-    fraction of ``known_scores`` (labeled known validation images; ``source`` names them). Else ``spec``: a
+    fraction of ``known_scores`` (labeled known images; ``source`` names them), or of the known images of
+    ``val`` ((labels, scores) of a labeled validation set). Else ``spec``: a
     number (given; ``warn`` says when it decides nothing), "auto" (Otsu's rule on ``scores``, the images
     ``source`` names) or "fitted" (the ``fitted`` one stored when the state was fitted; without one, Otsu on
-    ``scores``, with a warning)."""
+    ``scores``, with a warning; ``warn`` also says when a stored one decides nothing). Its ``zeroshot`` cut:
+    the fitted one's when there is one, else Otsu's rule on ``zeroshot_scores`` when they are given."""
+    fitted = Threshold.from_record(fitted)
+    if tpr is not None and known_scores is None:
+        if val is None:
+            raise ConfigError("A threshold at a TPR needs labeled validation images.")
+        known_scores = known_of(val[0], val[1], num_known or 0)
+        source = f"the {len(known_scores)} known validation images"
+    chosen = _chosen(spec, scores, source, num_known, fitted, tpr, known_scores, warn)
+    if fitted is not None and fitted.zeroshot is not None:
+        zeroshot: float | None = fitted.zeroshot
+    elif zeroshot_scores is not None:
+        zeroshot = otsu_threshold(zeroshot_scores)
+    else:
+        zeroshot = None
+    return Threshold(chosen.value, chosen.rule, chosen.source, zeroshot)
+
+
+def _chosen(spec, scores, source, num_known, fitted, tpr, known_scores, warn) -> Threshold:
     if tpr is not None:
         return Threshold(threshold_at_tpr(known_scores, tpr), "tpr", f"accepts {tpr:g} of {source}")
     choice = parse_threshold(spec)

@@ -1,152 +1,33 @@
-"""fit: adapt a CLIP to an unlabeled image collection, and the training loop.
+"""fit: adapt a CLIP to an unlabeled image collection (the loop itself: ``ueo.loop``).
 
 The bundle's CLIP is never left modified: fit tunes it in place and restores the original values at
 the end; the result's ``adapted`` state re-applies what was learned (``evaluate(..., adapted=...)``).
-Under torch.distributed (torchrun) every rank calls fit with the same data: each global batch is split
-across the ranks, and the loss is computed over the whole global batch, as on one process.
+Under torch.distributed (torchrun) every rank calls fit with the same data.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
-import open_clip
 import torch
-from tqdm.auto import tqdm
 
-from . import __version__
 from .cache import DecodeCache
-from .checkpoint import make_checkpoint, restore
-from .clip import ClipBundle
-from .config import PROMPT_CONTEXT, FitConfig, FitResult, config_fields
-from .distributed import any_rank, average_gradients, gather_rows, rank_world
-from .errors import DataError, DivergedError, TrainingInterrupted
+from .checkpoint import restore
+from .config import FitConfig, FitResult, config_fields, is_finite_number
+from .errors import ConfigError, DataError, DivergedError
+from .feed import image_source
 from .imagelist import ImageList
 from .images import as_dataset
-from .inference import Outputs, autocast, image_features, image_source, outputs_of, positions_in
-from .objectives import entropy_loss, infomax_loss, oracle_weights, ueo_loss
+from .inference import Outputs, positions_in
+from .loop import Run, train_loop
+from .objectives import oracle_weights
 from .prompts import PromptLearner
 from .state import AdaptedState
-from .thresholds import choose_threshold
+from .thresholds import Threshold, choose_threshold, parse_threshold
 from .tuning import adapted_state, applied, apply_adapted_state, configure_tuning, resolve_rule
-from .views import epoch_batches
-
-
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine annealing from ``base`` to 0 over ``total`` steps, no warm-up (step counts from 0)."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * step / total))
-
-
-def objective(config: FitConfig, probs: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """The method's loss over a global batch of probabilities [B, K]."""
-    if config.method in ("ueo", "oracle"):
-        if weights is None:
-            raise RuntimeError("UEO's loss needs the confidence weights; fit computes them before the first step.")
-        return ueo_loss(probs, weights, config.trade)
-    if config.method == "infomax":
-        return infomax_loss(probs, config.trade)
-    return entropy_loss(probs)
-
-
-@dataclass
-class Run:
-    """What the training loop works with: the model and its tuned parameters, the optimiser, the data,
-    the per-sample confidence weights, the results so far, and the caller's hooks."""
-
-    config: FitConfig
-    bundle: ClipBundle
-    class_names: list[str]
-    learner: PromptLearner
-    tuned: dict[str, torch.nn.Parameter]
-    sources: dict[str, Any]  # image sources: "train" and, when given, "test"
-    result: FitResult
-    weights: torch.Tensor | None = None  # [N] on the device, None for infomax / entropy
-    optimizer: torch.optim.Optimizer | None = None
-    save: Callable[[dict], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    identity: dict = field(default_factory=dict)  # the data the run is made of, recorded in checkpoints
-    train_in_test: tuple[torch.Tensor, torch.Tensor] | None = None  # see inference.positions_in
-
-    @property
-    def device(self) -> torch.device:
-        return self.learner.ctx.device
-
-    def text_features(self, grad: bool) -> torch.Tensor:
-        with torch.set_grad_enabled(grad), autocast(self.device, self.config.amp):
-            return self.learner.text_features().float()
-
-    def outputs_for(self, split: str) -> Outputs:
-        cfg = self.config
-        return outputs_of(
-            self.bundle.model,
-            self.text_features(False),
-            self.sources[split],
-            batch_size=cfg.eval_batch_size,
-            amp=cfg.amp,
-            progress=cfg.progress,
-            should_stop=self.stop_requested if self.should_stop is not None else None,
-        )
-
-    def evaluate(self, epoch: int, need_train: bool = False) -> Outputs | None:
-        """Score the test set (and the adaptation set when asked for or when it has labels); record metrics.
-        Returns the adaptation set's outputs when it was scored."""
-        self.result.outputs.clear()  # outputs always belong to the latest evaluation
-        num_known = len(self.class_names)
-        test_out = self.outputs_for("test") if "test" in self.sources else None
-        train_out = None
-        if need_train or self.config.eval_train:
-            train_out = self.result.outputs["train"] = self.train_outputs(test_out)
-            if self.config.eval_train and bool((train_out.labels >= 0).any()):
-                self.result.evaluations.append({"epoch": epoch, "split": "train", **train_out.metrics(num_known)})
-        if test_out is not None:
-            self.result.outputs["test"] = test_out
-            self.result.evaluations.append({"epoch": epoch, "split": "test", **test_out.metrics(num_known)})
-        return train_out
-
-    def train_outputs(self, test_out: Outputs | None) -> Outputs:
-        """The adaptation set's outputs: taken from the test set's (scored with the same parameters) when
-        every adaptation image is a test image, else scored."""
-        if test_out is not None and self.train_in_test is not None:
-            return test_out.part(*self.train_in_test)
-        return self.outputs_for("train")
-
-    def probabilities(self, images: torch.Tensor, text: torch.Tensor, grad: bool) -> torch.Tensor:
-        """softmax(logit_scale * cos) [B, K] of a batch of views; ``grad``: through the image tower too."""
-        images = images.to(self.device, non_blocking=True)
-        if not len(images):  # a rank without a share of a small last batch still joins the collectives
-            return text.sum() * 0 + torch.zeros(0, text.shape[0], device=self.device)
-        with torch.set_grad_enabled(grad), autocast(self.device, self.config.amp):
-            feats = image_features(self.bundle.model, images)
-        return torch.softmax(self.config.logit_scale * feats @ text.T, dim=-1)
-
-    def state(self) -> AdaptedState:
-        info = {
-            "ueo_version": __version__,
-            "open_clip_version": open_clip.__version__,
-            "method": self.config.method,
-            "torch_version": torch.__version__,
-        }
-        return AdaptedState(
-            tensors=adapted_state(self.tuned),
-            class_names=list(self.class_names),
-            model=self.bundle.name,
-            pretrained=self.bundle.pretrained,
-            tune=self.config.tune,
-            rule=self.result.rule or self.config.rule,
-            init=self.config.init,
-            info=info,
-            weights_identity=self.bundle.identity,
-        )
-
-    def checkpoint(self, epoch: int, done_in_epoch: int) -> None:
-        if self.save is not None:
-            self.save(make_checkpoint(self, epoch=epoch, done_in_epoch=done_in_epoch))
-
-    def stop_requested(self) -> bool:
-        return self.should_stop is not None and any_rank(self.should_stop())
 
 
 def fit(
@@ -161,6 +42,9 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     identity: dict | None = None,
     cache=True,
+    threshold="auto",
+    tpr: float | None = None,
+    val=None,
     **overrides,
 ) -> FitResult:
     """Adapt ``bundle``'s CLIP to the unlabeled ``train`` for the known ``class_names``. ``train`` and ``test``
@@ -173,17 +57,21 @@ def fit(
     checkpoint: called with a checkpoint (``ueo.checkpoint``) after every epoch and when stopping.
     resume: a checkpoint from ``load_checkpoint``; training continues where it stopped.
     should_stop: polled during training and evaluations; when it returns True a checkpoint is made (once
-        training has begun) and :class:`TrainingInterrupted` is raised.
+        training has begun) and :class:`Interrupted` is raised.
     identity: what the data is (e.g. a fingerprint of the files), recorded in checkpoints and checked on
         resume, beside the number of images of each set.
-    The result's adapted state carries the threshold of Otsu's rule on the adaptation set's final scores.
+    threshold, tpr, val: the "unknown" threshold, decided once at the end (``thresholds.choose_threshold``):
+        "auto" (Otsu's rule on the adaptation set's final scores), a number, or with ``tpr`` the threshold that
+        accepts that fraction of the known images of the labeled ``val`` images. ``result.threshold`` (also the
+        adapted state's) carries it, with Otsu's cut of the zero-shot scores to compare decisions with.
     Raises :class:`DivergedError` (holding the last good state) when the loss becomes NaN or infinite.
     """
     unknown = set(overrides) - set(config_fields())
     if unknown:
         raise TypeError(f"Unknown fit option(s): {sorted(unknown)}. Valid: {config_fields()}.")
     cfg = replace(config or FitConfig(), **overrides).validate()
-    train, test = (as_dataset(d)[0] if isinstance(d, ImageList) else d for d in (train, test))
+    check_threshold_rule(threshold, tpr, val)
+    train, test, val = (as_dataset(d)[0] if isinstance(d, ImageList) else d for d in (train, test, val))
     if len(train) == 0:
         raise DataError("The adaptation set is empty.")
     model, device = bundle.model, bundle.device
@@ -193,10 +81,12 @@ def fit(
     tuned = configure_tuning(model, learner, cfg.tune, rule)
     originals = adapted_state(tuned)
     result = FitResult(config=cfg, tuned_parameters={n: p.numel() for n, p in tuned.items()}, rule=rule, bundle=bundle)
-    store = DecodeCache() if cache is None or cache is True else cache  # (the same one for both sets)
+    cache = DecodeCache() if cache is None or cache is True else cache  # (the same one for every set)
     sources = {
-        name: image_source(bundle, data, cfg.fast, cfg.seed, cfg.num_workers, cfg.progress, cache=store)
-        for name, data in (("train", train), ("test", test))
+        name: image_source(
+            bundle, data, fast=cfg.fast, cache=cache, seed=cfg.seed, num_workers=cfg.num_workers, progress=cfg.progress
+        )
+        for name, data in (("train", train), ("test", test), ("val", val if tpr is not None else None))
         if data is not None
     }
     identity = run_identity(bundle, train, test, identity)
@@ -222,7 +112,7 @@ def fit(
             weights = resume["tensors"].get("weights")
         else:
             start = (1, 0)
-            zero_shot_train = run.evaluate(0, need_train=needs_weights)
+            zero_shot_train = run.measure(0, need_train=needs_weights)
             result.zeroshot_outputs = dict(result.outputs)
             zeroshot = result.zeroshot_outputs.get("train", result.zeroshot_outputs.get("test"))
             if zeroshot is not None:
@@ -241,29 +131,53 @@ def fit(
                 raise
         result.weights = run.weights.cpu() if run.weights is not None else None
         result.adapted = run.state()
-        train_out = result.outputs.get("train")
-        if train_out is None:  # the adaptation set was not scored by the last evaluation
-            train_out = run.train_outputs(result.outputs.get("test"))
-        chosen = choose_threshold(
-            "auto", scores=train_out.scores.numpy(), source=f"the adaptation set ({len(train)} images)"
-        )
-        result.adapted.threshold = chosen.record()
-        if result.zeroshot_threshold is not None:  # the same rule on the zero-shot scores: to compare decisions
-            result.adapted.threshold["zeroshot"] = result.zeroshot_threshold
+        result.threshold = result.adapted.threshold = final_threshold(run, threshold, tpr)
     finally:
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
     return result
 
 
-def last_good_threshold(run: Run, state: AdaptedState) -> dict:
+def check_threshold_rule(threshold, tpr, val) -> None:
+    """Refuse a threshold rule fit cannot follow, before any work."""
+    if parse_threshold(threshold) == "fitted":
+        raise ConfigError("threshold 'fitted' is for states already fitted; fit chooses one: auto, a number, or tpr.")
+    if tpr is not None and (not is_finite_number(tpr) or not 0 < tpr <= 1):
+        raise ConfigError(f"tpr must be a fraction in (0, 1], got {tpr!r}.")
+    if tpr is not None and val is None:
+        raise ConfigError("A threshold at a TPR needs labeled validation images: give val.")
+
+
+def final_threshold(run: Run, spec, tpr: float | None) -> Threshold:
+    """The threshold of the fitted state, decided once: by ``spec`` on the adaptation set's final scores, or
+    at ``tpr`` of the validation set's known images; with the zero-shot model's cut beside it."""
+    train_out = run.result.outputs.get("train")
+    if train_out is None:  # the adaptation set was not scored by the last evaluation
+        train_out = run.train_outputs(run.result.outputs.get("test"))
+    val = None
+    if tpr is not None:
+        val_out = run.outputs_for("val")
+        val = (val_out.labels.numpy(), val_out.scores.numpy())
+    chosen = choose_threshold(
+        spec,
+        scores=train_out.scores.numpy(),
+        source=f"the adaptation set ({len(train_out.scores)} images)",
+        num_known=len(run.class_names),
+        tpr=tpr,
+        val=val,
+        warn=lambda message: warnings.warn(message.removeprefix("warning: "), stacklevel=4),
+    )
+    return replace(chosen, zeroshot=run.result.zeroshot_threshold)
+
+
+def last_good_threshold(run: Run, state: AdaptedState) -> Threshold:
     """The threshold of a diverged run's last good state: Otsu's rule on the adaptation set scored with it
     (so that predictions with it decide each image alone, as with a finished run's state)."""
     with applied(run.bundle.model, run.learner, state.tensors):
         scores = run.outputs_for("train").scores.numpy()
     state.info["diverged"] = "training diverged; this is the state from the start of the epoch that failed"
     source = f"the adaptation set ({len(scores)} images), scored with this state"
-    return choose_threshold("auto", scores=scores, source=source).record()
+    return replace(choose_threshold("auto", scores=scores, source=source), zeroshot=run.result.zeroshot_threshold)
 
 
 def run_identity(bundle, train, test, extra: dict | None = None) -> dict:
@@ -287,107 +201,3 @@ def confidence_weights(config: FitConfig, outputs: Outputs, num_known: int) -> t
             )
         return oracle_weights(outputs.labels, num_known)
     return outputs.scores
-
-
-def optimizer_for(run: Run) -> torch.optim.SGD:
-    """SGD without momentum or weight decay: one group for the context, one for the norm affines."""
-    cfg, tuned = run.config, run.tuned
-    groups = []
-    if PROMPT_CONTEXT in tuned:
-        groups.append(
-            {"params": [tuned[PROMPT_CONTEXT]], "lr": cfg.lr_prompt, "base_lr": cfg.lr_prompt, "name": "prompt"}
-        )
-    norms = [p for n, p in tuned.items() if n != PROMPT_CONTEXT]
-    if norms:
-        groups.append({"params": norms, "lr": cfg.lr_norm, "base_lr": cfg.lr_norm, "name": "norm"})
-    return torch.optim.SGD(groups, lr=cfg.lr_prompt, momentum=0.0, weight_decay=0.0)
-
-
-def train_loop(run: Run, first_epoch: int, skip: int) -> None:
-    """Epochs ``first_epoch``..``epochs`` (skipping the first ``skip`` steps of the first one)."""
-    cfg, result, device = run.config, run.result, run.device
-    rank, world = rank_world()
-    run.optimizer = optimizer = optimizer_for(run)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    tune_norm = any(n != PROMPT_CONTEXT for n in run.tuned)
-    fixed_text = None if PROMPT_CONTEXT in run.tuned else run.text_features(False)
-    num_samples = len(run.sources["train"])
-    steps_per_epoch = math.ceil(num_samples / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        if cfg.weight_refresh == "epoch" and cfg.method == "ueo" and epoch > 1 and not (epoch == first_epoch and skip):
-            run.weights = run.outputs_for("train").scores.to(device)
-        last_good = run.state()
-        batches = epoch_batches(num_samples, cfg.batch_size, cfg.seed, epoch)  # global batches
-        shares = [batch[rank::world] for batch in batches]  # this rank's part of each
-        pending: list = []
-        bar = progress_bar(cfg, epoch, skip, num_samples, rank)
-        train_batches = run.sources["train"].train_batches(shares[skip:], epoch)
-        for position, (images, _, index) in enumerate(train_batches, start=skip):
-            step = (epoch - 1) * steps_per_epoch + position
-            for group in optimizer.param_groups:  # learning rate: cosine per step
-                group["lr"] = cosine_lr(group["base_lr"], step, total)
-            # forward: this rank's probabilities, then those of the whole global batch (with gradients)
-            text = fixed_text if fixed_text is not None else run.text_features(True)
-            probs = run.probabilities(images, text, grad=tune_norm)
-            counts = [len(batches[position][r::world]) for r in range(world)]
-            probs = gather_rows(probs, counts, differentiable=True)
-            weights = None if run.weights is None else gather_rows(run.weights[index.to(device)], counts, False)
-            loss = objective(cfg, probs, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(params)
-            optimizer.step()
-            # log without a host sync: losses are read back once an epoch
-            pending.append((step + 1, epoch, loss.detach(), {g["name"]: g["lr"] for g in optimizer.param_groups}))
-            bar.update(len(batches[position]))
-            if cfg.progress and rank == 0 and len(pending) % 10 == 1:  # an occasional sync, for the bar only
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            # stop poll: ranks agree every 10 steps (one tiny collective), a single process every step
-            if (world == 1 or position % 10 == 9) and position + 1 < len(batches) and run.stop_requested():
-                commit_losses(pending, result, last_good)
-                run.checkpoint(epoch, position + 1)
-                bar.close()
-                raise TrainingInterrupted(f"stopped at step {step + 1} (epoch {epoch}); a checkpoint was saved")
-        bar.close()
-        skip = 0
-        commit_losses(pending, result, last_good)
-        if epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
-            try:
-                run.evaluate(epoch)
-            except TrainingInterrupted:  # resuming redoes this evaluation, then goes on
-                run.checkpoint(epoch, len(batches))
-                raise
-        run.checkpoint(epoch + 1, 0)
-        if epoch < cfg.epochs and run.stop_requested():
-            raise TrainingInterrupted(f"stopped after epoch {epoch}; a checkpoint was saved")
-
-
-def progress_bar(cfg: FitConfig, epoch: int, skip: int, num_samples: int, rank: int):
-    return tqdm(
-        total=num_samples,
-        initial=min(skip * cfg.batch_size, num_samples),
-        unit="img",
-        unit_scale=True,
-        desc=f"epoch {epoch}/{cfg.epochs}",
-        disable=not cfg.progress or rank > 0,
-        leave=False,
-    )
-
-
-def commit_losses(pending: list, result: FitResult, last_good: AdaptedState) -> None:
-    """Move the steps' losses into the history (one host sync); stop on a non-finite loss."""
-    if not pending:
-        return
-    values = torch.stack([p[2] for p in pending]).float().cpu().tolist()
-    for (step, epoch, _, lrs), value in zip(pending, values):
-        if not math.isfinite(value):
-            raise DivergedError(
-                f"The loss became {value} at step {step} (epoch {epoch}); the adapted state "
-                f"from the start of epoch {epoch} is kept.",
-                last_good,
-            )
-        result.history.append(
-            {"step": step, "epoch": epoch, "loss": value, "lr_prompt": lrs.get("prompt"), "lr_norm": lrs.get("norm")}
-        )
-    pending.clear()

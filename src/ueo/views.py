@@ -251,7 +251,7 @@ def empty_batch() -> Batch:
 
 class LoadedImages:
     """The plain image source: each view is made from the dataset's item by the PIL transforms, in
-    DataLoader workers. The fast path's ``CachedImages`` offers the same two methods."""
+    DataLoader workers. The fast path's ``BatchViews`` offers the same two methods."""
 
     def __init__(self, dataset, spec: ViewSpec, seed: int = 0, num_workers: int = 0, pin_memory: bool = False):
         self.dataset, self.seed = dataset, seed

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import read_text
-from .errors import DataError, TrainingInterrupted
+from .errors import DataError, Interrupted
 from .files import mark_cache, read_tagged, write_tagged
 from .imagelist import fold
 from .prompts import encode_tokens
@@ -86,7 +86,7 @@ def encode_texts(
     bundle, texts: Sequence[str], batch_size: int = 2048, progress: bool = False, should_stop=None
 ) -> torch.Tensor:
     """L2-normalised text features [N, D] of plain texts through the bundle's own text tower. ``should_stop``:
-    polled between batches (TrainingInterrupted when it says so: encoding a vocabulary takes minutes on a CPU)."""
+    polled between batches (Interrupted when it says so: encoding a vocabulary takes minutes on a CPU)."""
     from tqdm.auto import tqdm
 
     pad_id = int(bundle.tokenizer([""])[0][-1])  # an empty text is padding at its end, whatever the tokenizer
@@ -95,7 +95,7 @@ def encode_texts(
     steps = range(0, len(texts), batch_size)
     for start in tqdm(steps, desc="vocabulary", unit="batch", disable=not progress, leave=False):
         if should_stop is not None and should_stop():
-            raise TrainingInterrupted("stopped while encoding the vocabulary")
+            raise Interrupted("stopped while encoding the vocabulary")
         tokens = bundle.tokenizer(list(texts[start : start + batch_size])).to(device)
         with torch.no_grad():
             parts.append(encode_tokens(bundle.model, tokens, pad_id).float().cpu())

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 
 from .files import write_text
-from .tables import record_problem
+from .record import record_problem
 from .thresholds import UNKNOWN
 from .thumbs import Thumbs
 

@@ -1,16 +1,20 @@
-"""`ueo bench`: a grid of fit runs (domains x scenarios x methods x seeds) over one benchmark, then its table."""
+"""The experiments: `ueo bench` (a grid of fit runs, domains x scenarios x methods x seeds, then its table),
+`ueo splits` (a benchmark domain's list files) and `ueo demo` (the toy world)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .. import protocols, tables
+from .. import protocols, report, tables
 from ..checkpoint import load_checkpoint
+from ..config import FitConfig
 from ..errors import ConfigError
 from ..webtable import write_table_page
-from .common import decode_cache, flag_errors, say, summary_line, warn
 from .fit import run_fit
-from .options import absolute_paths, resolve_config
+from .inputs import decode_cache
+from .messages import flag_errors, say, say_or_warn, summary_line, warn
+from .options import absolute_paths, flag_names, resolve_config
+from .outputs import clear_outputs, take_out
 
 
 def once(values: list, flag: str) -> list:
@@ -34,7 +38,7 @@ def cmd_bench(args) -> int:
         once(args.methods, "--methods"),
         once(args.seeds, "--seeds"),
     )
-    store = decode_cache(base)  # one cache for the whole grid: each image is decoded once
+    cache = decode_cache(base)  # one cache for the whole grid: each image is decoded once
     run_dirs = []
     for domain in domains:
         for scenario in scenarios:
@@ -69,7 +73,7 @@ def cmd_bench(args) -> int:
                         overwrite=checkpoint is None,
                         quiet=args.quiet,
                         report_html=not args.no_report,
-                        store=store,
+                        cache=cache,
                         resuming=checkpoint is not None,
                     )
                     say(summary_line(metrics))
@@ -80,3 +84,38 @@ def cmd_bench(args) -> int:
         warn(f"left out of the table: {path} ({reason})")
     print(f"wrote {out / 'table.md'}, {out / 'table.csv'} and {out / 'table.html'}")
     return 0
+
+
+def cmd_splits(args) -> int:
+    out = Path(args.out)
+    sizes = {}
+    images = protocols.domain_images(
+        args.benchmark, args.domain, args.root, args.lists, check_files=not args.no_check, warn=say_or_warn
+    )
+    for scenario in protocols.SCENARIOS:
+        split = protocols.build_split(args.benchmark, args.domain, scenario, args.root, images=images)
+        protocols.write_list(split.train, args.root, out / f"{split.domain}_{scenario}_train.txt")
+        sizes[f"{scenario} train"] = len(split.train)
+    protocols.write_list(split.test, args.root, out / f"{split.domain}_test.txt")
+    sizes["test"] = len(split.test)
+    report.write_json(out / "sizes.json", sizes)
+    print(
+        f"{args.benchmark} / {split.domain}: known classes per scenario = "
+        f"{protocols.get_benchmark(args.benchmark).known} (csda: all)"
+    )
+    for name, count in sizes.items():
+        print(f"  {name:<12} {count:>8,}")
+    print(f"wrote the list files to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..demo import DEMO_OUTPUTS, run_demo
+
+    with flag_names({"epochs": "--epochs", "seed": "--seeds"}):
+        for seed in args.seeds:
+            FitConfig(epochs=args.epochs, seed=seed).validate()
+    out = take_out(args.out, args.overwrite)
+    if args.overwrite:
+        clear_outputs(out, DEMO_OUTPUTS)
+    return run_demo(out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios)

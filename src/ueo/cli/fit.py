@@ -13,35 +13,30 @@ from .. import report
 from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..config import PROMPT_CONTEXT, FitConfig
 from ..distributed import init_from_environment, is_main
-from ..errors import ConfigError, DivergedError, TrainingInterrupted
+from ..errors import ConfigError, DivergedError, Interrupted
 from ..fastpath import decoded_short_side
 from ..files import write_text
 from ..imagelist import ImageList, fingerprint
 from ..images import SKIPPED_COLUMNS, ImageFiles
 from ..inference import evaluate
 from ..prompts import PromptLearner
+from ..record import fit_record
 from ..thresholds import parse_threshold
 from ..training import fit, run_identity
 from ..tuning import configure_tuning, resolve_rule
 from ..webreport import write_run_report
-from .common import (
+from .inputs import (
     check_device,
-    check_not_inside,
-    choose_threshold,
-    clear_outputs,
     decode_cache,
-    discover_into,
     discovery_names,
-    drop_unreadable,
-    flag_errors,
     load_bundle,
-    say,
-    say_done,
-    take_out,
+    load_inputs,
+    readable_files,
     threshold_spec,
 )
-from .inputs import load_inputs
+from .messages import flag_errors, say, say_done
 from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
+from .outputs import check_not_inside, clear_outputs, discover_into, take_out
 from .stop import StopRequest
 
 
@@ -59,18 +54,21 @@ class FitJob:
     skipped: list[dict]
     bundle: Any = None
     identity: dict = field(default_factory=dict)
-    store: Any = None  # the decode cache (None: images decoded in memory, or the plain path)
+    cache: Any = None  # the decode cache (None: each image decoded when its batch comes, or the plain path)
     vocabulary: list[str] | None = None  # the candidate names for the groups of unknown images
     cache_dir: Path | None = None  # where the vocabulary's text features are kept (None: nowhere)
 
+    prepared: list[ImageFiles] = field(default_factory=list)  # the sets as the check pass left them
+
     def files(self, images: ImageList) -> ImageFiles:
-        return ImageFiles(images, self.store)
+        """The images of a set, with the pixels the check pass made of them."""
+        return next((f for f in self.prepared if f.images is images), None) or ImageFiles(images, self.cache)
 
     @property
-    def cache(self):
-        """How the library reads the images: through the command's decode cache, or (--no-cache, --fast off)
-        each decoded from its file when its batch comes."""
-        return self.store if self.store is not None else False
+    def reading(self):
+        """How the library reads the images (its ``cache=``): through the command's decode cache, or
+        (--no-cache, --fast off) each decoded from its file when its batch comes."""
+        return self.cache if self.cache is not None else False
 
 
 def cmd_fit(args) -> int:
@@ -88,7 +86,7 @@ def cmd_fit(args) -> int:
         overwrite=args.overwrite,
         quiet=args.quiet,
         report_html=not args.no_report,
-        store=decode_cache(config),
+        cache=decode_cache(config),
     )
     say_done(metrics, out)
     return 0
@@ -134,7 +132,7 @@ def resume(args) -> int:
         checkpoint=checkpoint,
         quiet=args.quiet,
         report_html=not args.no_report,
-        store=decode_cache(config),
+        cache=decode_cache(config),
         resuming=True,
     )
     say_done(metrics, run_dir)
@@ -150,7 +148,7 @@ def run_fit(
     overwrite: bool = False,
     quiet: bool = False,
     report_html: bool = True,
-    store=None,
+    cache=None,
     resuming: bool = False,
 ) -> dict:
     """The whole fit job for a resolved config; rank 0 writes every output into ``out``; returns metrics.json.
@@ -159,7 +157,7 @@ def run_fit(
 
     Every check (options, class names, data, weights, prompts, image files, the checkpoint) runs before
     anything is written. A checkpoint is written after every epoch; SIGINT/SIGTERM stop the run at any
-    phase with TrainingInterrupted, and ``ueo fit --resume`` finishes it with the same outputs.
+    phase with Interrupted, and ``ueo fit --resume`` finishes it with the same outputs.
     """
     started = time.monotonic()
     check_not_inside(out, {"--data": config["data"], "--test": config["test"], "--val": config["val"]})
@@ -168,7 +166,7 @@ def run_fit(
     stop = StopRequest()
     try:
         with stop.installed():
-            job = prepare(config, strict, should_stop=stop, progress=not quiet, store=store)
+            job = prepare(config, strict, should_stop=stop, progress=not quiet, cache=cache)
             if checkpoint is not None:
                 with flag_errors(f"--resume {out}"):
                     check_resumable(checkpoint, job.settings, job.class_names, job.bundle.name, job.identity)
@@ -182,7 +180,7 @@ def run_fit(
             result = train(job, out, checkpoint, stop)
             stop.check("writing the outputs")
             return write_outputs(job, result, out, stop, started, report_html)
-    except TrainingInterrupted as error:
+    except Interrupted as error:
         started = (out / "config.yaml").is_file()
         hint = (
             f"continue with `ueo fit --resume {out}`" if started else "nothing was written; run the same command again"
@@ -192,11 +190,11 @@ def run_fit(
         raise
 
 
-def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True, store=None) -> FitJob:
+def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True, cache=None) -> FitJob:
     """Check the options, read the class names and the data, load the model, check every image."""
     settings = fit_config(config, progress=progress and is_main())
-    cache_dir = store.root if store is not None else None
-    store = None if settings.fast is False else store  # the plain path decodes as it goes
+    cache_dir = cache.root if cache is not None else None
+    cache = None if settings.fast is False else cache  # the plain path decodes as it goes
     vocabulary = discovery_names(config["vocabulary"]) if config["discover"] else None
     threshold_spec(config["threshold"], config["tpr"])
     if parse_threshold(config["threshold"]) == "fitted":
@@ -215,24 +213,30 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True,
         tuning = describe_tuning(bundle.model, learner, settings)
     skipped, kept = [], {}
     for name, images in (("adaptation", train_list), ("test", test_list), ("validation", val_list)):
-        if images is not None:
-            kept[name], bad = drop_unreadable(
-                images, strict, should_stop, store, decoded_short_side(bundle.views), progress
+        if images is not None:  # each image checked and decoded once: what fit then reads
+            kept[name], bad = readable_files(
+                images,
+                strict,
+                cache=cache,
+                short_side=decoded_short_side(bundle.views),
+                should_stop=should_stop,
+                progress=progress,
             )
             skipped += [{**row, "set": name} for row in bad]
     job = FitJob(
         config,
         settings,
         class_names,
-        kept["adaptation"],
-        kept.get("test"),
-        kept.get("validation"),
+        kept["adaptation"].images,
+        kept["test"].images if "test" in kept else None,
+        kept["validation"].images if "validation" in kept else None,
         run,
         skipped,
         bundle,
-        store=store,
+        cache=cache,
         vocabulary=vocabulary,
         cache_dir=cache_dir,
+        prepared=list(kept.values()),
     )
     files = {"adaptation_files": fingerprint(job.train), "test_files": fingerprint(job.test) if job.test else None}
     job.identity = run_identity(bundle, job.train, job.test, files)
@@ -276,7 +280,10 @@ def train(job: FitJob, out: Path, checkpoint: dict | None, stop: StopRequest):
             should_stop=stop,
             identity=job.identity,
             checkpoint=(lambda c: save_checkpoint(out / "checkpoint.safetensors", c)) if is_main() else None,
-            cache=job.cache,
+            cache=job.reading,
+            threshold=parse_threshold(job.config["threshold"]),
+            tpr=job.config["tpr"],
+            val=job.files(job.val) if job.val is not None else None,
         )
     except DivergedError as error:
         if is_main():
@@ -289,24 +296,9 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
     """adapted.safetensors, history.csv (+ loss.png), predictions.csv (+ plots), what the class list misses
     (absent.csv, discovered.csv, suggested_classes.txt), report.html and, last, metrics.json; returns the
     metrics."""
-    config, num_known = job.config, len(job.class_names)
-    zeroshot_cut = result.adapted.threshold.get("zeroshot")
-    if config["tpr"] is not None and job.val is not None:  # (prepare refuses --tpr without --val)
-        _, val_outputs = evaluate(
-            job.bundle,
-            job.files(job.val),
-            adapted=result.adapted,
-            batch_size=config["eval_batch_size"],
-            cache=job.cache,
-        )
-        threshold = choose_threshold(None, num_known=num_known, tpr=config["tpr"], val_outputs=val_outputs)
-    elif parse_threshold(config["threshold"]) == "auto":
-        threshold = {k: v for k, v in result.adapted.threshold.items() if k != "zeroshot"}  # fit's Otsu cut
-    else:
-        threshold = choose_threshold(config["threshold"], num_known=num_known)
-    result.adapted.threshold = {**threshold, **({"zeroshot": zeroshot_cut} if zeroshot_cut is not None else {})}
+    config = job.config
     stop.check("writing the outputs")
-    metrics = report.fit_record(
+    metrics = fit_record(
         run={
             **job.run,
             "method": config["method"],
@@ -320,7 +312,6 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         settings=config,
         class_names=job.class_names,
         result=result,
-        threshold=threshold,
         num_adaptation_images=len(job.train),
         num_test_images=len(job.test) if job.test is not None else 0,
         num_skipped=len(job.skipped),
@@ -334,7 +325,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
             job.files(job.train),
             adapted=result.adapted,
             batch_size=config["eval_batch_size"],
-            cache=job.cache,
+            cache=job.reading,
             should_stop=stop,
             features=True,
         )
@@ -343,16 +334,21 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         outputs = found  # (its features are kept too: one pass serves both)
     if outputs is None:  # a resumed run whose training had finished: score the images again
         _, outputs = evaluate(
-            job.bundle, job.files(target), adapted=result.adapted, batch_size=config["eval_batch_size"], cache=job.cache
+            job.bundle,
+            job.files(target),
+            adapted=result.adapted,
+            batch_size=config["eval_batch_size"],
+            cache=job.reading,
         )
-    zeroshot = result.zeroshot_outputs.get(split) if report_html else None
-    if zeroshot is None and report_html:  # (a resumed run: the zero-shot pass was before the interruption)
+    compare = report_html and result.threshold.zeroshot is not None  # the zero-shot model's decisions beside
+    zeroshot = result.zeroshot_outputs.get(split) if compare else None
+    if zeroshot is None and compare:  # (a resumed run: the zero-shot pass was before the interruption)
         _, zeroshot = evaluate(
             job.bundle,
             job.files(target),
             class_names=job.class_names,
             batch_size=config["eval_batch_size"],
-            cache=job.cache,
+            cache=job.reading,
         )
     stop.check("writing the outputs")
     if is_main():
@@ -362,7 +358,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
                 found,
                 job.bundle,
                 result.adapted,
-                threshold["threshold"],
+                result.threshold.value,
                 job.vocabulary,
                 cache_dir=job.cache_dir,
                 paths=job.train.paths,
@@ -375,14 +371,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         if result.history:
             report.plot_loss(result.history, out / "loss.png")
         metrics["predictions"] = report.write_predictions(
-            out,
-            target,
-            outputs,
-            class_names=job.class_names,
-            threshold=threshold["threshold"],
-            num_known=num_known,
-            zeroshot=zeroshot,
-            fitted=result.adapted.threshold,
+            out, target, outputs, class_names=job.class_names, threshold=result.threshold, zeroshot=zeroshot
         )
         metrics["seconds"] = round(time.monotonic() - started, 1)
         if report_html:

@@ -13,10 +13,11 @@ import importlib
 import logging
 import sys
 import traceback
+import warnings
 
-from .. import __version__
-from ..errors import DivergedError, TrainingInterrupted, UeoError
+from ..errors import DivergedError, Interrupted, UeoError
 from ..protocols import SHIFT_SCENARIOS
+from ..version import __version__
 from .options import NO_DISCOVER_HELP, SCENARIO_CHOICES, VOCABULARY_HELP, add_cache_options, add_fit_options
 
 # command -> (module, function): imported only when the command runs, so that --help stays fast
@@ -27,9 +28,9 @@ COMMANDS = {
     "predict": ("apply", "cmd_predict"),
     "discover": ("apply", "cmd_discover"),
     "export": ("apply", "cmd_export"),
-    "splits": ("apply", "cmd_splits"),
-    "report": ("apply", "cmd_report"),
-    "demo": ("apply", "cmd_demo"),
+    "splits": ("bench", "cmd_splits"),
+    "report": ("report", "cmd_report"),
+    "demo": ("bench", "cmd_demo"),
     "cache": ("store", "cmd_cache"),
 }
 # errno values that say the machine refused (not that ueo has a bug)
@@ -220,11 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"ueo {args.command}:"
     try:
         command = getattr(importlib.import_module(f".{module}", __package__), function)
-        return command(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = said  # the library's warnings, as the command's own lines
+            return command(args)
     except DivergedError as error:
         print(f"{prefix} training stopped: {error}", file=sys.stderr)
         return 3
-    except TrainingInterrupted as error:
+    except Interrupted as error:
         from ..distributed import is_main
 
         if is_main():
@@ -252,9 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         return bug(prefix)
     finally:
-        from .common import release_locks
+        from .outputs import release_locks
 
         release_locks()
+
+
+def said(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning of the library (``warnings.warn``), said as the command says its own (rank 0, stderr)."""
+    from .messages import warn
+
+    warn(f"warning: {message}")
 
 
 def bug(prefix: str) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import signal
 
-from ..errors import TrainingInterrupted
-from .common import warn
+from ..errors import Interrupted
+from .messages import warn
 
 
 class StopRequest:
@@ -37,7 +37,7 @@ class StopRequest:
 
     def check(self, phase: str) -> None:
         if self():
-            raise TrainingInterrupted(f"stopped while {phase}")
+            raise Interrupted(f"stopped while {phase}")
 
 
 @contextlib.contextmanager
@@ -48,7 +48,7 @@ def interruptible(out):
     with stop.installed():
         try:
             yield stop
-        except TrainingInterrupted as error:
+        except Interrupted as error:
             error.args = (f"{error}; {out} is incomplete: run the same command again with --overwrite",)
             error.signum = stop.signum
             raise

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..files import default_cache_dir
 from ..shards import bound
-from .common import cache_root, say, warn
+from .inputs import cache_root
+from .messages import say, warn
 
 
 def cmd_cache(args) -> int:
