@@ -65,6 +65,37 @@ def tiny_vit_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def labeled_data(tmp_path_factory):
+    """Class folders cat, dog (listed) and zebra (an unknown class), 4 JPEGs each."""
+    from helpers import make_folder
+
+    return make_folder(tmp_path_factory.mktemp("labeled") / "data")
+
+
+@pytest.fixture(scope="session")
+def labeled_run(labeled_data, tiny_vit_weights, tmp_path_factory):
+    """A finished `ueo fit` with a test set (labeled_data: cat, dog known; zebra unknown)."""
+    from helpers import quick_fit_args
+    from ueo.cli import main
+
+    out = tmp_path_factory.mktemp("labeled-run") / "run"
+    assert main(quick_fit_args(tiny_vit_weights, labeled_data, out, "--test", str(labeled_data))) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def bmp_run(tmp_path_factory, tiny_vit_weights):
+    """(data, run): a finished `ueo fit` on BMP class folders (a BMP's size depends only on its dimensions)."""
+    from helpers import make_folder, quick_fit_args
+    from ueo.cli import main
+
+    data = make_folder(tmp_path_factory.mktemp("bmp") / "data", ext="bmp")
+    out = data.parent / "run"
+    assert main(quick_fit_args(tiny_vit_weights, data, out, "--test", str(data))) == 0
+    return data, out
+
+
+@pytest.fixture(scope="session")
 def generated():
     return GeneratedImages
 

@@ -61,15 +61,31 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def fit_args(weights, data, out, *extra, classes="cat,dog", epochs="1", batch_size="4", lr=None):
-    """`ueo fit` arguments for the tiny ViT with ``weights`` on CPU, quiet; ``lr``: both learning rates."""
+def run_cli(capsys, argv):
+    """`ueo ARGV` in this process: (exit code, stdout, stderr), asserting that no traceback was printed."""
+    from ueo.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err, captured.err
+    return code, captured.out, captured.err
+
+
+def quick_fit_args(weights, data, out, *extra, classes="cat,dog", epochs="2"):
+    """``fit_args`` of a run that moves: two epochs at a learning rate of 0.05."""
+    return fit_args(weights, data, out, *extra, classes=classes, epochs=epochs, lr="0.05")
+
+
+def fit_args(weights, data, out, *extra, classes="cat,dog", epochs="1", batch_size="4", lr=None, model="ueo-tiny-vit"):
+    """`ueo fit` arguments for ``model`` (the tiny ViT by default) with ``weights`` on CPU, quiet; ``lr``: both
+    learning rates."""
     rates = ["--lr-prompt", str(lr), "--lr-norm", str(lr)] if lr is not None else []
     return [
         "fit",
         "--model",
-        "ueo-tiny-vit",
+        model,
         "--pretrained",
-        weights,
+        str(weights),
         "--device",
         "cpu",
         "--data",
@@ -176,3 +192,9 @@ def paused_after_first_checkpoint(wait: str) -> str:
         f"        {wait}\n"
         "f.save_checkpoint = save\nsys.exit(main(sys.argv[1:]))\n"
     )
+
+
+def unfinish(run_dir):
+    """A run whose training finished but whose outputs were not all written."""
+    for name in ("metrics.json", "predictions.csv", "adapted.safetensors", "roc.png"):
+        (run_dir / name).unlink(missing_ok=True)

@@ -1,8 +1,11 @@
 """A decode cache that fits on the disk: JPEG entries, a bound with least-recently-used eviction that never
 removes a shard in use (two processes), a free-space floor, and `ueo cache info|prune|clear`."""
 
+import errno
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ueo.builder as builder_module
+import ueo.cache as cache_module
 import ueo.shards as shards_module
-from helpers import fit_args, photo, psnr
+from helpers import fit_args, make_folder, photo, psnr, read_csv, run_cli
 from ueo.cache import DecodeCache
-from ueo.cli import main
 from ueo.data import read_folder
+from ueo.imagelist import fingerprint
 
 SIDE = 128
 
@@ -32,12 +37,6 @@ def write_collection(folder: Path, n: int, seed: int, size=(400, 300)) -> Path:
 
 def shard_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*.shard"))
-
-
-def run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_jpeg_entries_take_a_fraction_of_raw_and_stay_close(tmp_path):
@@ -146,7 +145,7 @@ def test_a_full_disk_during_building_the_run_finishes_and_says_the_cache_stopped
     data = write_collection(tmp_path / "data", 6, seed=6)
     monkeypatch.setenv("UEO_CACHE_MIN_FREE", "1000000TB")  # whatever the disk has, it is under the floor
     args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--no-report", "--no-discover")
-    code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    code, _, err = run_cli(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
     assert "decode cache stopped growing" in err and "floor" in err and "read from its files" in err
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_adaptation_images"] == 6
@@ -156,7 +155,7 @@ def test_a_full_disk_during_building_the_run_finishes_and_says_the_cache_stopped
 def test_a_bad_bound_is_a_clear_error(tmp_path, capsys, tiny_vit_weights):
     data = write_collection(tmp_path / "data", 2, seed=7)
     args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--cache-max-size", "lots")
-    code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    code, _, err = run_cli(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
     assert code == 2 and "--cache-max-size must be a size such as 50GB" in err and "Traceback" not in err
 
 
@@ -166,7 +165,7 @@ def test_sizes_read_as_written(text, size):
 
 
 def cache_cli(capsys, root, action):
-    code, out, err = run(capsys, ["cache", action, "--cache-dir", str(root)])
+    code, out, err = run_cli(capsys, ["cache", action, "--cache-dir", str(root)])
     assert code == 0 and "Traceback" not in err, err
     return out + err
 
@@ -180,7 +179,7 @@ def test_cache_commands_on_an_empty_cache(tmp_path, capsys):
 def test_cache_commands_on_a_full_cache(tmp_path, capsys, tiny_vit_weights):
     data = write_collection(tmp_path / "data", 10, seed=8)
     args = fit_args(tiny_vit_weights, data, tmp_path / "out", "--no-report", "--no-discover")
-    assert run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])[0] == 0
+    assert run_cli(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])[0] == 0
     text = cache_cli(capsys, tmp_path / "cache", "info")
     assert "10 image(s) (0 JPEG, 10 raw), 0 unreadable" in text and "v3/short" in text and "bound:" in text
     assert "1 collection(s) kept raw" in text
@@ -263,3 +262,102 @@ def test_batched_decoding_of_jpeg_entries_gives_what_pil_gives(tmp_path):
         want = pixels.image(i)
         assert got.shape == want.shape and (got.int() - want.int()).abs().max() <= 2
         assert (got.float() - want.float()).abs().mean() < 0.1
+
+
+def repaint_keeping_size_and_mtime(path, seed):
+    """Replace a file's pixels with others of the same size and restore its modification time, as
+    extracting a corrected release over the old one does (tar restores modification times)."""
+    stat = os.stat(path)
+    with Image.open(path) as image:
+        size = image.size
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
+
+
+@pytest.mark.slow
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_decoded_again(bmp_run, tmp_path, capsys, counted):
+    data, run_dir = bmp_run
+    copy = shutil.copytree(data, tmp_path / "data")
+    state = str(run_dir / "adapted.safetensors")
+
+    def predict(out, *extra):
+        code, _, _ = run_cli(capsys, ["predict", "--adapted", state, "--data", str(copy), "--out", str(out), *extra])
+        assert code == 0
+        return {row["path"]: row["score"] for row in read_csv(out / "predictions.csv")}
+
+    before = predict(tmp_path / "p1")
+    images = read_folder(copy, ["cat", "dog"])
+    identity = fingerprint(images)
+    for i, path in enumerate(images.paths[:3]):
+        repaint_keeping_size_and_mtime(path, seed=100 + i)
+    decoded = counted["n"]
+    after = predict(tmp_path / "p2")
+    assert counted["n"] == decoded + 3  # exactly the three rewritten files are decoded again
+    truth = predict(tmp_path / "p3", "--no-cache")
+    assert after == truth and sum(after[str(p)] != before[str(p)] for p in images.paths[:3]) == 3
+    assert fingerprint(images) != identity  # a resume over these files is refused as other data
+
+
+def test_a_permission_error_is_not_remembered(tmp_path, monkeypatch):
+    """An error of the operating system (here: permission denied, as a chmod 000 file gives) may be gone the
+    next time: it is not kept in the cache, unlike a file that is not an image."""
+
+    from ueo.cache import DecodeCache
+
+    data = make_folder(tmp_path / "data", classes=("cat",), n=2, ext="bmp")
+    (data / "cat" / "text.jpg").write_text("not an image")
+    images = read_folder(data, ["cat"])
+    real = builder_module.decode
+
+    def refused(path, short_side):
+        if path == images.paths[0]:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, short_side)
+
+    monkeypatch.setattr(builder_module, "decode", refused)
+    _, problems = DecodeCache(tmp_path / "cache").ensure(images, 64)
+    assert "Permission denied" in problems[0] and "cannot identify" in problems[2]
+    monkeypatch.setattr(builder_module, "decode", real)  # chmod 644: readable again
+    pixels, problems = DecodeCache(tmp_path / "cache").ensure(images, 64)
+    assert list(problems) == [2] and len(pixels) == 2
+
+
+def test_a_hung_builder_is_waited_for_only_so_long(tmp_path, monkeypatch):
+    from ueo.cache import DecodeCache
+
+    images = read_folder(make_folder(tmp_path / "data", classes=("cat",), n=3, ext="bmp"), ["cat"])
+    cache = DecodeCache(tmp_path / "cache", warn=(said := []).append)
+    folder = cache.folder(64)
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(shards_module, "LOCK_WAIT", 0.0)
+    lock = shards_module.lock_file(folder, shards_module.collection_of(cache_module.file_key(p) for p in images.paths))
+    lock.parent.mkdir()
+    with open(lock, "a") as held:  # another process builds this collection, and does not finish
+        fcntl.flock(held, fcntl.LOCK_EX)
+        pixels, problems = cache.ensure(images, 64)
+    assert problems == {} and len(pixels) == 3 and "still holds the decode cache" in said[-1]
+    again, _ = DecodeCache(tmp_path / "cache").ensure(images, 64)  # what it wrote is a valid cache
+    assert all((pixels.image(i) == again.image(i)).all() for i in range(3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["under-a-file", "full-disk"])
+def test_a_cache_that_cannot_be_written_falls_back_to_memory(bmp_run, tmp_path, capsys, monkeypatch, where):
+
+    data, run_dir = bmp_run
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        cache = tmp_path / "file" / "cache"
+    else:
+        cache = tmp_path / "cache"
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(cache_module.os, "fsync", full)
+    args = ["predict", "--adapted", str(run_dir / "adapted.safetensors"), "--data", str(data)]
+    code, _, err = run_cli(capsys, [*args, "--cache-dir", str(cache), "--out", str(tmp_path / "p")])
+    assert code == 0 and "decode cache cannot be written" in err and "--cache-dir" in err
+    assert len(read_csv(tmp_path / "p" / "predictions.csv")) == 12

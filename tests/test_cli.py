@@ -8,6 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
+import ueo
 from helpers import fit_args, make_folder, read_csv
 from ueo import AdaptedState
 from ueo.cli import main
@@ -150,7 +151,8 @@ def test_predict_with_a_given_threshold(fitted, folder, tmp_path):
     rows = read_csv(tmp_path / "p" / "predictions.csv")
     assert len(rows) == 5 and all(r["prediction"] == "unknown" for r in rows)  # 3 classes: MCM < 0.9 here
     summary = json.loads((tmp_path / "p" / "metrics.json").read_text())
-    assert summary["threshold"] == {"threshold": 0.9, "rule": "given", "source": "--threshold"}
+    stored = ueo.AdaptedState.load(fitted / "adapted.safetensors").threshold.zeroshot  # the fit's zero-shot cut
+    assert summary["threshold"] == {"threshold": 0.9, "rule": "given", "source": "--threshold", "zeroshot": stored}
     assert summary["predictions"]["num_predicted_unknown"] == 5
 
 
@@ -270,12 +272,12 @@ def test_help_is_fast_and_shows_each_default_once(capsys):
 
 
 def test_a_bug_is_reported_as_a_bug(monkeypatch, capsys):
-    import ueo.cli.apply
+    import ueo.cli.report
 
     def broken(args):
         raise KeyError("internal")
 
-    monkeypatch.setattr(ueo.cli.apply, "cmd_report", broken)
+    monkeypatch.setattr(ueo.cli.report, "cmd_report", broken)
     assert main(["report", "anywhere"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError" in err and "This is a bug in ueo" in err

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -15,18 +16,10 @@ import pytest
 from PIL import Image
 
 import ueo
-from helpers import fit_args, make_folder, photo, read_csv
-from ueo.cli import main
+from helpers import fit_args, make_folder, odd_images, photo, read_csv, run_cli
 
 wds = pytest.importorskip("webdataset")
 datasets = pytest.importorskip("datasets")
-
-
-def run(capsys, argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
 
 
 def jpeg(seed, size=(40, 30), fmt="JPEG") -> bytes:
@@ -84,14 +77,16 @@ def test_a_repeated_key_in_a_compressed_shard_is_decoded_as_its_own_image(tmp_pa
 
     (tmp_path / "s.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
     out = tmp_path / "fit"
-    code, _, err = run(capsys, fit_args(tiny_vit_weights, tmp_path / "s.tar.gz", out, "--cache-dir", tmp_path / "c"))
+    code, _, err = run_cli(
+        capsys, fit_args(tiny_vit_weights, tmp_path / "s.tar.gz", out, "--cache-dir", tmp_path / "c")
+    )
     assert code == 0, err
     rows = read_csv(out / "predictions.csv")
     assert [r["path"].rsplit("::", 1)[1] for r in rows] == ["a.jpg", "b.jpg", "a.jpg#2"]
     assert rows[0]["score"] != rows[2]["score"]  # two images, scored each on its own pixels
     plain = tmp_path / "plain"
     state = out / "adapted.safetensors"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, ["predict", "--adapted", state, "--data", tmp_path / "s.tar", "--out", plain, "--no-cache"]
     )
     assert code == 0, err
@@ -207,7 +202,7 @@ def test_a_float_label_column_through_the_cli_is_a_clear_refusal(tmp_path, capsy
     pq.write_table(
         pa.table({"image": [jpeg(i) for i in range(3)], "label": [0.0, math.nan, 1.0]}), tmp_path / "t.parquet"
     )
-    code, _, err = run(capsys, fit_args(tiny_vit_weights, tmp_path / "t.parquet", tmp_path / "out"))
+    code, _, err = run_cli(capsys, fit_args(tiny_vit_weights, tmp_path / "t.parquet", tmp_path / "out"))
     assert code == 2 and "2 of the 3 images have a label" in err and not (tmp_path / "out").exists()
 
 
@@ -339,7 +334,7 @@ def test_a_folder_reads_every_format_pillow_reads_and_counts_the_rest(tmp_path, 
     assert len(notes) == 1 and "2 picture file(s) left out" in notes[0] and ".heic" in notes[0] and ".svg" in notes[0]
     assert {os.path.basename(r["path"]) for r in images.skipped} == {"phone.heic", "logo.svg"}
     out = tmp_path / "out"
-    code, _, err = run(capsys, fit_args(tiny_vit_weights, tmp_path / "data", out, classes="cat,dog", epochs="0"))
+    code, _, err = run_cli(capsys, fit_args(tiny_vit_weights, tmp_path / "data", out, classes="cat,dog", epochs="0"))
     assert code == 0 and "left out" in err
     assert {os.path.basename(r["path"]) for r in read_csv(out / "skipped.csv")} == {"phone.heic", "logo.svg"}
 
@@ -350,9 +345,89 @@ def test_images_over_pils_warning_size_say_nothing_of_it(tmp_path, monkeypatch, 
     (tmp_path / "data" / "cat").mkdir(parents=True)
     photo(40, 40, seed=0).save(tmp_path / "data" / "cat" / "big.png")  # 1600 px: PIL's warning size
     photo(30, 30, seed=1).save(tmp_path / "data" / "cat" / "small.png")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, fit_args(tiny_vit_weights, tmp_path / "data", tmp_path / "out", classes="cat,dog", epochs="0")
     )
     assert code == 0 and "DecompressionBomb" not in err
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_adaptation_images"] == 2
+
+
+def test_symlinked_class_folders_are_followed_once(tmp_path):
+    from ueo.data import read_folder
+
+    store = make_folder(tmp_path / "store")
+    (tmp_path / "data").mkdir()
+    for name in ("cat", "dog"):
+        (tmp_path / "data" / name).symlink_to(store / name, target_is_directory=True)
+    (tmp_path / "data" / "cat" / "loop").symlink_to(tmp_path / "data", target_is_directory=True)  # a loop
+    images = read_folder(tmp_path / "data", ["cat", "dog"])
+    assert sorted(set(images.labels)) == [0, 1] and len(images) == 8
+
+
+def test_byte_order_marks_are_ignored(labeled_data, tmp_path):
+    from ueo.data import parse_class_names, read_list_file
+
+    (tmp_path / "classes.txt").write_bytes("\ufeffcat\ndog\n".encode())
+    assert parse_class_names(str(tmp_path / "classes.txt")) == ["cat", "dog"]
+    (tmp_path / "list.txt").write_bytes(f"\ufeff{labeled_data / 'cat' / '0.jpg'} 0\n".encode())
+    assert read_list_file(tmp_path / "list.txt", root=labeled_data).labels == [0]
+
+
+def test_list_files_say_what_is_wrong(labeled_data, tmp_path):
+    from ueo.errors import DataError
+    from ueo.data import read_list_file
+
+    lst = tmp_path / "l.txt"
+    lst.write_text(f"{labeled_data / 'cat' / '0.jpg'} 0\n")  # absolute, inside the root: fine
+    assert len(read_list_file(lst, root=labeled_data)) == 1
+    lst.write_text("cat/0.jpg cat\n")
+    with pytest.raises(DataError, match="the label 'cat' is not a whole number"):
+        read_list_file(lst, root=labeled_data)
+    lst.write_text(f"{tmp_path / 'l.txt'} 0\n")
+    with pytest.raises(DataError, match="escapes the root"):
+        read_list_file(lst, root=labeled_data)
+
+
+def test_top_level_images_beside_class_folders_are_an_error(labeled_data, tmp_path, capsys, labeled_run):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(labeled_data, mixed)
+    shutil.copy(labeled_data / "cat" / "0.jpg", mixed / "loose.jpg")
+    code, _, err = run_cli(
+        capsys,
+        [
+            "eval",
+            "--adapted",
+            str(labeled_run / "adapted.safetensors"),
+            "--test",
+            str(mixed),
+            "--out",
+            str(tmp_path / "e"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert code == 2 and "outside any class folder" in err and "loose.jpg" in err
+
+
+def test_float_and_32_bit_images_are_not_black(tmp_path):
+    from ueo.images import load_image
+
+    paths = {p.name: p for p in odd_images(tmp_path / "odd")}
+    for name in ("float.tif", "int32.tif", "deep.png"):
+        pixels = np.asarray(load_image(paths[name]), dtype=float)
+        assert pixels.min() <= 2 and pixels.max() >= 250 and 100 < pixels.mean() < 155, name  # a full ramp
+    assert load_image(paths["rotated.jpg"]).size == (40, 60)  # turned as the EXIF tag says
+    alpha = np.asarray(load_image(paths["alpha.png"]))
+    assert (alpha[:, :30] == 255).all()  # transparent pixels over white
+
+
+def test_large_images_under_pils_own_limit_are_read(tmp_path, monkeypatch):
+    from ueo.images import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as if 89.5 Mpx were 1,000 pixels
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(tmp_path / "big.png")  # 1,600: over the warning, under 2x
+    Image.new("RGB", (50, 50), (9, 9, 9)).save(tmp_path / "bomb.png")  # 2,500: over PIL's own error limit
+    assert load_image(tmp_path / "big.png").size == (40, 40)
+    with pytest.raises(Image.DecompressionBombError):
+        load_image(tmp_path / "bomb.png")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import ueo
-from helpers import read_csv, write_photos
+from helpers import fit_args, read_csv, write_photos
 from ueo.cli import main
 
 pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
@@ -39,9 +39,10 @@ AGAINST_FILES = {"raw": 2e-6, "auto": 2e-3}
 def test_fit_eval_predict_and_load_adapted_score_each_image_alike(photos, tmp_path, model, pretrained, fmt):
     common = ["--device", "cpu", "--quiet", "--cache-format", fmt, "--cache-dir", str(tmp_path / "cache")]
     fit = tmp_path / "fit"
-    argv = ["fit", "--model", model, "--pretrained", pretrained, "--seed", "7", "--data", str(photos)]
-    argv += ["--classes", "cat,dog", "--test", str(photos), "--epochs", "2", "--batch-size", "4", "--out", str(fit)]
-    assert main([*argv, "--lr-prompt", "0.05", "--lr-norm", "0.05", *common]) == 0
+    argv = fit_args(
+        pretrained, photos, fit, "--seed", "7", "--test", str(photos), *common, model=model, epochs="2", lr="0.05"
+    )
+    assert main(argv) == 0
     state = fit / "adapted.safetensors"
     assert main(["eval", "--adapted", str(state), "--test", str(photos), "--out", str(tmp_path / "e"), *common]) == 0
     assert main(["predict", "--adapted", str(state), "--data", str(photos), "--out", str(tmp_path / "p"), *common]) == 0
@@ -74,8 +75,7 @@ def test_a_state_is_refused_on_other_weights_of_the_same_file_name(photos, tmp_p
     other = ueo.load_clip("ueo-tiny-vit", device="cpu", seed=11).model.state_dict()
     save_file({k: v.contiguous() for k, v in other.items()}, str(second))
     out = tmp_path / "fit"
-    argv = ["fit", "--model", "ueo-tiny-vit", "--pretrained", str(first), "--data", str(photos), "--classes", "cat,dog"]
-    assert main([*argv, "--epochs", "1", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    assert main(fit_args(first, photos, out)) == 0
     state = out / "adapted.safetensors"
     capsys.readouterr()
     argv = ["predict", "--adapted", str(state), "--data", str(photos), "--pretrained", str(second), "--device", "cpu"]
@@ -95,8 +95,7 @@ def test_a_state_is_refused_on_other_weights_of_the_same_file_name(photos, tmp_p
 
 def test_the_export_records_the_weights_it_was_made_from(photos, tmp_path):
     out = tmp_path / "fit"
-    argv = ["fit", "--model", "ueo-tiny-vit", "--pretrained", "none", "--seed", "5", "--data", str(photos)]
-    assert main([*argv, "--classes", "cat,dog", "--epochs", "1", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    assert main(fit_args("none", photos, out, "--seed", "5")) == 0
     assert main(["export", "--adapted", str(out / "adapted.safetensors"), "--out", str(tmp_path / "x")]) == 0
     from safetensors import safe_open
 
@@ -125,8 +124,7 @@ def test_weights_whose_ends_are_unchanged_are_still_other_weights(photos, tmp_pa
     memo = json.loads((__import__("pathlib").Path(os.environ["UEO_CACHE_DIR"]) / "digests.json").read_text())
     assert a["sha256"] in memo.values() and b["sha256"] in memo.values()
     out = tmp_path / "fit"
-    argv = ["fit", "--model", "ueo-tiny-vit", "--pretrained", str(first), "--data", str(photos), "--classes", "cat,dog"]
-    assert main([*argv, "--epochs", "1", "--device", "cpu", "--out", str(out), "--quiet", "--no-discover"]) == 0
+    assert main(fit_args(first, photos, out, "--no-discover")) == 0
     capsys.readouterr()
     argv = ["predict", "--adapted", str(out / "adapted.safetensors"), "--data", str(photos), "--device", "cpu"]
     assert main([*argv, "--pretrained", str(second), "--out", str(tmp_path / "p"), "--quiet"]) == 2

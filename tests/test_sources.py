@@ -11,19 +11,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from helpers import fit_args, read_csv, write_photos
+from helpers import fit_args, read_csv, run_cli, write_photos
 from ueo.cli import main
 
 wds = pytest.importorskip("webdataset")
 datasets = pytest.importorskip("datasets")
 
 CLASSES = ("cat", "dog")
-
-
-def run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def outputs(folder):
 
 def fit(capsys, weights, data, out, *extra, classes="cat,dog", cache=None):
     args = fit_args(weights, data, out, "--test", str(data), "--no-report", "--no-discover", *extra, classes=classes)
-    code, _, err = run(capsys, [*args, "--cache-dir", str(cache or out.parent / "cache")])
+    code, _, err = run_cli(capsys, [*args, "--cache-dir", str(cache or out.parent / "cache")])
     return code, err
 
 
@@ -162,7 +156,7 @@ def test_without_classes_the_collection_names_them(photos, tmp_path, capsys, tin
     (root / "classnames.txt").write_text("cat\ndog\nzebra\n")
     args = fit_args(tiny_vit_weights, root, tmp_path / "out", "--no-report", "--no-discover")
     i = args.index("--classes")
-    code, out, err = run(capsys, args[:i] + args[i + 2 :] + ["--cache-dir", str(tmp_path / "cache")])
+    code, out, err = run_cli(capsys, args[:i] + args[i + 2 :] + ["--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
     assert "the 3 that --data names (cat, dog, zebra)" in out + err
 
@@ -291,7 +285,7 @@ def test_a_resumed_run_sees_a_shard_rewritten(photos, tmp_path, capsys, tiny_vit
 def test_an_html_report_shows_images_from_shards(photos, tmp_path, capsys, tiny_vit_weights):
     shards = write_shards(tmp_path / "shards", photos)
     args = fit_args(tiny_vit_weights, shards, tmp_path / "out", "--no-discover")
-    code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    code, _, err = run_cli(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
     thumbs = list((tmp_path / "out" / "thumbs").glob("*.jpg"))
     assert len(thumbs) >= len(files_of(photos)) // 2
@@ -344,7 +338,7 @@ def test_the_report_shows_images_of_streamed_shards(photos, tmp_path, capsys, ti
     else:
         spec = f"pipe:cat {tar}"
     args = fit_args(tiny_vit_weights, spec, tmp_path / "out", "--no-discover")
-    code, _, err = run(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
+    code, _, err = run_cli(capsys, [*args, "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
     page = (tmp_path / "out" / "report.html").read_text()
     assert "(image not readable)" not in page and page.count('src="thumbs/') >= len(files_of(photos))

@@ -1,8 +1,14 @@
 import itertools
+import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
+from helpers import quick_fit_args, read_csv, run_cli
+from ueo import AdaptedState
+from ueo.cli import main
 from ueo.errors import ConfigError, DataError
 from ueo.thresholds import decide, otsu_threshold, parse_threshold, threshold_at_tpr
 
@@ -78,3 +84,116 @@ def test_one_policy_chooses_every_threshold():
     assert "1/K" in said[-1]
     tpr = choose_threshold(known_scores=[0.9, 0.8, 0.7, 0.6], tpr=0.75, source="4 known images")
     assert tpr == Threshold(0.7, "tpr", "accepts 0.75 of 4 known images")  # 3 of 4 accepted at >= 0.7
+
+
+@pytest.mark.slow
+def test_the_fitted_threshold_is_stored_and_used_for_every_image(labeled_run, labeled_data, tmp_path, capsys):
+    state = AdaptedState.load(labeled_run / "adapted.safetensors")
+    metrics = json.loads((labeled_run / "metrics.json").read_text())
+    stored = state.threshold.record()  # one record: the state's is metrics.json's, the zero-shot cut included
+    assert stored == metrics["threshold"] and stored["rule"] == "otsu"
+    adapted = str(labeled_run / "adapted.safetensors")
+    code, out, _ = run_cli(
+        capsys,
+        [
+            "predict",
+            "--adapted",
+            adapted,
+            "--data",
+            str(labeled_data),
+            "--out",
+            str(tmp_path / "all"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
+    assert code == 0 and "stored in the adapted state" in out
+    together = {r["path"]: r["prediction"] for r in read_csv(tmp_path / "all" / "predictions.csv")}
+    for path in list(together)[:3]:  # each image alone gets the decision it gets among all the others
+        single = tmp_path / f"one{len(os.listdir(tmp_path))}"
+        (single / "in").mkdir(parents=True)
+        shutil.copy(path, single / "in" / os.path.basename(path))
+        assert (
+            main(
+                [
+                    "predict",
+                    "--adapted",
+                    adapted,
+                    "--data",
+                    str(single / "in"),
+                    "--out",
+                    str(single / "out"),
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        assert read_csv(single / "out" / "predictions.csv")[0]["prediction"] == together[path]
+    # eval on the fit's own test set flags exactly what fit flagged
+    code, _, _ = run_cli(
+        capsys,
+        [
+            "eval",
+            "--adapted",
+            adapted,
+            "--test",
+            str(labeled_data),
+            "--out",
+            str(tmp_path / "e"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
+    evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert code == 0 and evaluated["threshold"]["threshold"] == metrics["threshold"]["threshold"]
+    assert evaluated["predictions"]["num_predicted_unknown"] == metrics["predictions"]["num_predicted_unknown"]
+
+
+@pytest.mark.parametrize("value, expected", [("0.2", "at or below 1/K"), ("1.5", "above 1")])
+def test_a_threshold_that_decides_nothing_is_warned_about(labeled_run, labeled_data, tmp_path, capsys, value, expected):
+    code, _, err = run_cli(
+        capsys,
+        [
+            "predict",
+            "--adapted",
+            str(labeled_run / "adapted.safetensors"),
+            "--data",
+            str(labeled_data),
+            "--threshold",
+            value,
+            "--out",
+            str(tmp_path / "p"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
+    assert code == 0 and expected in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "high"])
+def test_non_numbers_as_thresholds_are_refused(labeled_run, labeled_data, tiny_vit_weights, tmp_path, capsys, value):
+    code, _, err = run_cli(
+        capsys,
+        [
+            "predict",
+            "--adapted",
+            str(labeled_run / "adapted.safetensors"),
+            "--data",
+            str(labeled_data),
+            f"--threshold={value}",
+            "--out",
+            str(tmp_path / "p"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert code == 2 and "--threshold" in err and not (tmp_path / "p").exists()
+    code, _, err = run_cli(
+        capsys, quick_fit_args(tiny_vit_weights, labeled_data, tmp_path / "f", f"--threshold={value}")
+    )
+    assert code == 2 and not (tmp_path / "f").exists()

@@ -11,19 +11,11 @@ import numpy as np
 import pytest
 
 import ueo
-from helpers import make_folder, photo
+from helpers import make_folder, photo, run_cli
 from ueo.cache import DecodeCache, file_key
-from ueo.cli import main
 from ueo.data import read_folder
 
 SIDE = 128
-
-
-def run(capsys, argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
 
 
 @pytest.fixture
@@ -41,19 +33,19 @@ def test_clear_refuses_a_folder_that_is_not_a_ueo_cache(tmp_path, capsys):
     (mine / "v3" / "short448").mkdir(parents=True)
     (mine / "v3" / "short448" / "notes.shard").write_text("mine too")
     for action in ("clear", "prune"):
-        code, _, err = run(capsys, ["cache", action, "--cache-dir", mine])
+        code, _, err = run_cli(capsys, ["cache", action, "--cache-dir", mine])
         assert code == 2 and "is not a ueo cache" in err
     assert (mine / "vocabulary" / "notes.txt").read_text() == "my notes"
     assert (mine / "v3" / "short448" / "notes.shard").read_text() == "mine too"
 
 
 def test_an_empty_cache_dir_is_refused_by_every_command(tmp_path, capsys, tiny_vit_weights):
-    code, _, err = run(capsys, ["cache", "clear", "--cache-dir", ""])
+    code, _, err = run_cli(capsys, ["cache", "clear", "--cache-dir", ""])
     assert code == 2 and "--cache-dir is empty" in err
     from helpers import fit_args
 
     data = make_folder(tmp_path / "data", classes=("cat",), n=2)
-    code, _, err = run(capsys, fit_args(tiny_vit_weights, data, tmp_path / "out", "--cache-dir", ""))
+    code, _, err = run_cli(capsys, fit_args(tiny_vit_weights, data, tmp_path / "out", "--cache-dir", ""))
     assert code == 2 and "--cache-dir is empty" in err and not (tmp_path / "out").exists()
 
 
@@ -66,9 +58,9 @@ def test_prune_and_clear_leave_a_users_files_in_a_cache(cache, capsys):
     (cache / "vocabulary" / "names.txt").write_text("my names")
     damaged = folder / ("0" * 32 + ".shard")
     damaged.write_bytes(b"UEOSHRD3 broken")  # a shard of ueo's, damaged: removed
-    code, out, _ = run(capsys, ["cache", "prune", "--cache-dir", cache])
+    code, out, _ = run_cli(capsys, ["cache", "prune", "--cache-dir", cache])
     assert code == 0 and "1 shard(s) removed" in out and not damaged.exists()
-    code, out, _ = run(capsys, ["cache", "clear", "--cache-dir", cache])
+    code, out, _ = run_cli(capsys, ["cache", "clear", "--cache-dir", cache])
     assert code == 0 and not list(folder.glob("[0-9a-f]*.shard"))
     assert (folder / "notes.shard").read_text() == "a user's file"
     assert (cache / "vacation" / "shortcuts" / "photo.txt").read_text() == "keep"
@@ -83,12 +75,12 @@ def test_a_hand_edited_bound_is_not_used_and_the_bound_can_be_set(cache, tmp_pat
     DecodeCache(cache, warn=warned.append).ensure(more, SIDE)
     assert all(p.exists() for p in shards)  # -1 would have evicted everything
     assert any("does not hold a bound" in w for w in warned)
-    code, out, _ = run(capsys, ["cache", "bound", "20MB", "--cache-dir", cache])
+    code, out, _ = run_cli(capsys, ["cache", "bound", "20MB", "--cache-dir", cache])
     assert code == 0 and "0.020 GB" in out
     assert json.loads((cache / "settings.json").read_text())["max_size"] == 20_000_000
-    code, out, _ = run(capsys, ["cache", "bound", "--cache-dir", cache])
+    code, out, _ = run_cli(capsys, ["cache", "bound", "--cache-dir", cache])
     assert code == 0 and "bounded at 0.020 GB" in out and "ueo cache bound" in out
-    code, _, err = run(capsys, ["cache", "bound", "10", "--cache-dir", cache])
+    code, _, err = run_cli(capsys, ["cache", "bound", "10", "--cache-dir", cache])
     assert code == 2 and "at least 1 MB" in err
 
 
@@ -152,7 +144,7 @@ def test_vocabulary_features_that_cannot_be_kept_cost_a_warning_only(tmp_path, c
     argv += ["--classes", ",".join(CLASS_NAMES[:2]), "--epochs", "1", "--batch-size", "8", "--quiet"]
     argv += ["--vocabulary", names, "--cache-dir", cache, "--threshold", "0.9"]
     for attempt in ("first", "again"):
-        code, _, err = run(capsys, [*argv, "--out", tmp_path / attempt])
+        code, _, err = run_cli(capsys, [*argv, "--out", tmp_path / attempt])
         assert code == 0 and "cannot be kept" in err
         assert (tmp_path / attempt / "metrics.json").is_file() and (tmp_path / attempt / "report.html").is_file()
     assert os.path.isfile(cache / "vocabulary")

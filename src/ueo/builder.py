@@ -22,14 +22,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .errors import Interrupted
 from .files import write_text
 from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels
+from .members import Member
 from .shards import bound, encode, existing, what_of, write_shard
+from .sources import opened
+from .tarshards import stream
 
 SHARD_BYTES = 128 << 20  # stored bytes per shard at most (a shard is built in memory before it is written)
 SHARDS_PER_BOUND = 8  # and at most an eighth of the bound, so that a small bound still holds some
@@ -135,6 +141,112 @@ def first_look(cache, results, todo: int, images: int, collection: str, folder, 
     return fmt
 
 
+def decoded_chunks(todo: list, short_side: int, threads: int | None, should_stop: Callable[[], bool] | None):
+    """The images of ``todo`` [(key, image)] decoded, IN_FLIGHT at a time, in order: lists of (key, image,
+    (pixels, original size) or None, why it is unreadable or None, whether that is kept in the cache).
+    Images that only a stream gives are read in one pass per container; the others at random, in parallel,
+    within a pixel budget. Interrupted when ``should_stop`` says so."""
+    budget = PixelBudget()
+    streamed = {item: key for key, item in todo if isinstance(item, Member) and item.streamed}
+
+    def payloads():
+        yield from ((key, item, None) for key, item in todo if item not in streamed)
+        for item, data, why in stream(list(streamed)):
+            yield streamed[item], item, data if data is not None else OSError(why)
+
+    def one(payload):
+        key, item, data = payload
+        if should_stop is not None and should_stop():
+            return None
+        try:
+            if isinstance(data, OSError):
+                raise data
+            source = io.BytesIO(data) if data is not None else (opened(item) if isinstance(item, Member) else item)
+            with budget(image_pixels(source)):
+                return key, item, decode(source, short_side), None, True
+        except UNREADABLE as error:
+            # errors of the system (a permission, a missing file) may be gone the next time, and PIL's
+            # decompression-bomb limit is a setting: neither is kept in the cache
+            lasting = not isinstance(error, Image.DecompressionBombError) and not (
+                isinstance(error, OSError) and error.errno is not None
+            )
+            return key, item, None, describe(error), lasting
+
+    work = payloads()
+    with ThreadPoolExecutor(max_workers=threads or min(32, os.cpu_count() or 4)) as pool:
+        while batch := [p for _, p in zip(range(IN_FLIGHT), work)]:
+            results = list(pool.map(one, batch))
+            if any(r is None for r in results):
+                raise Interrupted("stopped while decoding the images")
+            yield results
+            del results  # (before the next images are decoded: one chunk's pixels at a time)
+
+
+@dataclass
+class Shelf:
+    """Where decoded images go: shards in ``folder`` (None: nowhere), written once ``shard_bytes`` of entries
+    have come; what the cache cannot take is left to be read later (``later``: {key: place}); problems
+    not kept in the cache in ``passing``."""
+
+    cache: Any
+    folder: Path | None
+    collection: str
+    shard_bytes: int
+    records: list[tuple] = field(default_factory=list)
+    size: int = 0
+    passing: dict[bytes, str] = field(default_factory=dict)
+    later: dict[bytes, tuple] = field(default_factory=dict)
+
+    def add(self, key: bytes, item, stored, problem: str | None) -> None:
+        """An image's entry (format, bytes, size, original size), or its lasting problem (stored None)."""
+        if self.folder is None:  # no cache to write
+            if stored is not None:
+                self.leave(key, item, stored)
+            else:
+                self.passing[key] = problem or "unreadable"
+            return
+        self.records.append((key, stored, problem, item))
+        self.size += len(stored[1]) if stored is not None else 0
+        if self.size >= self.shard_bytes or len(self.records) >= SHARD_IMAGES:
+            self.flush()
+
+    def leave(self, key: bytes, item, stored) -> None:
+        """An image decoded but not written: read from its source when needed, or (a stream's) spilled."""
+        fmt, data, hw, original = stored
+        if not (isinstance(item, Member) and item.streamed):
+            self.later[key] = (SOURCE, tuple(original))
+            return
+        spill = self.cache.spill
+        self.later[key] = (HELD, spill, spill.append(data), len(data), fmt, tuple(hw), tuple(original))
+        if spill.memory is not None and not spill.said:
+            spill.said = True
+            self.cache.warn(
+                "warning: no temporary file can be written for the streamed images the decode cache cannot take: "
+                "they are held in memory as they are stored (give the cache room, or free the disk)."
+            )
+
+    def flush(self) -> None:
+        """Write the pending entries as a shard when the cache has room, else leave them (and stop writing)."""
+        records, self.records, self.size = self.records, [], 0
+        if self.folder is not None:
+            try:
+                if self.cache.room(self.folder, sum(len(r[1][1]) for r in records if r[1] is not None)):
+                    rows = [(key, stored, problem, what_of(item)) for key, stored, problem, item in records]
+                    self.cache.pin(
+                        write_shard(self.folder, rows, self.collection)
+                    )  # (in use: never evicted for the next)
+                    return
+                self.folder = None
+            except OSError as error:
+                self.cache.refused(self.folder, error)
+                self.folder = None
+        for key, stored, problem, item in records:
+            if stored is not None:
+                self.leave(key, item, stored)
+            else:
+                self.passing[key] = problem
+
+
 def build(
     cache,
     folder: Path | None,
@@ -150,116 +262,32 @@ def build(
     """Decode ``todo`` [(key, image)] of a collection of ``images`` images into new shards in ``folder``
     (None: nowhere); returns (the problems not kept in the cache, {key: place} of the images decoded but not
     written: (SOURCE, original size), to be decoded from their source when needed, or, for images that only
-    a stream gives, (HELD, spill, offset, stored bytes, format, size, original size)). Not kept as problems:
-    errors of the operating system (a permission, a missing file: they may be gone the next time) and images
-    over PIL's decompression-bomb limit (a setting). When a shard cannot be written (the disk is full or
-    read-only, the bound is reached) the cache stops growing, with a warning. Images that only a stream
-    gives (``ueo.sources``) are read in one pass per container; the others at random, in parallel."""
-    from tqdm.auto import tqdm
-
-    from .sources import opened
-    from .tarshards import stream
-
-    budget = PixelBudget()
-
-    def payloads():
-        streamed = {item: key for key, item in todo if getattr(item, "streamed", False)}
-        for key, item in todo:
-            if item not in streamed:
-                yield key, item, None
-        for item, data, why in stream(list(streamed)):
-            yield streamed[item], item, data if data is not None else OSError(why)
-
-    def one(payload):
-        key, item, data = payload
-        if should_stop is not None and should_stop():
-            return key, item, None, None, False
-        try:
-            if isinstance(data, OSError):
-                raise data
-            source = io.BytesIO(data) if data is not None else (opened(item) if hasattr(item, "container") else item)
-            with budget(image_pixels(source)):
-                return key, item, decode(source, short_side), None, True
-        except UNREADABLE as error:
-            lasting = not isinstance(error, Image.DecompressionBombError) and not (
-                isinstance(error, OSError) and error.errno is not None
-            )
-            return key, item, None, describe(error), lasting
-
-    records: list[tuple] = []
-    size = 0
-    passing: dict[bytes, str] = {}
-    later: dict[bytes, tuple] = {}
-
-    def leave(key, item, stored) -> None:
-        """An image decoded but not written: from its source when needed, or spilled (a stream's)."""
-        fmt, data, hw, original = stored
-        if getattr(item, "streamed", False):
-            spill = cache.spill
-            later[key] = (HELD, spill, spill.append(data), len(data), fmt, tuple(hw), tuple(original))
-            if spill.memory is not None and not spill.said:
-                spill.said = True
-                cache.warn(
-                    "warning: no temporary file can be written for the streamed images the decode cache cannot take: "
-                    "they are held in memory as they are stored (give the cache room, or free the disk)."
-                )
-        else:
-            later[key] = (SOURCE, tuple(original))
-
-    def flush():
-        nonlocal folder
-        if folder is not None:
-            try:
-                if cache.room(folder, size):
-                    written = write_shard(
-                        folder, [(k, st, pr, what_of(item)) for k, st, pr, item in records], collection
-                    )
-                    cache.pin(written)  # (its own shards are in use: never what makes room for the next)
-                    return
-                folder = None
-            except OSError as error:
-                cache.refused(folder, error)
-                folder = None
-        for key, stored, problem, item in records:
-            if stored is not None:
-                leave(key, item, stored)
-            else:
-                passing[key] = problem
-
-    shard_bytes = min(SHARD_BYTES, bound(cache.root, cache.max_size, warn=cache.warn)[0] // SHARDS_PER_BOUND)
+    a stream gives, (HELD, spill, offset, stored bytes, format, size, original size)). When a shard cannot be
+    written (the disk is full or read-only, the bound is reached) the cache stops growing, with a warning."""
+    limit = bound(cache.root, cache.max_size, warn=cache.warn)[0]
+    shelf = Shelf(cache, folder, collection, min(SHARD_BYTES, limit // SHARDS_PER_BOUND))
     bar = tqdm(total=len(todo), desc="decode", unit="img", disable=not progress, leave=False)
-    work, started, fmt = payloads(), time.monotonic(), None
-    with ThreadPoolExecutor(max_workers=threads or min(32, os.cpu_count() or 4)) as pool:
-        while batch := [p for _, p in zip(range(IN_FLIGHT), work)]:  # in order, a bounded number in flight
-            results = list(pool.map(one, batch))
-            if any(decoded is None and problem is None for _, _, decoded, problem, _ in results):
-                raise Interrupted("stopped while decoding the images")
-            if fmt is None and any(r[2] is not None for r in results):  # the entries' format, what it costs
-                fmt = first_look(cache, results, len(todo), images, collection, folder, started)
-            entries = [
-                None if d is None else (*encode(d[0], d[1], fmt or "raw"), d[0].shape[1:], d[1])
-                for _, _, d, _, _ in results
-            ]
-            if folder is not None and not records and fmt is not None:  # no room even for these: none for more
-                folder = folder if cache.room(folder, sum(len(e[1]) for e in entries if e is not None)) else None
-            for (key, item, _, problem, lasting), stored in zip(results, entries):
-                bar.update()
-                if problem is not None and not lasting:
-                    passing[key] = problem
-                    continue
-                if folder is None:  # no cache to write
-                    if stored is not None:
-                        leave(key, item, stored)
-                    else:
-                        passing[key] = problem
-                    continue
-                records.append((key, stored, problem, item))
-                size += len(stored[1]) if stored is not None else 0
-                if size >= shard_bytes or len(records) >= SHARD_IMAGES:
-                    flush()
-                    records, size = [], 0
-            del results, entries  # (before the next images are decoded: one chunk's pixels at a time)
-    if records:
-        flush()
+    started, fmt = time.monotonic(), None
+    first = True
+    for results in decoded_chunks(todo, short_side, threads, should_stop):
+        if fmt is None and any(r[2] is not None for r in results):  # the entries' format, what the pass costs
+            fmt = first_look(cache, results, len(todo), images, collection, folder, started)
+        entries = [
+            None if d is None else (*encode(d[0], d[1], fmt or "raw"), d[0].shape[1:], d[1])
+            for _, _, d, _, _ in results
+        ]
+        if shelf.folder is not None and first:  # no room even for the first images: none for more
+            room = sum(len(e[1]) for e in entries if e is not None)
+            shelf.folder = shelf.folder if cache.room(shelf.folder, room) else None
+        first = False
+        for (key, item, _, problem, lasting), stored in zip(results, entries):
+            bar.update()
+            if problem is not None and not lasting:
+                shelf.passing[key] = problem
+            else:
+                shelf.add(key, item, stored, problem)
+        del results, entries  # (before the next images are decoded: one chunk's pixels at a time)
+    if shelf.records:
+        shelf.flush()
     bar.close()
-    return passing, later
+    return shelf.passing, shelf.later

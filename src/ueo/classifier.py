@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .clip import load_clip
 from .config import is_finite_number
 from .errors import ConfigError, DataError, IncompatibleError
 from .feed import image_source
@@ -207,7 +208,6 @@ def load_adapted(
     """A :class:`Classifier` from an adapted state file. The CLIP is the one the state records (found as
     ``ueo predict`` finds it); ``pretrained=`` / ``model=`` override it (e.g. a local weights file offline).
     ``threshold``: instead of the fitted one."""
-    from .clip import load_clip
 
     state = AdaptedState.load(path)
     name = model or state.model

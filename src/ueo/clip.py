@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import open_clip
 import torch
+from huggingface_hub import constants
 
 from .errors import ConfigError, ModelUnavailableError, WeightsUnavailableError
 from .files import file_digest
@@ -101,9 +105,6 @@ def weights_advice(model: str, weights_file: str, python: bool = True) -> str:
 
 def _weights_source(model: str, pretrained: str | None) -> tuple[str, str, str | None]:
     """(what the weights are, their file name, the host they come from) of a tag or an hf-hub: model."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
 
     hub_host = urlparse(constants.ENDPOINT).hostname
     if model.startswith("hf-hub:"):
@@ -121,7 +122,6 @@ def _weights_source(model: str, pretrained: str | None) -> tuple[str, str, str |
 
 def _reachable(host: str | None, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds."""
-    import socket
 
     if not host:
         return True
@@ -135,7 +135,6 @@ def _reachable(host: str | None, timeout: float = 3.0) -> bool:
 @contextlib.contextmanager
 def _hub_offline(offline: bool):
     """Hugging Face Hub in offline mode (the cache only, no retries) while ``offline``."""
-    from huggingface_hub import constants
 
     previous = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = previous or offline
@@ -183,7 +182,6 @@ def _model_config(model: str) -> dict:
 def _check_text_tower(model: str, cfg: dict) -> None:
     """Refuse, before anything is built, a text tower ueo cannot learn prompts on (a Hugging Face text
     model), and say when a Hugging Face tokenizer needs the ``transformers`` package."""
-    import importlib.util
 
     text = cfg.get("text_cfg", {})
     if text.get("hf_model_name"):
@@ -311,10 +309,6 @@ def load_clip(
     if is_tag or schema == "hf-hub":  # a download may be needed: fail fast when the network is not there
         description, weights_file, host = _weights_source(model, pretrained)
     if is_tag or schema == "hf-hub" or hub_tokenizer:
-        from urllib.parse import urlparse
-
-        from huggingface_hub import constants
-
         offline = not _reachable(host or urlparse(constants.ENDPOINT).hostname)
     try:
         with torch.random.fork_rng(devices=[]), _hub_offline(offline):

@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+UNKNOWN = "unknown"  # what an image of no listed class is called (predictions, reports, the confusion matrix)
 METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
 TUNE_CHOICES = ("prompt", "norm", "both")
 PROMPT_CONTEXT = "prompt.ctx"  # the name of the learned prompt context among the tuned tensors (states, checkpoints)

@@ -17,15 +17,18 @@ Conventions
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from PIL import Image
+
+from .config import UNKNOWN
 from .errors import DataError
 from .imagelist import ImageList, fold, stderr
 from .labels import LABEL_COLUMNS, label_value, labeled_by, name_labels
-from .thresholds import UNKNOWN
 
 # What people keep pictures as. Those that Pillow opens here are read (IMAGE_EXTENSIONS); a file with one
 # of the others is left out with its reason (NOT_READ), never silently.
@@ -39,7 +42,6 @@ RAW_CAMERA = (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 
 def _readable_extensions() -> tuple[str, ...]:
     """The picture extensions Pillow opens here (HEIC too when the pillow-heif plugin is installed)."""
-    from PIL import Image
 
     try:  # an optional plugin people install for phone photos
         import pillow_heif
@@ -313,7 +315,6 @@ METADATA = "metadata.csv"  # Hugging Face's imagefolder: a file_name column and 
 def metadata_labels(folder: Path, paths: Sequence[Path], warn) -> tuple[str, dict[str, int | str]] | None:
     """(label column, {absolute path of an image: its raw label}) of a folder's ``metadata.csv`` (Hugging Face's imagefolder);
     None when it holds no labels, or is not imagefolder metadata (no ``file_name`` column: warned about)."""
-    import csv
 
     where = folder / METADATA
     rows = list(csv.DictReader(read_text(where).splitlines()))

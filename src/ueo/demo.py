@@ -12,12 +12,25 @@ no final PACC or AUROC by more than a few tenths of a point.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 
+import torch
+
+from . import report, tables
 from . import toyworld as tw
+from .clip import load_clip
+from .discovery import discover
+from .files import write_text
 from .imagelist import ImageList
 from .protocols import SHIFT_SCENARIOS
+from .record import fit_record
+from .report import write_discovery
+from .tables import paired_difference
+from .training import fit
+from .webreport import write_run_report
 from .webtable import write_table_page
 
 DEMO_METHODS = ("zeroshot", "entropy", "infomax", "ueo")
@@ -39,8 +52,6 @@ def run_scenario(
 ) -> dict[str, dict]:
     """{method: {metric: mean over seeds, metric_std: ..., "seeds": [...per seed...]}} on one toy scenario.
     With ``out``: one folder per run, and for UEO's first seed the predictions, plots and report.html."""
-    from . import tables
-    from .training import fit
 
     train, test = tw.scenario(scenario, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
@@ -90,7 +101,6 @@ def run_scenario(
 def discover_toy(bundle, result, train, out: Path | None):
     """What the class list misses in the adaptation set, named from the toy vocabulary (ueo.discover; with
     ``out``, of the images written there as files, so that the run's page shows them)."""
-    from .discovery import discover
 
     return discover(result, image_files(out, train).paths if out is not None else train, vocabulary=tw.VOCABULARY)
 
@@ -102,7 +112,6 @@ def against_truth(found, labels: Sequence[int], scenario: str) -> dict:
     together as one more group), and for each unknown class in the set whether the group holding most of
     its images has its name first, or among its 3 names. Beside each, what a trivial rule gets: every class
     present (recall 0), one group (purity: the largest class's fraction; AMI 0), a random allowed name."""
-    from collections import Counter
 
     from sklearn.metrics import adjusted_mutual_info_score
 
@@ -179,9 +188,6 @@ def write_run(
     discovery=None,
     settings: dict | None = None,
 ) -> None:
-    from . import report
-    from .record import fit_record
-    from .webreport import write_run_report
 
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
     result.adapted.save(run_dir / "adapted.safetensors")
@@ -217,8 +223,6 @@ def write_run(
         if result.history:
             report.plot_loss(result.history, run_dir / "loss.png")
     if discovery is not None:
-        from .report import write_discovery
-
         write_discovery(run_dir, discovery)
         metrics["discovery"] = discovery.record()
     report.write_json(run_dir / "metrics.json", {k: v for k, v in metrics.items() if v is not None})
@@ -243,7 +247,6 @@ def format_table(table: dict[str, dict[str, dict]]) -> str:
 
 def compare(scenario: str, methods: dict[str, dict]) -> list[str]:
     """The UEO - InfoMax gaps of a scenario, paired by seed, in words (none with fewer than two seeds)."""
-    from .tables import paired_difference
 
     if "ueo" not in methods or "infomax" not in methods or len(methods["ueo"]["seeds"]) < 2:
         return []
@@ -268,11 +271,6 @@ def run_demo(
     epochs: int | None = None,
     scenarios: Sequence[str] = DEMO_SCENARIOS,
 ) -> int:
-    import torch
-
-    from . import report, tables
-    from .clip import load_clip
-    from .files import write_text
 
     start = time.time()
     settings = {**DEMO_SETTINGS, **({"epochs": epochs} if epochs is not None else {})}
@@ -313,9 +311,6 @@ def run_demo(
 
 def write_index(out: Path, scenarios: Sequence[str], table: dict | None = None, seed: int = 0) -> None:
     """index.html: the way into the demo's pages, and per scenario what the class list misses against the truth."""
-    from html import escape
-
-    from .files import write_text
 
     links = "".join(
         f'<li><a href="{s}/ueo/seed{seed}/report.html">{s}: UEO, what it decided</a></li>' for s in scenarios

@@ -40,7 +40,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cache import default_cache_dir
+from .classifier import Classifier
+from .config import FitResult
+from .errors import ConfigError
+from .images import as_dataset
+from .inference import evaluate
 from .naming import name_groups, same_name, vocabulary_names
+from .objectives import mcm_scores
+from .thresholds import choose_threshold
 
 ABSENT_RATIO = 0.45
 MIN_PER_CLASS = 8  # accepted images per listed class that a verdict on absent classes needs
@@ -267,7 +275,6 @@ def discover_outputs(
     """The discovery of a scored collection (``outputs`` with features, from ``evaluate(..., features=True)``),
     decided with ``threshold``; ``names``: the vocabulary (None: the groups are not named). ``should_stop``:
     polled while the vocabulary is encoded; ``warn``: where warnings go."""
-    from .objectives import mcm_scores
 
     if outputs.features is None:
         raise ValueError("discovery needs the image features: evaluate(..., features=True)")
@@ -329,13 +336,6 @@ def discover(
     threshold: the "unknown" cut (default: the classifier's, or the state's fitted one).
     cache_dir: where the vocabulary's text features are kept (default: beside the decode cache).
     Returns a :class:`Discovery` (``.absent``, ``.groups``, ``.suggested_classes``, ``.summary``)."""
-    from .cache import default_cache_dir
-    from .classifier import Classifier
-    from .config import FitResult
-    from .errors import ConfigError
-    from .images import as_dataset
-    from .inference import evaluate
-    from .thresholds import choose_threshold
 
     cut: float | None
     if isinstance(source, Classifier):

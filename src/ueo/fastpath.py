@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .errors import ConfigError
-from .images import PixelBudget, shrink
+from .images import CountsPixels, PixelBudget, shrink
+from .mapped import decode_batch
 from .pixels import as_rgb
 from .resample import resize_box, window
 from .views import Batch, Plan, ViewSpec, checked_item, chunks, empty_batch, view_seed
@@ -83,10 +85,9 @@ def decoded_short_side(spec: ViewSpec) -> int:
 def decode_all(dataset, short_side: int, threads: int = 8, progress: bool = False) -> DecodedImages:
     """Decode every (PIL image, label) item of ``dataset`` once, into host memory (for datasets that are
     not image files; files go through the persistent decode cache, ``ueo.cache``)."""
-    from tqdm.auto import tqdm
 
     budget = PixelBudget()
-    count = getattr(dataset, "pixel_count", None)  # image files: decoded under the pixel budget
+    count = dataset.pixel_count if isinstance(dataset, CountsPixels) else None  # files: within the pixel budget
 
     def load(i):
         with budget(count(i) if count is not None else 0):
@@ -260,7 +261,6 @@ def put_on_device(pixels, device):
         return pixels
     if isinstance(pixels, DecodedImages):
         return pixels.to(device)
-    from .mapped import decode_batch
 
     flat = torch.empty(pixels.nbytes, dtype=torch.uint8, device=device)
     offsets, at = [], 0

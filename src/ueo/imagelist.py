@@ -3,12 +3,14 @@ image is still the one seen before (its identity; a fingerprint of a whole list)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .files import file_state
+from .members import Member
 
 
 def stderr(message: str) -> None:
@@ -47,7 +49,6 @@ class ImageList:
 def fingerprint(images: ImageList) -> str:
     """A short hash of what a list of images is: every path, its ``file_state`` and label. Two runs over the
     same files give the same fingerprint; a file added, removed, replaced, rewritten or relabeled changes it."""
-    import hashlib
 
     digest = hashlib.sha256()
     for path, label in zip(images.paths, images.labels):
@@ -62,6 +63,6 @@ def identity(item) -> bytes:
     """What an image is, for the decode cache and for resuming: a file's real path (bytes: any file name)
     and ``file_state``, or an image inside a container (``ueo.members.Member.identity``). OSError when a
     file is missing."""
-    if hasattr(item, "identity"):
+    if isinstance(item, Member):
         return item.identity()
     return os.fsencode(os.path.realpath(item)) + f"\0{file_state(os.stat(item))}".encode()

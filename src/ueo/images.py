@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import os
 import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from PIL import Image
 from .errors import DataError, Interrupted
 from .imagelist import ImageList
 from .pixels import as_rgb
+from .sources import opened, where
 
 DECODE_BUDGET_PIXELS = 100_000_000  # pixels being decoded at once, over all threads (bounds the memory)
 
@@ -69,9 +72,8 @@ def image_pixels(path) -> int:
 
 
 def _opened(item):
-    from .sources import opened
 
-    if hasattr(item, "read") and hasattr(item, "seek"):  # bytes already read
+    if isinstance(item, io.IOBase):  # bytes already read
         item.seek(0)
         return item
     return opened(item)
@@ -198,7 +200,6 @@ def sort_out(
 ) -> tuple[ImageList, list[dict[str, str]]]:
     """(the readable images, [{"path", "reason"}] of the others) from {position: why it is unreadable}, with
     a warning for each; strict: DataError at the first. DataError when no image is readable."""
-    from .sources import where
 
     skipped = list(images.skipped)  # found while listing (a truncated shard), warned about then
     if strict and skipped:
@@ -213,6 +214,22 @@ def sort_out(
     kept = images.subset([i for i in range(len(images)) if i not in problems])
     kept.skipped = []
     return kept, skipped
+
+
+@runtime_checkable
+class ImageDataset(Protocol):
+    """A dataset of (image, label) items, as PyTorch's map-style datasets are: what the entry points take."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int): ...
+
+
+@runtime_checkable
+class CountsPixels(Protocol):
+    """A dataset that says how many pixels decoding its item ``i`` takes (from a header: see PixelBudget)."""
+
+    def pixel_count(self, i: int) -> int: ...
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -290,15 +307,11 @@ def as_dataset(images) -> tuple:
     ``ImageFiles``; or a dataset, as it is (with the paths of its files when it is ``ImageFiles``)."""
     if isinstance(images, ImageList):  # what ueo.read_images gives
         return ImageFiles(images), [str(p) for p in images.paths]
+    if isinstance(images, ImageFiles):
+        return images, [str(p) for p in images.images.paths]
     is_array = hasattr(images, "__array__")  # an array or a tensor is not a dataset of images (listed says why)
-    if (
-        hasattr(images, "__getitem__")
-        and hasattr(images, "__len__")
-        and not is_array
-        and not isinstance(images, (list, tuple, str))
-    ):
-        paths = getattr(getattr(images, "images", None), "paths", None)
-        return images, [str(p) for p in paths] if paths is not None else None
+    if isinstance(images, ImageDataset) and not is_array and not isinstance(images, (list, tuple, str)):
+        return images, None
     items = listed(images)
     paths = [str(i) for i in items] if all(isinstance(i, (str, os.PathLike)) for i in items) else None
     return GivenImages(items), paths

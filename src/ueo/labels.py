@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .config import UNKNOWN
 from .errors import DataError
 from .imagelist import ImageList, fold
-from .thresholds import UNKNOWN
 
 LABEL_COLUMNS = ("label", "labels", "cls", "class")  # columns / json fields that hold a label
 

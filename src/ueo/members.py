@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,6 @@ class Member:
 
 def need(module: str, extra: str, what: str):
     """Import an optional package, or DataError naming the extra that installs it."""
-    import importlib
 
     try:
         return importlib.import_module(module)

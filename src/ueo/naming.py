@@ -10,8 +10,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import vocabulary as vocab
 from .errors import DataError
 from .imagelist import fold
+from .prompts import PromptLearner
+from .tuning import applied
 
 SYNONYM_COSINE = 0.95
 
@@ -60,7 +63,6 @@ def best_names(centres: torch.Tensor, features: torch.Tensor, allowed: torch.Ten
 # ------------------------------------------------------------------------------------------ the whole pass
 def vocabulary_names(vocabulary, warn=print) -> list[str] | None:
     """The candidate names: None/"default" -> ImageNet-21k, "none" -> no naming, a path -> its file, a list."""
-    from . import vocabulary as vocab
 
     if vocabulary is None or vocabulary == "default":
         return vocab.default_vocabulary()
@@ -79,8 +81,6 @@ def vocabulary_names(vocabulary, warn=print) -> list[str] | None:
 
 def learned_features(bundle, state, names: Sequence[str]) -> torch.Tensor:
     """[N, D]: the features of "[learned context] name." (the zero-shot prompt when no context was learned)."""
-    from .prompts import PromptLearner
-    from .tuning import applied
 
     learner = PromptLearner(bundle, list(names), init=state.init).to(bundle.device)
     with applied(bundle.model, learner, state.tensors), torch.no_grad():
@@ -92,7 +92,6 @@ def name_groups(
 ) -> None:
     """Give each group its TOP_NAMES best allowed names, or "looks like" a listed class (see the module).
     ``should_stop``: polled while the vocabulary is encoded; ``warn``: says when its features cannot be kept."""
-    from . import vocabulary as vocab
 
     listed = list(state.class_names)
     scan = vocab.template_features(

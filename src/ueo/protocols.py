@@ -26,6 +26,7 @@ import numpy as np
 
 from .data import read_list_file
 from .errors import DataError
+from .files import write_text
 from .imagelist import ImageList, fold
 
 SHIFT_SCENARIOS = ("cda", "pda", "oda", "opda")  # the four class shifts (the paper's table and the demo's)
@@ -245,7 +246,6 @@ def build_split(
 
 def write_list(images: ImageList, root, path) -> None:
     """Write an ImageList as a list file with paths relative to ``root`` (atomically)."""
-    from .files import write_text
 
     lines = [f"{Path(os.path.relpath(p, root)).as_posix()} {label}" for p, label in zip(images.paths, images.labels)]
     write_text(path, "\n".join(lines) + "\n")

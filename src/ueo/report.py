@@ -1,4 +1,6 @@
-"""Run outputs (metrics.json, history.csv, predictions.csv, plots) and tables across runs."""
+"""A run's files: JSON written so that any reader accepts it, CSV files (history.csv, predictions.csv, what
+the class list misses), the plots (ROC, score histograms, confusion, loss). metrics.json's record is built
+in ``ueo.record``; tables across runs in ``ueo.tables``; the pages in ``ueo.webreport``/``ueo.webtable``."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from .config import UNKNOWN
 from .files import atomic_path, write_text
 from .imagelist import ImageList
-from .metrics import known_mask, open_set_metrics
-from .thresholds import UNKNOWN, Threshold, decide
+from .metrics import auroc, cumulative_counts, known_mask, open_set_metrics
+from .thresholds import Threshold, decide
 
 
 def write_json(path, data) -> None:
@@ -58,7 +61,6 @@ def _save(fig, path) -> None:
 
 def plot_roc(labels, scores, num_known: int, path) -> None:
     """ROC curve, known (positive) vs unknown, by score."""
-    from .metrics import auroc, cumulative_counts
 
     known = known_mask(labels, num_known)
     tps, fps = cumulative_counts(known, scores)

@@ -31,11 +31,6 @@ def kernel(name: str, x: torch.Tensor) -> torch.Tensor:
     return torch.where(ax < 1, near, torch.where(ax < 2, far, torch.zeros_like(ax)))
 
 
-def check_interpolation(name: str) -> None:
-    if name not in KERNEL_SUPPORT:
-        raise ValueError(f"interpolation {name!r}: the views support {sorted(KERNEL_SUPPORT)}")
-
-
 def window(start: float, end: float, size: int, first: int, count: int, length: int, name: str) -> tuple[int, int]:
     """[lo, hi): the input pixels (of an axis of ``length``) that outputs ``first``..``first + count`` of the
     box ``[start, end)`` resized to ``size`` read."""

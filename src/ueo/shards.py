@@ -26,6 +26,7 @@ from PIL import Image
 
 from .errors import ConfigError
 from .files import mark_cache, write_text
+from .members import Member
 
 VERSION = 3
 MAGIC = b"UEOSHRD3"
@@ -82,7 +83,7 @@ def unpack(stored, fmt: int, h: int, w: int) -> torch.Tensor:
 
 def what_of(item) -> dict:
     """What an entry was decoded from, as ``ueo cache prune`` needs it to see whether it changed."""
-    if hasattr(item, "container"):
+    if isinstance(item, Member):
         what = {"container": item.container, "name": item.name, "offset": item.offset, "column": item.column}
         if item.state.startswith("sha1:"):  # a streamed member: known by its bytes (see ueo.members)
             what["state"] = item.state

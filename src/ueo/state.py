@@ -48,9 +48,10 @@ class AdaptedState:
     threshold: Threshold | None = None
     weights_identity: dict | None = None
 
-    def __post_init__(self):
-        if isinstance(self.threshold, dict):  # a record (a state's file, or one made by hand)
-            self.threshold = Threshold.from_record(self.threshold) or self.threshold  # (kept when damaged: see problem)
+    def __setattr__(self, name, value):
+        if name == "threshold" and isinstance(value, dict):  # a record (a state's file, or one edited by hand)
+            value = Threshold.from_record(value) or value  # (kept as it is when damaged: see problem)
+        super().__setattr__(name, value)
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -61,7 +62,9 @@ class AdaptedState:
             "rule": self.rule,
             "init": self.init,
             "info": json.dumps(self.info),
-            "threshold": json.dumps(self.threshold.record() if self.threshold is not None else None),
+            "threshold": json.dumps(
+                self.threshold.record() if isinstance(self.threshold, Threshold) else self.threshold
+            ),
             "weights_identity": json.dumps(self.weights_identity),
         }
 

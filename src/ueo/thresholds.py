@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import UNKNOWN
 from .errors import ConfigError, DataError
-
-UNKNOWN = "unknown"
 
 
 def otsu_threshold(scores) -> float:
@@ -111,6 +110,10 @@ class Threshold:
 
     def get(self, key: str, default=None):
         return self.record().get(key, default)
+
+    def keys(self):
+        """With ``__getitem__``, what lets ``{**threshold}`` and ``dict(threshold)`` give the record."""
+        return self.record().keys()
 
     @classmethod
     def from_record(cls, record) -> Threshold | None:

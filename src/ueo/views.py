@@ -24,13 +24,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
 from torchvision import transforms as T
 
 from .errors import DataError, ModelUnavailableError
 from .pixels import as_rgb
+from .resample import KERNEL_SUPPORT
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images [B, 3, S, S], labels [B], dataset indices [B]
-INTERPOLATIONS = ("bicubic", "bilinear")  # what PIL and the fast path's resampler both do
+INTERPOLATIONS = tuple(KERNEL_SUPPORT)  # what the fast path's resampler does (PIL does them too)
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,6 @@ class ViewSpec:
     def eval_transform(self) -> Callable:
         """PIL image -> normalised float tensor [3, S, S]: the model's own eval preprocessing (open_clip's),
         after ``pixels.as_rgb`` (what ueo sees of any image: orientation, transparency, bit depth)."""
-        from open_clip.transform import PreprocessCfg, image_transform_v2
 
         cfg = PreprocessCfg(
             size=self.size,
@@ -207,7 +209,6 @@ def checked_item(item, index: int, size: int | None = None) -> tuple:
     """(image, label) of a dataset item, refused with a DataError that names it unless it is a pair of a PIL
     image (or a finite float tensor [3, size, size], normalised; returned as float32) and an int label (-1 or
     None: none)."""
-    from PIL import Image
 
     if not isinstance(item, (tuple, list)) or len(item) < 2:
         raise DataError(f"Dataset items must be (image, label) pairs; item {index} is {type(item).__name__}.")

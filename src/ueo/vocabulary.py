@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from .config import UNKNOWN
 from .data import read_text
 from .errors import DataError, Interrupted
 from .files import mark_cache, read_tagged, write_tagged
 from .imagelist import fold
 from .prompts import encode_tokens
-from .thresholds import UNKNOWN
 
 TEMPLATES = (
     "itap of a {}.",
@@ -87,7 +88,6 @@ def encode_texts(
 ) -> torch.Tensor:
     """L2-normalised text features [N, D] of plain texts through the bundle's own text tower. ``should_stop``:
     polled between batches (Interrupted when it says so: encoding a vocabulary takes minutes on a CPU)."""
-    from tqdm.auto import tqdm
 
     pad_id = int(bundle.tokenizer([""])[0][-1])  # an empty text is padding at its end, whatever the tokenizer
     parts = []

@@ -1,6 +1,7 @@
-"""HTML pages people look at: report.html for a run folder (fit, eval, predict) and table.html across runs.
+"""The page people look at: report.html of a run folder (fit, eval, predict, discover); table.html across
+runs is ``ueo.webtable``'s.
 
-Both pages open offline in any browser: no network, no script, no framework. A run's page is built from
+The page opens offline in any browser: no network, no script, no framework. It is built from
 the files the run wrote (metrics.json, predictions.csv, history.csv, skipped.csv, the plots), so
 ``ueo report --html RUN`` can rebuild it. Thumbnails are small JPEGs in ``thumbs/`` (named by a hash of
 the image's path, so no file name reaches an attribute), and every gallery is bounded: a run over
@@ -9,14 +10,15 @@ the image's path, so no file name reaches an attribute), and every gallery is bo
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter, defaultdict
 from html import escape
 from pathlib import Path
 
+from .config import UNKNOWN
 from .files import write_text
 from .record import record_problem
-from .thresholds import UNKNOWN
 from .thumbs import Thumbs
 
 PER_GALLERY = 12  # images shown in each gallery
@@ -36,7 +38,6 @@ object-fit:contain;background:#eee;display:block}.ok{color:#17752a}.bad{color:#b
 
 
 def _read_csv(path: Path) -> list[dict]:
-    import csv
 
     if not path.is_file():
         return []

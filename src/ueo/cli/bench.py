@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import protocols, report, tables
 from ..checkpoint import load_checkpoint
 from ..config import FitConfig
+from ..demo import DEMO_OUTPUTS, run_demo
 from ..errors import ConfigError
 from ..webtable import write_table_page
 from .fit import run_fit
@@ -110,7 +111,6 @@ def cmd_splits(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import DEMO_OUTPUTS, run_demo
 
     with flag_names({"epochs": "--epochs", "seed": "--seeds"}):
         for seed in args.seeds:

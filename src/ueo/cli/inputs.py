@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from .. import protocols
 from ..cache import DecodeCache
+from ..clip import load_clip
 from ..config import is_finite_number
 from ..data import parse_class_names
+from ..discovery import vocabulary_names
 from ..errors import ConfigError, DataError, WeightsUnavailableError
 from ..feed import readable
 from ..imagelist import ImageList
@@ -66,7 +70,6 @@ def check_device(spec: str | None) -> str | None:
     """A device the machine has: cpu, cuda, cuda:N (None: cuda when available)."""
     if spec is None:
         return None
-    import torch
 
     try:
         device = torch.device(spec)
@@ -83,7 +86,6 @@ def check_device(spec: str | None) -> str | None:
 
 
 def load_bundle(model: str, pretrained: str | None, device: str | None, seed: int = 0):
-    from ..clip import load_clip
 
     try:
         return load_clip(model, pretrained=pretrained, device=check_device(device), seed=seed)
@@ -144,7 +146,6 @@ def threshold_spec(spec, tpr) -> None:
 
 def discovery_names(spec):
     """The candidate names of --vocabulary, read and checked before any work (None: groups left unnamed)."""
-    from ..discovery import vocabulary_names
 
     with flag_errors("--vocabulary"):
         return vocabulary_names(spec, warn=warn)

@@ -52,13 +52,27 @@ BUG_REPORT = "This is a bug in ueo, not a problem with your input: please report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    """The parser: one sub-parser a command (``add_<command>``, in the order of ``ueo --help``)."""
     parser = argparse.ArgumentParser(
         prog="ueo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"ueo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        add_fit,
+        add_apply,
+        add_cache,
+        add_export,
+        add_splits,
+        add_report,
+        add_bench,
+        add_demo,
+    ):
+        add(sub)
+    return parser
 
+
+def add_fit(sub) -> None:
     p = sub.add_parser(
         "fit",
         help="adapt CLIP to unlabeled images; write the adapted state, metrics, predictions",
@@ -73,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run from DIR/checkpoint.safetensors with DIR/config.yaml",
     )
 
+
+def add_apply(sub) -> None:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     for name, help_text in (
         ("eval", "evaluate an adapted state on labeled test images"),
         ("predict", "predict a class or 'unknown' for each image"),
@@ -120,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-discover", dest="discover", action="store_false", help=NO_DISCOVER_HELP)
         add_cache_options(p)
 
+
+def add_cache(sub) -> None:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "cache",
         help="see the decode cache (info), remove its stale entries (prune), remove it (clear), set its bound",
@@ -134,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("size", nargs="?", default=None, help="with bound: the new bound, e.g. 20GB, 500MB, 2GiB")
     p.add_argument("--cache-dir", default=None, help="the cache (default: $UEO_CACHE_DIR, else ~/.cache/ueo)")
 
+
+def add_export(sub) -> None:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "export",
         help="write the adapted model for open_clip alone (weights, classifier, README)",
@@ -148,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where to compute the text features")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
 
+
+def add_splits(sub) -> None:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "splits",
         help="write the list files of every scenario of a benchmark domain",
@@ -163,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="do not check that the listed files exist")
     p.add_argument("--quiet", action="store_true", help="logs only")
 
+
+def add_report(sub) -> None:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "report",
         help="one table across runs (mean ± std over seeds)",
@@ -174,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files at --out that are not ueo tables")
     p.add_argument("--html", action="store_true", help="instead, rebuild report.html of each run folder given")
 
+
+def add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="run a protocol grid (domains x scenarios x methods x seeds) and report",
@@ -192,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["zeroshot", "ueo"], help="methods (default: zeroshot ueo)")
     p.add_argument("--seeds", nargs="+", type=int, default=[2023], help="seeds (default: 2023)")
 
+
+def add_demo(sub) -> None:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "demo",
         help="offline demo on the toy world: zero-shot, entropy, InfoMax and UEO",
@@ -211,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="scenarios to run",
     )
     p.add_argument("--quiet", action="store_true", help="logs only")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

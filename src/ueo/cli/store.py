@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import upkeep
 from ..errors import ConfigError
 from ..files import default_cache_dir
 from ..shards import bound
@@ -10,7 +11,6 @@ from .messages import say, warn
 
 
 def cmd_cache(args) -> int:
-    from .. import upkeep
 
     root = cache_root(args.cache_dir) or default_cache_dir()
     if args.action == "bound":
