@@ -375,8 +375,8 @@ def test_byte_order_marks_are_ignored(labeled_data, tmp_path):
 
 
 def test_list_files_say_what_is_wrong(labeled_data, tmp_path):
-    from ueo.errors import DataError
     from ueo.data import read_list_file
+    from ueo.errors import DataError
 
     lst = tmp_path / "l.txt"
     lst.write_text(f"{labeled_data / 'cat' / '0.jpg'} 0\n")  # absolute, inside the root: fine
