@@ -4,10 +4,11 @@ import os
 import shutil
 import signal
 import threading
+import time
 
 import pytest
 
-import ueo.builder as builder_module
+import ueo
 from helpers import run_cli
 from ueo import load_checkpoint, save_checkpoint
 
@@ -58,25 +59,19 @@ def test_ctrl_c_while_predict_decodes_says_what_is_left(bmp_run, tmp_path, capsy
 
     data, run_dir = bmp_run
     copy = shutil.copytree(data, tmp_path / "data")
-    real = builder_module.decode
+    once, real_add = threading.Lock(), ueo.images.DECODED.add
 
-    once, heard = threading.Lock(), threading.Event()
-    from ueo.cli import stop as stop_module
-
-    real_heard = stop_module.StopRequest._heard
-
-    def hear(self, signum, frame):  # the command's own handler, which also tells the test it ran
-        real_heard(self, signum, frame)
-        heard.set()
-
-    def decode(path, short_side):
-        if once.acquire(blocking=False):  # ctrl-C, once, while the cache is built, before its first shard
+    def decoded(n=1):  # ctrl-C, once, while the cache is built, after its first decode, before its first shard
+        real_add(n)
+        if once.acquire(blocking=False):
+            handler = signal.getsignal(signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-            assert heard.wait(timeout=60)  # the stop is heard before this decode (and the others) go on
-        return real(path, short_side)
+            for _ in range(6000):  # the command's handler hands SIGINT on once it has heard the stop
+                if signal.getsignal(signal.SIGINT) is not handler:
+                    break
+                time.sleep(0.01)
 
-    monkeypatch.setattr(stop_module.StopRequest, "_heard", hear)
-    monkeypatch.setattr(builder_module, "decode", decode)
+    monkeypatch.setattr(ueo.images.DECODED, "add", decoded)  # the documented decode hook
     args = ["predict", "--adapted", str(run_dir / "adapted.safetensors"), "--data", str(copy)]
     code, _, err = run_cli(capsys, [*args, "--out", str(tmp_path / "p"), "--quiet"])
     assert code == 130 and "stopped while decoding" in err and "incomplete" in err
