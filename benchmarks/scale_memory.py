@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--json", default="benchmarks/results/scale_memory-cpu.json")
     parser.add_argument("--work", default=None, help="folder for the photos and caches (default: a temporary one)")
+    parser.add_argument("--memory-only", action="store_true", help="the fits only: no read-back rates, no second call")
     args = parser.parse_args()
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"), "runs": []}
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
@@ -126,6 +127,9 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             for folder in (work / f"tight{n}", work / f"cache{n}"):
                 shutil.rmtree(folder, ignore_errors=True)
+        if args.memory_only:
+            write_text(args.json, json.dumps(result, indent=1) + "\n")
+            return
         images = ueo.read_images(str(work / f"photos{args.sizes[0]}"), ["cat", "dog"])
         result["read_back"] = read_rates(images, model)
         print(json.dumps(result["read_back"]), flush=True)

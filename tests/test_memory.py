@@ -3,10 +3,14 @@ all) are read from their files a batch at a time, with the same views; the libra
 decode cache as the command line by default, so that a second call decodes nothing. Memory is measured with
 tracemalloc (every decoded image is a numpy array it traces), not by polling RSS."""
 
+import ctypes
 import json
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
+from PIL import Image
 
 import ueo
 from helpers import photo
@@ -111,3 +115,40 @@ def test_the_library_decodes_once_and_takes_what_read_images_gives(collections, 
     assert counted["n"] == decoded + 100 and again["pacc"] == pytest.approx(metrics["pacc"])
     found = ueo.discover(result, images, vocabulary="none")
     assert len(found.absent) == 2
+
+
+ALLOCATOR_PROBE = """
+import ctypes, sys
+import numpy as np
+if sys.argv[1] == "ueo":
+    import ueo
+    ueo.load_image(sys.argv[2])  # a process that reads images with ueo
+libc = ctypes.CDLL("libc.so.6")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+freed = np.ones(1 << 21, np.uint8)  # a decoded image's buffer, freed
+del freed
+before = libc.mallinfo2().hblkhd
+kept = np.ones(1 << 21, np.uint8)  # the next one
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+def test_freed_image_buffers_go_back_to_the_system(tmp_path):
+    """glibc raises its mmap threshold when a large buffer is freed; the next images then come from the heap
+    and stay there as fragments (the peak grew ~30 kB per image of a collection, benchmarks/RESULTS.md). In a
+    process that reads images with ueo, a 2 MB buffer is still mapped on its own after another was freed."""
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("not glibc 2.33 or later: no mallinfo2 to look with")
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 30)).save(image)
+
+    def mapped(mode):
+        run = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, mode, str(image)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    assert mapped("plain") == 0  # the control: without ueo, glibc keeps the second buffer in its heap
+    assert mapped("ueo") >= 1 << 21
