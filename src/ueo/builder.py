@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .errors import Interrupted
 from .files import write_text
-from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels
+from .images import UNREADABLE, PixelBudget, decode, describe, image_pixels, release_freed_memory
 from .members import Member
 from .shards import bound, encode, existing, what_of, write_shard
 from .sources import opened
@@ -287,6 +287,7 @@ def build(
             else:
                 shelf.add(key, item, stored, problem)
         del results, entries  # (before the next images are decoded: one chunk's pixels at a time)
+        release_freed_memory()
     if shelf.records:
         shelf.flush()
     bar.close()

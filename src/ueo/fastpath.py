@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
-from .images import CountsPixels, PixelBudget, shrink
+from .images import CountsPixels, PixelBudget, release_freed_memory, shrink
 from .mapped import decode_batch
 from .pixels import as_rgb
 from .resample import resize_box, window
@@ -309,6 +309,7 @@ class BatchViews:
             ahead = pool.submit(prepare, current) if current is not None else None
             while current is not None:
                 ready = ahead.result()
+                release_freed_memory()  # the pages of the batch before, given back (images.release_freed_memory)
                 following = next(plans, None)
                 ahead = pool.submit(prepare, following) if following is not None else None
                 yield current, deliver(ready)

@@ -26,23 +26,18 @@ from .pixels import as_rgb
 from .sources import opened, where
 
 DECODE_BUDGET_PIXELS = 100_000_000  # pixels being decoded at once, over all threads (bounds the memory)
-LARGE_BUFFER_BYTES = 128 * 1024  # glibc's default threshold for giving a freed buffer straight back
+LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if os.name == "posix" else None
 
 
-def return_large_buffers() -> bool:
-    """Keep glibc's malloc from holding on to freed image buffers. By default it raises its mmap threshold
-    each time a large buffer is freed, after which decoded images of varying sizes come from the heap and
-    stay there as fragments: measured, the peak memory of `ueo fit` then grew by ~30 kB per image of the
-    collection (1.68 GB at 1k photos, 2.3 GB at 30k); with the threshold fixed at its default it stays
-    within ~40 MB from 1k to 9k. Returns whether the setting took (glibc only)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, LARGE_BUFFER_BYTES))  # M_MMAP_THRESHOLD: fixed, no longer raised
-    except (OSError, AttributeError):
-        return False
-
-
-return_large_buffers()
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing). glibc raises
+    its mmap threshold each time a large buffer is freed, after which decoded images of varying sizes come
+    from the heap, and the pages they leave stay with the process. The batch readers call this once a batch
+    (about a millisecond): at 3k photos it lowered the peak of `ueo fit` from 1.71 to 1.59 GB for 7% more
+    time (benchmarks/RESULTS.md, "A million images")."""
+    trim = getattr(LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class PixelBudget:
