@@ -26,6 +26,7 @@ _PUBLIC = {
     "FitResult": "config",
     "METHODS": "config",
     "RULES": "config",
+    "VALIDATORS": "config",
     "Discovery": "discovery",
     "discover": "discovery",
     "UeoError": "errors",
@@ -79,7 +80,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from .checkpoint import load_checkpoint, save_checkpoint
     from .classifier import Classifier, Prediction, load_adapted
     from .clip import ClipBundle, load_clip
-    from .config import METHODS, RULES, FitConfig, FitResult
+    from .config import METHODS, RULES, VALIDATORS, FitConfig, FitResult
     from .discovery import Discovery, discover
     from .errors import (
         ConfigError,

@@ -42,7 +42,11 @@ def make_checkpoint(run, *, epoch: int, done_in_epoch: int) -> dict:
         "evaluations": run.result.evaluations,
         "zeroshot_threshold": run.result.zeroshot_threshold,
         "lr": [g["lr"] for g in run.optimizer.param_groups] if run.optimizer is not None else [],
+        "zeroshot_check": run.result.zeroshot_check,
     }
+    if run.selection is not None:  # the candidates so far and the trajectory under way
+        meta["selection"], kept = run.selection.checkpoint_parts()
+        tensors.update(kept)
     return {"tensors": tensors, "meta": meta}
 
 
@@ -92,6 +96,24 @@ def damage(checkpoint: dict) -> str | None:
         return "the evaluations are not a list of metric rows"
     if not all(isinstance(n, str) for n in meta["class_names"]):
         return "class_names are not texts"
+    selection = meta.get("selection")
+    if selection is not None and not (
+        isinstance(selection, dict)
+        and isinstance(selection.get("trajectory"), int)
+        and isinstance(selection.get("histories"), list)
+        and isinstance(selection.get("candidates"), list)
+        and all(
+            isinstance(c, dict) and {"lr_prompt", "epoch", "zeroshot", "scores"} <= set(c)
+            for c in selection["candidates"]
+        )
+    ):
+        return "the selection's candidates are not a list of candidates"
+    if selection is not None and any(
+        not torch.isfinite(v.float()).all()
+        for k, v in tensors.items()
+        if k.startswith("selection/") and k != "selection/rng"
+    ):
+        return "the selection's tensors hold values that are not finite"
     cut = meta.get("zeroshot_threshold")
     if cut is not None and (not is_finite_number(cut)):
         return "the zero-shot threshold is not a number"
@@ -116,7 +138,9 @@ def check_resumable(
     """Refuse a checkpoint of another run: other trajectory settings, classes, model or data."""
     meta = checkpoint["meta"]
     saved = {SETTING_ALIASES.get(k, k): v for k, v in meta["config"].items()}  # (earlier names of settings)
-    changed = [k for k in TRAJECTORY_KEYS if saved.get(k) != getattr(config, k)]
+    defaults = FitConfig()  # (settings added since a checkpoint was written had their defaults then)
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # (JSON keeps tuples as lists)
+    changed = [k for k in TRAJECTORY_KEYS if saved.get(k, getattr(defaults, k)) != getattr(config, k)]
     if changed:
         raise IncompatibleError(
             "The checkpoint was made with different settings: "
@@ -161,4 +185,7 @@ def restore(run, checkpoint: dict, *, steps_per_epoch: int) -> tuple:
     result.history[:] = meta["history"]
     result.evaluations[:] = meta["evaluations"]
     result.zeroshot_threshold = meta.get("zeroshot_threshold")
+    result.zeroshot_check = meta.get("zeroshot_check")
+    if run.selection is not None and "selection" in meta:
+        run.selection.restore(meta["selection"], tensors)
     return epoch, done

@@ -26,6 +26,11 @@ def canonical_rule(rule):
 
 
 WEIGHT_MODES = ("fixed", "epoch")
+SELECT_CHOICES = ("off", "auto")
+# the label-free validators (ueo.validators): those of one model alone, then those that judge the candidates together
+PER_MODEL_VALIDATORS = ("entropy", "im", "snd")
+VALIDATORS = (*PER_MODEL_VALIDATORS, "ensv", "ensv-open", "consensus")
+DEFAULT_VALIDATOR = "im"
 FLOAT32_MAX = 3.4028234663852886e38  # settings are used in float32 arithmetic
 DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4 context vectors)
 
@@ -53,6 +58,12 @@ class FitConfig:
     fast: decode the images once (image files into the decode cache, or per batch without one; other images into memory) and
         make the views of whole batches on the device (``ueo.fastpath``); None = on when the datasets yield
         images (measured faster than PIL in DataLoader workers on GPUs and on CPUs alike), off for tensors.
+    select: "off" (one run at the given learning rates) or "auto": one trajectory per learning rate of
+        ``select_lrs`` (None: the given ones ÷10, ×1 and ×10), snapshots at the ``select_snapshots`` fractions of
+        the epochs, and zero-shot; the candidate ``validator`` scores best on the adaptation set is the result.
+        Costs one training run per learning rate, plus a scoring pass of the adaptation set per snapshot.
+    validator: the label-free validator that chooses (``ueo.validators``; VALIDATORS); also the end-of-run
+        check's, when it judges one model alone (else IM).
     """
 
     method: str = "ueo"
@@ -74,6 +85,10 @@ class FitConfig:
     amp: bool | None = None
     fast: bool | None = None
     progress: bool = False
+    select: str = "off"
+    select_lrs: tuple[float, ...] | None = None
+    select_snapshots: tuple[float, ...] = (0.25, 0.5, 1.0)
+    validator: str = DEFAULT_VALIDATOR
 
     def validate(self) -> FitConfig:
         """Check every field's type and range; raises ConfigError naming the field."""
@@ -83,6 +98,8 @@ class FitConfig:
             ("tune", TUNE_CHOICES),
             ("rule", RULES),
             ("weight_refresh", WEIGHT_MODES),
+            ("select", SELECT_CHOICES),
+            ("validator", VALIDATORS),
         ):
             if getattr(self, name) not in choices:
                 label = "tuning rule" if name == "rule" else name
@@ -115,7 +132,39 @@ class FitConfig:
                 raise ConfigError(f"{name} must be true, false or None (automatic), got {getattr(self, name)!r}.")
         if not isinstance(self.init, str) or not self.init.strip():
             raise ConfigError(f"init must be a non-empty text, got {self.init!r}.")
+        self.validate_selection()
         return self
+
+    def validate_selection(self) -> None:
+        if self.select_lrs is not None:
+            self.select_lrs = numbers("select_lrs", self.select_lrs, "learning rates", lambda v: v > 0, "> 0")
+            if len(set(self.select_lrs)) != len(self.select_lrs):
+                raise ConfigError(f"select_lrs names a learning rate twice: {list(self.select_lrs)}.")
+        self.select_snapshots = numbers(
+            "select_snapshots", self.select_snapshots, "fractions of the epochs", lambda v: 0 < v <= 1, "in (0, 1]"
+        )
+        if self.select == "auto" and self.method == "zeroshot":
+            raise ConfigError("select auto chooses among adapted models and zero-shot; method zeroshot adapts nothing.")
+        if self.select == "auto" and self.epochs < 1:
+            raise ConfigError("select auto needs at least one epoch to take snapshots of.")
+
+
+def numbers(name: str, values, what: str, ok, rule: str) -> tuple[float, ...]:
+    """A non-empty tuple of finite numbers each satisfying ``ok`` (a list, a tuple or 'a,b,c')."""
+    if isinstance(values, str):
+        values = [v for v in values.replace(" ", "").split(",") if v]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigError(f"{name} must be one or more {what}, got {values!r}.")
+    found = []
+    for value in values:
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or not ok(number):
+            raise ConfigError(f"{name} takes {what} that are numbers {rule}, got {value!r}.")
+        found.append(number)
+    return tuple(found)
 
 
 def config_fields() -> list[str]:
@@ -137,6 +186,9 @@ TRAJECTORY_KEYS = (
     "weight_refresh",
     "init",
     "seed",
+    "select",
+    "select_lrs",
+    "select_snapshots",
 )
 
 
@@ -155,6 +207,9 @@ class FitResult:
     zeroshot_threshold: Otsu's rule on the zero-shot scores (of the adaptation set when they were computed,
         else of the test set): what the zero-shot model's decisions are compared with.
     threshold: the "unknown" threshold chosen at the end (a ``thresholds.Threshold``; the adapted state's).
+    check: did adapting help, by a label-free validator on the adaptation set: {"validator", "adapted",
+        "zeroshot", "helped"} (None for method zeroshot).
+    selection: with select="auto", {"validator", "chosen", "candidates": [...]} (docs/metrics.md).
     bundle: the CLIP it was fitted on (what ``ueo.discover(result, images)`` and later evaluations use).
     """
 
@@ -170,6 +225,9 @@ class FitResult:
     bundle: Any = None
     zeroshot_threshold: float | None = None  # Otsu's cut of the zero-shot scores (adaptation set, else test)
     threshold: Any = None
+    check: dict | None = None
+    selection: dict | None = None
+    zeroshot_check: float | None = None  # the check validator's score of the zero-shot model
 
     @property
     def metrics(self) -> dict[str, dict]:

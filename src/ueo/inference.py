@@ -170,6 +170,7 @@ def evaluate(
         adapted.check_fits(bundle.model)
         class_names = class_names or adapted.class_names
         init = adapted.init
+        adapted = None if adapted.is_zeroshot else adapted  # (a selection kept zero-shot: its prompt, as it is)
     if not class_names:
         raise DataError("class_names are needed when no adapted state is given.")
     if len(test) == 0:

@@ -65,6 +65,8 @@ class Run:
     should_stop: Callable[[], bool] | None = None
     identity: dict = field(default_factory=dict)  # the data the run is made of, recorded in checkpoints
     train_in_test: tuple[torch.Tensor, torch.Tensor] | None = None  # see inference.positions_in
+    learning_rates: tuple[float, float] | None = None  # (prompt, norm) of this trajectory, when not the config's
+    selection: Any = None  # with select="auto": the candidates (``selection.Selection``), taken at its epochs
 
     @property
     def device(self) -> torch.device:
@@ -125,6 +127,11 @@ class Run:
             "method": self.config.method,
             "torch_version": torch.__version__,
         }
+        if self.selection is not None and self.selection.chosen is not None:  # which candidate this state is
+            chosen = self.selection.candidates[self.selection.chosen]
+            info["selected"] = f"{chosen.describe()}, chosen by {self.config.validator} without labels"
+            if chosen.zeroshot:  # its tensors are the model's own: predictions use the zero-shot prompt
+                info["zeroshot"] = "true"
         return AdaptedState(
             tensors=adapted_state(self.tuned),
             class_names=list(self.class_names),
@@ -147,16 +154,15 @@ class Run:
 
 def optimizer_for(run: Run) -> torch.optim.SGD:
     """SGD without momentum or weight decay: one group for the context, one for the norm affines."""
-    cfg, tuned = run.config, run.tuned
+    tuned = run.tuned
+    lr_prompt, lr_norm = run.learning_rates or (run.config.lr_prompt, run.config.lr_norm)
     groups = []
     if PROMPT_CONTEXT in tuned:
-        groups.append(
-            {"params": [tuned[PROMPT_CONTEXT]], "lr": cfg.lr_prompt, "base_lr": cfg.lr_prompt, "name": "prompt"}
-        )
+        groups.append({"params": [tuned[PROMPT_CONTEXT]], "lr": lr_prompt, "base_lr": lr_prompt, "name": "prompt"})
     norms = [p for n, p in tuned.items() if n != PROMPT_CONTEXT]
     if norms:
-        groups.append({"params": norms, "lr": cfg.lr_norm, "base_lr": cfg.lr_norm, "name": "norm"})
-    return torch.optim.SGD(groups, lr=cfg.lr_prompt, momentum=0.0, weight_decay=0.0)
+        groups.append({"params": norms, "lr": lr_norm, "base_lr": lr_norm, "name": "norm"})
+    return torch.optim.SGD(groups, lr=lr_prompt, momentum=0.0, weight_decay=0.0)
 
 
 def train_loop(run: Run, first_epoch: int, skip: int) -> None:
@@ -208,9 +214,11 @@ def train_loop(run: Run, first_epoch: int, skip: int) -> None:
         bar.close()
         skip = 0
         commit_losses(pending, result, last_good)
-        if epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
+        selection = run.selection  # a selecting run takes its snapshots instead of evaluating
+        due = epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)
+        if (epoch in selection.epochs) if selection is not None else due:
             try:
-                run.measure(epoch)
+                selection.add(run, epoch) if selection is not None else run.measure(epoch)
             except Interrupted:  # resuming redoes this evaluation, then goes on
                 run.checkpoint(epoch, len(batches))
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .config import PROMPT_CONTEXT
+from .config import PROMPT_CONTEXT, TRAJECTORY_KEYS
 from .thresholds import Threshold
 from .version import __version__
 
@@ -13,7 +13,12 @@ RUN_KEYS = ("benchmark", "domain", "scenario", "method")  # what tells runs of a
 TABLE_METRICS = ("pacc", "auroc", "hm", "gacc", "fpr95", "aupr_in", "aupr_out")
 
 
-FIT_SETTINGS = ("tune", "rule", "epochs", "batch_size", "lr_prompt", "lr_norm", "trade", "weight_refresh")
+# the settings a fit record keeps: what shaped the trajectory, but for what the record says elsewhere (method,
+# seed) or never changes (logit_scale, init), and the validator that checked and chose
+FIT_SETTINGS = (
+    *(k for k in TRAJECTORY_KEYS if k not in ("method", "logit_scale", "init", "seed")),
+    "validator",
+)
 
 
 def fit_record(
@@ -40,6 +45,8 @@ def fit_record(
         "adapted": result.metrics.get("adapted"),
         "evaluations": result.evaluations,
         "threshold": result.threshold.record(),
+        "check": result.check,
+        **({"selection": result.selection} if result.selection is not None else {}),
         "num_adaptation_images": num_adaptation_images,
         "num_test_images": num_test_images,
         "num_skipped": num_skipped,
@@ -123,6 +130,22 @@ def record_problem(data) -> str | None:
             return f"damaged: {key!r} is {data[key]!r:.40}, not a count"
     if data.get("seconds") is not None and not number(data["seconds"]):
         return f"damaged: 'seconds' is {data['seconds']!r:.40}, not a number"
+    check = data.get("check")
+    if check is not None and not (
+        isinstance(check, dict)
+        and isinstance(check.get("validator"), str)
+        and check.get("helped") in (True, False, None)
+    ):
+        return "damaged: 'check' is not a record with a validator and whether adapting helped"
+    selection = data.get("selection")
+    if selection is not None and not (
+        isinstance(selection, dict)
+        and isinstance(selection.get("candidates"), list)
+        and all(isinstance(c, dict) and isinstance(c.get("scores"), dict) for c in selection["candidates"])
+        and number(selection.get("chosen"), integer=True)
+        and 0 <= selection["chosen"] < len(selection["candidates"])
+    ):
+        return "damaged: 'selection' is not a record of candidates with the chosen one"
     found = data.get("discovery")
     if found is not None and not (
         isinstance(found, dict)
@@ -132,3 +155,30 @@ def record_problem(data) -> str | None:
     ):
         return "damaged: 'discovery' is not a record with a summary and groups"
     return None
+
+
+def check_lines(metrics: dict) -> list[str]:
+    """What the label-free check and the selection found: the chosen candidate, and a warning when adapting
+    did not help by the validator (docs/method.md)."""
+    lines, check, selection = [], metrics.get("check"), metrics.get("selection")
+    if selection:
+        candidates = selection["candidates"]
+        chosen = candidates[selection["chosen"]]
+        what = (
+            "zero-shot"
+            if chosen["zeroshot"]
+            else f"lr {chosen['lr_prompt']:g}/{chosen['lr_norm']:g}, epoch {chosen['epoch']}"
+        )
+        diverged = sum(c["diverged"] for c in candidates)
+        lines.append(
+            f"chosen without labels by {selection['validator']}: {what}, among {len(candidates)} candidates"
+            + (f" ({diverged} diverged, never chosen)" if diverged else "")
+        )
+    if check and check.get("helped") is False:
+        advice = (
+            "the zero-shot model was kept (adapted.safetensors holds it)"
+            if selection
+            else "consider --select auto or the zero-shot model"
+        )
+        lines.append(f"warning: by {check['validator']}, adaptation did not help on this collection: {advice}")
+    return lines

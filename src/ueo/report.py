@@ -134,6 +134,38 @@ def plot_loss(history: Sequence[dict], path) -> None:
     plt.close(fig)
 
 
+def candidate_label(candidate: dict) -> str:
+    """A candidate of a selection, in a few characters: "zero-shot" or "lr 0.001 ep 5"."""
+    return "zero-shot" if candidate["zeroshot"] else f"lr {candidate['lr_prompt']:g} ep {candidate['epoch']}"
+
+
+def plot_selection(selection: dict, path) -> None:
+    """Each validator's score per candidate (rescaled to [0, 1] per validator: their units differ), the test
+    PACC and AUROC below when the candidates have them, the chosen candidate marked."""
+    candidates = selection["candidates"]
+    labeled = any(c.get("test") for c in candidates)
+    plt = pyplot()
+    fig, axes = plt.subplots(2 if labeled else 1, 1, figsize=(max(6, 0.45 * len(candidates)), 6 if labeled else 3.4))
+    axes = np.atleast_1d(axes)
+    x = np.arange(len(candidates))
+    for name in candidates[0]["scores"]:
+        values = np.array([np.nan if c["scores"].get(name) is None else c["scores"][name] for c in candidates])
+        low, high = np.nanmin(values), np.nanmax(values)
+        axes[0].plot(x, (values - low) / (high - low) if high > low else values * 0 + 1, "o-", lw=1, label=name)
+    axes[0].set(ylabel="validator (rescaled)", title=f"Candidates, chosen by {selection['validator']}")
+    if labeled:
+        for key in ("pacc", "auroc"):
+            values = [np.nan if (c.get("test") or {}).get(key) is None else 100 * c["test"][key] for c in candidates]
+            axes[1].plot(x, values, "s-", lw=1, label=f"test {key.upper()}")
+        axes[1].set(ylabel="%")
+    for ax in axes:
+        ax.axvline(selection["chosen"], color="black", ls="--", lw=1)
+        ax.set_xticks(x, [candidate_label(c) for c in candidates], rotation=60, fontsize=7)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def write_predictions(
     out: Path, images: ImageList, outputs, *, class_names: Sequence[str], threshold: Threshold, zeroshot=None
 ) -> dict:

@@ -30,7 +30,8 @@ class AdaptedState:
 
     tensors: {PROMPT_CONTEXT: [m, W], "visual.<norm>.weight"/"bias": ...} in fp32.
     class_names, init: to rebuild the prompt learner. model, pretrained: the CLIP it belongs to.
-    tune, rule: what was tuned. info: free-form provenance (versions, method, ...).
+    tune, rule: what was tuned. info: free-form provenance (versions, method, ...); ``"zeroshot": "true"`` when
+        a label-free selection kept the zero-shot model (``is_zeroshot``).
     threshold: the "unknown" threshold chosen when the state was fitted (a ``thresholds.Threshold``; a record
         of one is read as one; None for a state saved without one); predictions use it unless told otherwise.
     weights_identity: what the CLIP's weights were (``ueo.clip.weights_identity``: a seed, a tag, a file's
@@ -52,6 +53,11 @@ class AdaptedState:
         if name == "threshold" and isinstance(value, dict):  # a record (a state's file, or one edited by hand)
             value = Threshold.from_record(value) or value  # (kept as it is when damaged: see problem)
         super().__setattr__(name, value)
+
+    @property
+    def is_zeroshot(self) -> bool:
+        """The zero-shot model itself (a selection chose it): applied, it is scored with the zero-shot prompt."""
+        return self.info.get("zeroshot") == "true"
 
     def metadata(self) -> dict[str, str]:
         return {

@@ -10,6 +10,13 @@ unlike the known ones (no ring next to the circle). Images are 64 x 64 with a ra
   noisy     low-frequency texture or stripes + noise  (pretraining)
   painting  brush strokes, blur, hue shift, sepia     (held out: the adaptation target)
 
+and four more held out, never seen in pretraining, for measuring choices across shifts (mild to severe):
+
+  faded     clean, washed out: lower contrast and saturation, a little blur
+  mosaic    noisy, then coarse pixel blocks (the outline lost to 8-px squares)
+  night     clean, darkened, blue-tinted, strong sensor noise
+  blurred   clean, under a strong blur (the corners and points of the shapes lost)
+
 Every image is a pure function of (style, class, index, seed): the world is deterministic.
 Protocols (mirroring the benchmarks' class shifts, docs/protocols.md, with K = 16 known classes):
   cda: 0-15   pda: 0-11   oda: 0-19   opda: 0-11 + 16-19   test: 0-23
@@ -42,9 +49,10 @@ SHAPES = [
 COLOURS = ["red", "blue"]
 CLASS_NAMES = [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
 NUM_KNOWN = 16
-STYLES = ["clean", "sketch", "noisy", "painting"]
+STYLES = ["clean", "sketch", "noisy", "painting", "faded", "mosaic", "night", "blurred"]
 PRETRAIN_STYLES = ["clean", "sketch", "noisy"]
 TARGET_STYLE = "painting"
+HELD_OUT_STYLES = ["painting", "faded", "mosaic", "night", "blurred"]  # never seen in pretraining
 SCENARIOS: dict[str, list[int]] = {
     "cda": list(range(16)),
     "pda": list(range(12)),
@@ -79,6 +87,7 @@ STYLE_TEMPLATES = {
     "noisy": "a noisy photo of a {}.",
     "painting": "a painting of a {}.",
 }
+BASE_STYLE = {"faded": "clean", "mosaic": "noisy", "night": "clean", "blurred": "clean"}  # drawn as, then altered
 
 
 def _circle(n=36):
@@ -196,6 +205,7 @@ def render(style: str, label: int, index: int, seed: int = 0) -> Image.Image:
         raise ValueError(f"Unknown style {style!r}; choose one of {STYLES}.")
     rng = np.random.default_rng([seed, STYLES.index(style), label, index])
     shape, colour = SHAPES[label // 2], COLOURS[label % 2]
+    altered, style = style, BASE_STYLE.get(style, style)
     image = _background(rng, style)
     radius = rng.uniform(11, 26)
     cx, cy = rng.uniform(radius, IMAGE_SIZE - radius, size=2)
@@ -214,7 +224,24 @@ def render(style: str, label: int, index: int, seed: int = 0) -> Image.Image:
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     elif style == "painting":
         image = _paint_filter(rng, image)
-    return image
+    return _alter(rng, altered, image) if altered in BASE_STYLE else image
+
+
+def _alter(rng, style: str, image: Image.Image) -> Image.Image:
+    """The held-out styles drawn from another one (``BASE_STYLE``), then changed."""
+    if style == "faded":
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.65, 0.8))
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.75, 0.9))
+        return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.7)))
+    if style == "mosaic":
+        block = int(rng.integers(10, 14))
+        small = image.resize((IMAGE_SIZE // block, IMAGE_SIZE // block), Image.Resampling.BOX)
+        return small.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST)
+    if style == "night":
+        pixels = np.asarray(image).astype(np.float32) * rng.uniform(0.6, 0.7) + np.array([0, 5, 25])
+        pixels += rng.normal(0, 12, size=pixels.shape)
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(2.5, 3.5)))  # blurred
 
 
 class ToyImages(torch.utils.data.Dataset):
@@ -241,10 +268,10 @@ def caption(rng: np.random.Generator, style: str, label: int) -> str:
     return template.format(CLASS_NAMES[label])
 
 
-def scenario(name: str, per_class: int = 64, test_per_class: int = 100, seed: int = 0):
-    """(adaptation set, test set) of a protocol on the held-out style; labels >= 16 are unknown."""
+def scenario(name: str, per_class: int = 64, test_per_class: int = 100, seed: int = 0, style: str = TARGET_STYLE):
+    """(adaptation set, test set) of a protocol in a held-out style; labels >= 16 are unknown."""
     if name not in SCENARIOS:
         raise ValueError(f"Unknown scenario {name!r}; choose one of {list(SCENARIOS)}.")
-    train = ToyImages(TARGET_STYLE, SCENARIOS[name], per_class, seed=seed)
-    test = ToyImages(TARGET_STYLE, TEST_CLASSES, test_per_class, seed=seed, offset=100_000)
+    train = ToyImages(style, SCENARIOS[name], per_class, seed=seed)
+    test = ToyImages(style, TEST_CLASSES, test_per_class, seed=seed, offset=100_000)
     return train, test

@@ -25,6 +25,7 @@ from .inference import Outputs, positions_in
 from .loop import Run, train_loop
 from .objectives import oracle_weights
 from .prompts import PromptLearner
+from .selection import Selection, check_validator, validator_score
 from .state import AdaptedState
 from .thresholds import Threshold, choose_threshold, parse_threshold
 from .tuning import adapted_state, applied, apply_adapted_state, configure_tuning, resolve_rule
@@ -104,6 +105,7 @@ def fit(
         train_in_test=positions_in(train, test) if test is not None else None,
     )
     training = cfg.method != "zeroshot" and cfg.epochs > 0
+    run.selection = Selection(cfg, len(class_names)) if cfg.select == "auto" else None
     try:
         needs_weights = cfg.method in ("ueo", "oracle") and training
         if resume is not None:
@@ -112,18 +114,19 @@ def fit(
             weights = resume["tensors"].get("weights")
         else:
             start = (1, 0)
-            zero_shot_train = run.measure(0, need_train=needs_weights)
+            zero_shot_train = run.measure(0, need_train=True)
             result.zeroshot_outputs = dict(result.outputs)
             zeroshot = result.zeroshot_outputs.get("train", result.zeroshot_outputs.get("test"))
-            if zeroshot is not None:
-                result.zeroshot_threshold = choose_threshold("auto", scores=zeroshot.scores.numpy()).value
-            weights = (
-                confidence_weights(cfg, zero_shot_train, len(class_names))
-                if needs_weights and zero_shot_train is not None
-                else None
-            )
+            result.zeroshot_threshold = choose_threshold("auto", scores=zeroshot.scores.numpy()).value
+            result.zeroshot_check = validator_score(check_validator(cfg.validator), zero_shot_train, cfg.logit_scale)
+            weights = confidence_weights(cfg, zero_shot_train, len(class_names)) if needs_weights else None
+            if run.selection is not None:  # zero-shot is always a candidate; every trajectory starts from it
+                run.selection.add(run, 0, zeroshot=True, train_out=zero_shot_train, test=result.outputs.get("test"))
+                run.selection.weights0, run.selection.rng = weights, torch.get_rng_state()
         run.weights = weights.to(device) if weights is not None else None
-        if training:
+        if training and run.selection is not None:
+            run.selection.train(run, start, originals)
+        elif training:
             try:
                 train_loop(run, *start)
             except DivergedError as error:
@@ -131,11 +134,30 @@ def fit(
                 raise
         result.weights = run.weights.cpu() if run.weights is not None else None
         result.adapted = run.state()
-        result.threshold = result.adapted.threshold = final_threshold(run, threshold, tpr)
+        train_out = final_outputs(run)
+        result.threshold = result.adapted.threshold = final_threshold(run, train_out, threshold, tpr)
+        result.check = end_of_run_check(run, train_out) if training else None
     finally:
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
     return result
+
+
+def end_of_run_check(run: Run, train_out: Outputs) -> dict:
+    """Did adapting help, by a label-free validator on the adaptation set: the chosen candidate against
+    zero-shot by the selection's validator, else the adapted model against zero-shot by the per-model
+    validator of ``check_validator``. {"validator", "adapted", "zeroshot", "helped"}."""
+    selection, cfg = run.selection, run.config
+    if selection is not None:
+        chosen, zeroshot = selection.candidates[selection.chosen], selection.candidates[0]
+        adapted, before, name = chosen.scores[cfg.validator], zeroshot.scores[cfg.validator], cfg.validator
+        helped = not chosen.zeroshot
+    else:
+        name = check_validator(cfg.validator)
+        adapted = validator_score(name, train_out, cfg.logit_scale)
+        before = run.result.zeroshot_check
+        helped = None if before is None or adapted is None else adapted > before
+    return {"validator": name, "adapted": adapted, "zeroshot": before, "helped": helped}
 
 
 def check_threshold_rule(threshold, tpr, val) -> None:
@@ -148,12 +170,15 @@ def check_threshold_rule(threshold, tpr, val) -> None:
         raise ConfigError("A threshold at a TPR needs labeled validation images: give val.")
 
 
-def final_threshold(run: Run, spec, tpr: float | None) -> Threshold:
+def final_outputs(run: Run) -> Outputs:
+    """The adaptation set's outputs with the final parameters (scored unless the last evaluation did)."""
+    train_out = run.result.outputs.get("train")
+    return train_out if train_out is not None else run.train_outputs(run.result.outputs.get("test"))
+
+
+def final_threshold(run: Run, train_out: Outputs, spec, tpr: float | None) -> Threshold:
     """The threshold of the fitted state, decided once: by ``spec`` on the adaptation set's final scores, or
     at ``tpr`` of the validation set's known images; with the zero-shot model's cut beside it."""
-    train_out = run.result.outputs.get("train")
-    if train_out is None:  # the adaptation set was not scored by the last evaluation
-        train_out = run.train_outputs(run.result.outputs.get("test"))
     val = None
     if tpr is not None:
         val_out = run.outputs_for("val")

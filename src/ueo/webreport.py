@@ -18,8 +18,9 @@ from pathlib import Path
 
 from .config import UNKNOWN
 from .files import write_text
-from .record import record_problem
+from .record import check_lines, record_problem
 from .thumbs import Thumbs
+from .webselection import selection_section
 
 PER_GALLERY = 12  # images shown in each gallery
 PER_CELL = 4  # examples of one confusion-matrix cell
@@ -249,14 +250,21 @@ def _mistakes(rows: list[dict], classes: list[str]) -> str:
 
 
 def _lead(metrics: dict) -> str:
-    """The first screen's sentence: what the class list misses."""
+    """The first screen's sentences: whether adapting helped by the label-free check, what the class list
+    misses."""
+    parts = [
+        f'<p id="check" class="{"bad" if line.startswith("warning") else ""}"><strong>{escape(line)}</strong>'
+        + (' <a href="#selection">Details</a>' if metrics.get("selection") else "")
+        + "</p>"
+        for line in check_lines(metrics)
+    ]
     found = metrics.get("discovery")
-    if not found:
-        return ""
-    return (
-        f'<p id="what-changed"><strong>{escape(found["summary"])}</strong> '
-        '<a href="#discovery">Details</a> · <a href="suggested_classes.txt">suggested_classes.txt</a></p>'
-    )
+    if found:
+        parts.append(
+            f'<p id="what-changed"><strong>{escape(found["summary"])}</strong> '
+            '<a href="#discovery">Details</a> · <a href="suggested_classes.txt">suggested_classes.txt</a></p>'
+        )
+    return "".join(parts)
 
 
 def _discovery(thumbs: Thumbs, metrics: dict, run_dir: Path) -> str:
@@ -347,6 +355,7 @@ def _page(run_dir: Path, metrics: dict, rows: list[dict], classes: list[str], th
     labeled = bool(rows) and "label" in rows[0]
     sections = [
         ("summary", _summary(metrics, rows, run_dir)),
+        ("selection", selection_section(metrics, run_dir)),
         ("discovery", _discovery(thumbs, metrics, run_dir)),
         ("classes", _galleries(thumbs, rows, classes)),
         ("unknown", ""),

@@ -370,6 +370,8 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
         report.write_history(out, result.history)
         if result.history:
             report.plot_loss(result.history, out / "loss.png")
+        if result.selection is not None:
+            report.plot_selection(result.selection, out / "selection.png")
         metrics["predictions"] = report.write_predictions(
             out, target, outputs, class_names=job.class_names, threshold=result.threshold, zeroshot=zeroshot
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..distributed import is_main
 from ..errors import UeoError
+from ..record import check_lines
 from ..thresholds import Threshold
 
 
@@ -41,6 +42,8 @@ def flag_errors(flag: str):
 def say_done(metrics: dict, out: Path) -> None:
     """The end of fit and eval: the metrics, the threshold and where the outputs are."""
     say(summary_line(metrics))
+    for line in check_lines(metrics):
+        (warn if line.startswith("warning") else say)(line)
     say(f"{Threshold.from_record(metrics['threshold']).describe()}\noutputs in {out}")
 
 

@@ -12,7 +12,17 @@ from typing import Any
 
 import yaml
 
-from ..config import METHODS, RULE_ALIASES, RULES, SETTING_ALIASES, TUNE_CHOICES, WEIGHT_MODES, FitConfig
+from ..config import (
+    METHODS,
+    RULE_ALIASES,
+    RULES,
+    SELECT_CHOICES,
+    SETTING_ALIASES,
+    TUNE_CHOICES,
+    VALIDATORS,
+    WEIGHT_MODES,
+    FitConfig,
+)
 from ..errors import ConfigError
 from ..protocols import BENCHMARKS, SCENARIOS
 
@@ -40,6 +50,10 @@ ENGINE_KEYS = (
     "eval_every",
     "eval_batch_size",
     "num_workers",
+    "select",
+    "select_lrs",
+    "select_snapshots",
+    "validator",
 )
 
 # Options of the command line only (what data, which model, where outputs go), with their defaults.
@@ -68,8 +82,24 @@ RUN_DEFAULTS: dict[str, Any] = {
     "no_cache": False,
 }
 _ENGINE_DEFAULTS = FitConfig()
-DEFAULTS: dict[str, Any] = {**RUN_DEFAULTS, **{k: getattr(_ENGINE_DEFAULTS, k) for k in ENGINE_KEYS}, "fast": "auto"}
-SHOWN_DEFAULTS = {"device": "cuda when available, else cpu", "root": "the list file's folder", "test_root": "--root"}
+DEFAULTS: dict[str, Any] = {
+    **RUN_DEFAULTS,
+    **{k: getattr(_ENGINE_DEFAULTS, k) for k in ENGINE_KEYS},
+    "select_snapshots": list(_ENGINE_DEFAULTS.select_snapshots),  # (a run's config.yaml keeps lists)
+    "fast": "auto",
+}
+SHOWN_DEFAULTS = {
+    "device": "cuda when available, else cpu",
+    "root": "the list file's folder",
+    "test_root": "--root",
+    "select_lrs": "the given learning rates ÷10, ×1 and ×10",
+    "select_snapshots": ",".join(f"{f:g}" for f in _ENGINE_DEFAULTS.select_snapshots),
+}
+SELECT_HELP = (
+    "auto: choose the learning rate and epoch without labels, among one training trajectory per --select-lrs "
+    "value, snapshots at --select-snapshots and zero-shot, by --validator on the adaptation set. Costs one "
+    "training run per learning rate (3 by default) plus one scoring pass of the adaptation set per snapshot"
+)
 
 # (flag, key, help, argparse keywords)
 FIT_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
@@ -119,6 +149,25 @@ FIT_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--tpr", "tpr", "choose the threshold that accepts this fraction of the known --val images", {"type": float}),
     ("--out", "out", "output folder", {}),
     ("--vocabulary", "vocabulary", VOCABULARY_HELP, {}),
+    ("--select", "select", SELECT_HELP, {"choices": SELECT_CHOICES}),
+    (
+        "--select-lrs",
+        "select_lrs",
+        "with --select auto: the learning rates tried, for both groups, e.g. 1e-4,1e-3,1e-2",
+        {},
+    ),
+    (
+        "--select-snapshots",
+        "select_snapshots",
+        "with --select auto: the fractions of the epochs where candidates are taken",
+        {},
+    ),
+    (
+        "--validator",
+        "validator",
+        "the label-free validator that chooses, and that checks every run against zero-shot (docs/method.md)",
+        {"choices": VALIDATORS},
+    ),
 )
 
 
@@ -182,7 +231,7 @@ def add_cache_options(parser: argparse.ArgumentParser, config: bool = False) -> 
 # the settings' types, from FitConfig itself (with --tpr, a flag of the commands, not of the engine)
 INT_KEYS = tuple(f.name for f in dataclasses.fields(FitConfig) if f.type == "int" and f.name in ENGINE_KEYS)
 FLOAT_KEYS = (*(f.name for f in dataclasses.fields(FitConfig) if f.type == "float" and f.name in ENGINE_KEYS), "tpr")
-REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weight_refresh", "cache_format")
+REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weight_refresh", "cache_format", "select", "validator")
 PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out", "cache_dir")
 # What a resumed run may change: how it runs, not what it computes.
 RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size", "cache_dir", "cache_max_size")
@@ -274,6 +323,12 @@ def typed(key: str, value: Any, where: str) -> Any:
         if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
             return value
         raise wrong("a size such as 50GB")
+    if key in ("select_lrs", "select_snapshots"):  # a,b,c or a list of numbers (checked by FitConfig)
+        if (value is None and key == "select_lrs") or isinstance(value, (str, list)):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [value]
+        raise wrong("numbers: a,b,c or a list")
     if key in ("threshold", "fast"):
         if isinstance(value, (bool, int, float, str)):
             return value
