@@ -155,8 +155,8 @@ def plot_selection(selection: dict, path) -> None:
     axes[0].set(ylabel="validator (rescaled)", title=f"Candidates, chosen by {selection['validator']}")
     if labeled:
         for key in ("pacc", "auroc"):
-            values = [np.nan if (c.get("test") or {}).get(key) is None else 100 * c["test"][key] for c in candidates]
-            axes[1].plot(x, values, "s-", lw=1, label=f"test {key.upper()}")
+            tested = [np.nan if (c.get("test") or {}).get(key) is None else 100 * c["test"][key] for c in candidates]
+            axes[1].plot(x, tested, "s-", lw=1, label=f"test {key.upper()}")
         axes[1].set(ylabel="%")
     for ax in axes:
         ax.axvline(selection["chosen"], color="black", ls="--", lw=1)

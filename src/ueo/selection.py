@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -167,12 +168,12 @@ class Selection:
         if not valid:
             return found
         per_model = {name: np.array([self.candidates[i].scores[name] for i in valid]) for name in PER_MODEL}
-        predictions = np.stack([self.candidates[i].predictions for i in valid])
+        predictions = np.stack([np.asarray(self.candidates[i].predictions) for i in valid])
         mean_mcm = self.ensemble_mcm / len(valid)
         reference = open_decisions(self.ensemble.argmax(axis=1), mean_mcm, otsu_threshold(mean_mcm), self.num_known)
         decisions = np.stack(
             [
-                open_decisions(c.predictions, c.mcm, c.threshold, self.num_known)
+                open_decisions(c.predictions, c.mcm, cast(float, c.threshold), self.num_known)
                 for c in (self.candidates[i] for i in valid)
             ]
         )
@@ -225,11 +226,12 @@ class Selection:
     def finish(self, run: Run, originals: dict[str, torch.Tensor]) -> None:
         chosen = self.candidates[self.choose()]
         load_tensors(run, chosen.tensors if chosen.tensors is not None else originals)
-        run.learning_rates = None if chosen.zeroshot else (chosen.lr_prompt, chosen.lr_norm)
+        rates = cast(tuple[float, float], (chosen.lr_prompt, chosen.lr_norm))  # (an adapted candidate's: numbers)
+        run.learning_rates = None if chosen.zeroshot else rates
         if chosen.zeroshot:
             run.result.history = []
         else:
-            steps = self.histories[self.lrs.index((chosen.lr_prompt, chosen.lr_norm))]
+            steps = self.histories[self.lrs.index(rates)]
             run.result.history = [row for row in steps if row["epoch"] <= chosen.epoch]
         zeroshot_rows = [row for row in run.result.evaluations if row["epoch"] == 0]
         run.result.evaluations = [] if chosen.zeroshot else zeroshot_rows

@@ -115,6 +115,7 @@ def fit(
         else:
             start = (1, 0)
             zero_shot_train = run.measure(0, need_train=True)
+            assert zero_shot_train is not None  # (asked for: the adaptation set is always scored here)
             result.zeroshot_outputs = dict(result.outputs)
             zeroshot = result.zeroshot_outputs.get("train", result.zeroshot_outputs.get("test"))
             result.zeroshot_threshold = choose_threshold("auto", scores=zeroshot.scores.numpy()).value
@@ -148,6 +149,7 @@ def end_of_run_check(run: Run, train_out: Outputs) -> dict:
     zero-shot by the selection's validator, else the adapted model against zero-shot by the per-model
     validator of ``check_validator``. {"validator", "adapted", "zeroshot", "helped"}."""
     selection, cfg = run.selection, run.config
+    helped: bool | None
     if selection is not None:
         chosen, zeroshot = selection.candidates[selection.chosen], selection.candidates[0]
         adapted, before, name = chosen.scores[cfg.validator], zeroshot.scores[cfg.validator], cfg.validator
