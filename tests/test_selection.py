@@ -26,6 +26,7 @@ def im_by_scipy(cosines) -> float:
     return float(entropy(probs.mean(axis=0)) - np.mean([entropy(row) for row in probs]))
 
 
+@pytest.mark.slow  # whole fits, several trajectories each
 def test_every_fit_records_the_check_by_im_on_the_adaptation_set(labeled_run, tiny_vit_weights):
     """The check's two scores are IM of the adapted and of the zero-shot model on the adaptation images,
     as scipy computes it from what `ueo.evaluate` gives."""
@@ -42,6 +43,7 @@ def test_every_fit_records_the_check_by_im_on_the_adaptation_set(labeled_run, ti
     assert check["adapted"] != pytest.approx(check["zeroshot"])  # the run moved: the two can be told apart
 
 
+@pytest.mark.slow  # whole fits, several trajectories each
 def test_select_auto_keeps_every_candidate_and_never_chooses_a_diverged_one(
     labeled_data, tiny_vit_weights, tmp_path, capsys
 ):
@@ -78,6 +80,7 @@ def test_select_auto_keeps_every_candidate_and_never_chooses_a_diverged_one(
         assert max(int(r["epoch"]) for r in read_csv(out / "history.csv")) == chosen["epoch"]
 
 
+@pytest.mark.slow  # whole fits, several trajectories each
 def test_when_nothing_adapted_helps_zero_shot_is_the_result(labeled_data, tiny_vit_weights, tmp_path, capsys):
     """Every trajectory diverges: zero-shot is chosen; the state says so; predict decides as the zero-shot
     model does (a --method zeroshot run's state), and the run warns that adapting did not help."""
@@ -134,6 +137,7 @@ def test_bad_selection_flags_exit_2_naming_the_flag(labeled_data, tiny_vit_weigh
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow  # whole fits, several trajectories each
 def test_the_library_chooses_too(tiny_vit):
     train = GeneratedImages(16, [0, 1, 2, -1], seed=5)
     result = ueo.fit(tiny_vit, CLASSES, train, select="auto", select_lrs=[0.05, 1e30], epochs=2, batch_size=8, seed=1)
@@ -144,6 +148,7 @@ def test_the_library_chooses_too(tiny_vit):
     assert result.adapted.is_zeroshot == expected
 
 
+@pytest.mark.slow  # whole fits, several trajectories each
 def test_a_stopped_selection_resumes_to_the_same_choice(labeled_data, tiny_vit_weights, tmp_path, capsys):
     """Stopped inside the second trajectory (after its first checkpoint), `--resume` ends with the same
     candidates, scores and result as a run that was never stopped."""
