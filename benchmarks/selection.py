@@ -227,8 +227,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.analyse:
         data = json.loads(args.analyse.read_text())
-        print(markdown(analyse(data)))
-        print(json.dumps({k: v for k, v in analyse(data).items() if k != "table"}, indent=1))
+        summary = analyse(data)
+        print(markdown(summary))
+        print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
         return 0
     bundle = ueo.load_clip("ueo-toy-rn", pretrained="toyworld", device="cpu")
     settings = {k: getattr(args, k) for k in ("lrs", "lr", "epochs", "batch_size", "per_class", "test_per_class")}

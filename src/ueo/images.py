@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import ctypes.util
 import io
 import os
 import threading
@@ -26,7 +25,7 @@ from .pixels import as_rgb
 from .sources import opened, where
 
 DECODE_BUDGET_PIXELS = 100_000_000  # pixels being decoded at once, over all threads (bounds the memory)
-LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if os.name == "posix" else None
+LIBC = ctypes.CDLL(None) if os.name == "posix" else None  # the C library already loaded (no search at import)
 
 
 def release_freed_memory() -> None:

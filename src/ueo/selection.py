@@ -93,7 +93,7 @@ class Candidate:
         return f"lr {self.lr_prompt:g}/{self.lr_norm:g}, epoch {self.epoch}"
 
 
-def outputs_summary(outputs: Outputs, logit_scale: float, num_known: int) -> dict:
+def outputs_summary(outputs: Outputs, logit_scale: float) -> dict:
     """What a candidate keeps of its adaptation-set outputs, and its per-model validators."""
     probs = probabilities(outputs, logit_scale)
     mcm = outputs.scores.numpy().astype(np.float32)
@@ -133,7 +133,7 @@ class Selection:
             test_out = run.outputs_for("test") if "test" in run.sources else None
             train_out = run.train_outputs(test_out)
             test = test_out
-        summary = outputs_summary(train_out, self.config.logit_scale, self.num_known)
+        summary = outputs_summary(train_out, self.config.logit_scale)
         lr_prompt, lr_norm = (None, None) if zeroshot else self.lrs[self.trajectory]
         labeled = test is not None and bool((test.labels >= 0).any())
         candidate = Candidate(
