@@ -201,7 +201,7 @@ def test_bad_options_are_clear_errors(tiny_vit, generated):
     with pytest.raises(TypeError, match="Unknown fit option"):
         ueo.fit(tiny_vit, CLASSES, train, learning_rate=1)
     with pytest.raises(ConfigError, match="Unknown method"):
-        ueo.fit(tiny_vit, CLASSES, train, method="tent")
+        ueo.fit(tiny_vit, CLASSES, train, method="shot")
     with pytest.raises(ConfigError, match="batch_size"):
         ueo.fit(tiny_vit, CLASSES, train, batch_size=0)
     with pytest.raises(DataError, match="empty"):

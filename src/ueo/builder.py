@@ -266,7 +266,7 @@ def build(
     written (the disk is full or read-only, the bound is reached) the cache stops growing, with a warning."""
     limit = bound(cache.root, cache.max_size, warn=cache.warn)[0]
     shelf = Shelf(cache, folder, collection, min(SHARD_BYTES, limit // SHARDS_PER_BOUND))
-    bar = tqdm(total=len(todo), desc="decode", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(todo), desc="decode", unit="img", disable=None if progress else True, leave=False)
     started, fmt = time.monotonic(), None
     first = True
     for results in decoded_chunks(todo, short_side, threads, should_stop):

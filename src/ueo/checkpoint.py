@@ -30,6 +30,14 @@ def make_checkpoint(run, *, epoch: int, done_in_epoch: int) -> dict:
     tensors = {f"param/{k}": v for k, v in adapted_state(run.tuned).items()}
     if run.weights is not None:
         tensors["weights"] = run.weights.detach().cpu()
+    if run.targets is not None:
+        tensors["targets"] = run.targets.detach().cpu()
+    if run.optimizer is not None:  # SGD's momentum, per tuned parameter
+        state = run.optimizer.state
+        for name, param in run.tuned.items():
+            for key, value in state.get(param, {}).items():
+                if torch.is_tensor(value):
+                    tensors[f"optim/{name}/{key}"] = value.detach().cpu()
     tensors["torch_rng"] = torch.get_rng_state()
     meta = {
         "epoch": epoch,
@@ -182,6 +190,14 @@ def restore(run, checkpoint: dict, *, steps_per_epoch: int) -> tuple:
             tuned[name].copy_(value.to(tuned[name].device, tuned[name].dtype))
     if "torch_rng" in tensors:
         torch.set_rng_state(tensors["torch_rng"])
+    kept: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            name, _, part = key[len("optim/") :].rpartition("/")
+            kept.setdefault(name, {})[part] = value
+    if set(kept) - set(tuned):
+        raise IncompatibleError("The checkpoint's optimiser state names parameters this run does not tune.")
+    run.optimizer_state = kept or None
     result.history[:] = meta["history"]
     result.evaluations[:] = meta["evaluations"]
     result.zeroshot_threshold = meta.get("zeroshot_threshold")

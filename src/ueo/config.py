@@ -11,7 +11,12 @@ from typing import Any
 from .errors import ConfigError
 
 UNKNOWN = "unknown"  # what an image of no listed class is called (predictions, reports, the confusion matrix)
-METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot")
+METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot", "upl", "pouf", "tent", "tpt")
+# the published baselines, each with its own recipe (METHOD_RECIPES); the others share UEO's
+BASELINES = ("upl", "pouf", "tent", "tpt")
+DEMO_METHODS = ("zeroshot", "entropy", "infomax", "upl", "pouf", "ueo")  # `ueo demo`'s; tent and tpt on request
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "inverse", "constant")
 TUNE_CHOICES = ("prompt", "norm", "both")
 PROMPT_CONTEXT = "prompt.ctx"  # the name of the learned prompt context among the tuned tensors (states, checkpoints)
 RULES = ("auto", "bn-ln", "all-norms")
@@ -33,6 +38,40 @@ VALIDATORS = (*PER_MODEL_VALIDATORS, "ensv", "ensv-open", "consensus")
 DEFAULT_VALIDATOR = "im"
 FLOAT32_MAX = 3.4028234663852886e38  # settings are used in float32 arithmetic
 DEFAULT_INIT = "a photo of a"  # the reference's context initialisation (m = 4 context vectors)
+
+# Each baseline's published recipe (docs/method.md says where each value comes from): the settings a run of
+# that method takes where the user did not set them (``FitConfig.for_method``; the command line alike).
+METHOD_RECIPES: dict[str, dict[str, Any]] = {
+    # UPL's rn50_ep50 config, with the optimiser defaults of the Dassl library it inherits (momentum 0.9, wd 5e-4)
+    "upl": dict(
+        tune="prompt",
+        epochs=50,
+        batch_size=32,
+        lr_prompt=0.002,
+        lr_norm=0.002,
+        momentum=0.9,
+        weight_decay=5e-4,
+        warmup_epochs=1,
+        warmup_lr=1e-5,
+    ),
+    # POUF's prompt-tuning variant: SGD nesterov, wd 1e-3, lr (1 + 0.0002 it)^-0.75, batch 96, 10 epochs
+    "pouf": dict(
+        tune="prompt",
+        epochs=10,
+        batch_size=96,
+        lr_prompt=0.1,
+        lr_norm=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-3,
+        schedule="inverse",
+    ),
+    # Tent's ImageNet recipe: SGD momentum 0.9, lr 0.00025 at batch 64, constant, one pass, norm affines only
+    "tent": dict(tune="norm", epochs=1, batch_size=64, lr_norm=0.00025, momentum=0.9, schedule="constant"),
+    # TPT: one AdamW step (lr 5e-3, torch's default weight decay 0.01) on the context per test image; nothing
+    # trains beforehand
+    "tpt": dict(tune="prompt", epochs=0, lr_prompt=5e-3, optimizer="adamw", weight_decay=0.01, schedule="constant"),
+}
 
 
 def is_finite_number(value) -> bool:
@@ -64,6 +103,14 @@ class FitConfig:
         Costs one training run per learning rate, plus a scoring pass of the adaptation set per snapshot.
     validator: the label-free validator that chooses (``ueo.validators``; VALIDATORS); also the end-of-run
         check's, when it judges one model alone (else IM).
+    optimizer, momentum, nesterov, weight_decay: the optimiser ("sgd" or "adamw"); UEO's is plain SGD.
+    schedule: the learning rate per step: "cosine" (to 0 over all steps), "inverse" (lr (1 + 0.0002 step)^-0.75,
+        POUF's) or "constant"; after ``warmup_epochs`` epochs at the constant ``warmup_lr`` (UPL's warm-up).
+    upl_per_class: UPL's pseudo-labels: the K most confident adaptation images predicted as each class.
+    upl_prompts: UPL's ensemble: N contexts, each learned from its own seed (seed, seed + 1, ...), whose
+        predictions are averaged. Costs N training runs; the paper's is 16.
+    The baselines (BASELINES) take their published recipe (METHOD_RECIPES) where a setting is not given:
+    ``FitConfig.for_method(method, **settings)``, as ``ueo.fit(..., method=...)`` and the command line do.
     """
 
     method: str = "ueo"
@@ -89,6 +136,20 @@ class FitConfig:
     select_lrs: tuple[float, ...] | None = None
     select_snapshots: tuple[float, ...] = (0.25, 0.5, 1.0)
     validator: str = DEFAULT_VALIDATOR
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-5
+    upl_per_class: int = 16
+    upl_prompts: int = 1
+
+    @classmethod
+    def for_method(cls, method: str = "ueo", **settings) -> FitConfig:
+        """The settings of a run of ``method``: its recipe (METHOD_RECIPES) where ``settings`` are silent."""
+        return cls(method=method, **{**METHOD_RECIPES.get(method, {}), **settings})
 
     def validate(self) -> FitConfig:
         """Check every field's type and range; raises ConfigError naming the field."""
@@ -100,23 +161,26 @@ class FitConfig:
             ("weight_refresh", WEIGHT_MODES),
             ("select", SELECT_CHOICES),
             ("validator", VALIDATORS),
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
         ):
             if getattr(self, name) not in choices:
                 label = "tuning rule" if name == "rule" else name
                 raise ConfigError(f"Unknown {label} {getattr(self, name)!r}; choose one of {choices}.")
-        for name in ("epochs", "eval_every", "num_workers", "batch_size", "eval_batch_size", "seed"):
+        whole = ("epochs", "eval_every", "num_workers", "batch_size", "eval_batch_size", "seed", "warmup_epochs")
+        for name in (*whole, "upl_per_class", "upl_prompts"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be a whole number, got {value!r}.")
-        for name in ("epochs", "eval_every", "num_workers"):
+        for name in ("epochs", "eval_every", "num_workers", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("batch_size", "eval_batch_size"):
+        for name in ("batch_size", "eval_batch_size", "upl_per_class", "upl_prompts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed}.")
-        for name in ("lr_prompt", "lr_norm", "logit_scale", "trade"):
+        for name in ("lr_prompt", "lr_norm", "logit_scale", "trade", "momentum", "weight_decay", "warmup_lr"):
             value = getattr(self, name)
             if not is_finite_number(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}.")
@@ -124,7 +188,7 @@ class FitConfig:
                 raise ConfigError(f"{name} must be >= 0, got {value!r}.")
             if abs(value) > FLOAT32_MAX:
                 raise ConfigError(f"{name} must be at most {FLOAT32_MAX:.1e} (a float32), got {value!r}.")
-        for name in ("eval_train", "progress"):
+        for name in ("eval_train", "progress", "nesterov"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("amp", "fast"):
@@ -132,6 +196,10 @@ class FitConfig:
                 raise ConfigError(f"{name} must be true, false or None (automatic), got {getattr(self, name)!r}.")
         if not isinstance(self.init, str) or not self.init.strip():
             raise ConfigError(f"init must be a non-empty text, got {self.init!r}.")
+        if self.method == "tpt" and self.tune != "prompt":
+            raise ConfigError(f"method tpt tunes the prompt context (tune prompt), not tune {self.tune!r}.")
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("nesterov needs a momentum > 0.")
         self.validate_selection()
         return self
 
@@ -143,8 +211,11 @@ class FitConfig:
         self.select_snapshots = numbers(
             "select_snapshots", self.select_snapshots, "fractions of the epochs", lambda v: 0 < v <= 1, "in (0, 1]"
         )
-        if self.select == "auto" and self.method == "zeroshot":
-            raise ConfigError("select auto chooses among adapted models and zero-shot; method zeroshot adapts nothing.")
+        if self.select == "auto" and self.method in ("zeroshot", "tpt"):
+            raise ConfigError(
+                f"select auto chooses among adapted models and zero-shot; method {self.method} adapts nothing "
+                "beforehand (tpt adapts per test image)."
+            )
         if self.select == "auto" and self.epochs < 1:
             raise ConfigError("select auto needs at least one epoch to take snapshots of.")
 
@@ -189,6 +260,15 @@ TRAJECTORY_KEYS = (
     "select",
     "select_lrs",
     "select_snapshots",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "warmup_lr",
+    "upl_per_class",
+    "upl_prompts",
 )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from html import escape
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ import torch
 from . import report, tables
 from . import toyworld as tw
 from .clip import load_clip
+from .config import BASELINES, DEMO_METHODS
 from .discovery import discover
 from .files import write_text
 from .imagelist import ImageList
@@ -30,12 +31,13 @@ from .record import fit_record
 from .report import write_discovery
 from .tables import paired_difference
 from .training import fit
+from .webdemo import write_front_page
 from .webreport import write_run_report
 from .webtable import write_table_page
 
-DEMO_METHODS = ("zeroshot", "entropy", "infomax", "ueo")
 DEMO_SCENARIOS = SHIFT_SCENARIOS
 DEMO_SETTINGS = dict(epochs=10, batch_size=64, lr_prompt=1e-3, lr_norm=1e-3, eval_every=0, eval_train=False)
+QUIET_EVALUATION = dict(eval_every=0, eval_train=False)  # the baselines: their own recipes, evaluated at the end
 PER_CLASS, TEST_PER_CLASS = 48, 50
 KEYS = ("pacc", "auroc", "hm", "gacc", "fpr95")
 DEMO_OUTPUTS = ("demo.json", "table.md", "table.csv", "table.html", "index.html", *DEMO_SCENARIOS)  # what a demo writes
@@ -58,17 +60,9 @@ def run_scenario(
     results, truth = {}, None
     for method in methods:
         per_seed = []
+        chosen = method_settings(method, settings or DEMO_SETTINGS)
         for seed in seeds:
-            result = fit(
-                bundle,
-                names,
-                train,
-                test=test,
-                method=method,
-                seed=seed,
-                progress=progress,
-                **(settings or DEMO_SETTINGS),
-            )
+            result = fit(bundle, names, train, test=test, method=method, seed=seed, progress=progress, **chosen)
             per_seed.append({k: result.metrics["adapted"][k] for k in KEYS})
             pages = out is not None and method == "ueo" and seed == seeds[0]
             found = discover_toy(bundle, result, train, out if pages else None) if pages else None
@@ -86,7 +80,6 @@ def run_scenario(
                     test=test,
                     pages=pages,
                     discovery=found,
-                    settings=settings or DEMO_SETTINGS,
                 )
         entry = {}
         for k in KEYS:
@@ -96,6 +89,12 @@ def run_scenario(
             entry["discovery"] = truth
         results[method] = entry
     return results
+
+
+def method_settings(method: str, settings: dict) -> dict:
+    """The demo's settings of a method: the toy world's learning rate and epochs for UEO and its variants, the
+    published recipe for a baseline (``config.METHOD_RECIPES``)."""
+    return dict(QUIET_EVALUATION) if method in BASELINES else dict(settings)
 
 
 def discover_toy(bundle, result, train, out: Path | None):
@@ -186,7 +185,6 @@ def write_run(
     test,
     pages: bool,
     discovery=None,
-    settings: dict | None = None,
 ) -> None:
 
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
@@ -205,7 +203,7 @@ def write_run(
             "data": f"toyworld:{tw.TARGET_STYLE}:{scenario}",
             "data_fingerprint": None,
         },
-        settings={"tune": "both", "rule": "auto", "method": method, **(settings or DEMO_SETTINGS)},
+        settings=asdict(result.config),
         class_names=names,
         result=result,
         num_adaptation_images=train_size,
@@ -239,29 +237,34 @@ def format_table(table: dict[str, dict[str, dict]]) -> str:
                 for k in ("pacc", "auroc", "hm")
             ]
             lines.append(f"| {scenario} | {method} | " + " | ".join(cells) + " |")
-    gaps = [line for scenario, methods in table.items() for line in compare(scenario, methods)]
+    gaps = [gap_line(g) for scenario, methods in table.items() for g in compare(scenario, methods)]
     if gaps:
-        lines += ["", "UEO − InfoMax, paired by seed (mean ± standard error):", "", *[f"- {g}" for g in gaps]]
+        lines += ["", "UEO − each other method, paired by seed (mean ± standard error):", "", *[f"- {g}" for g in gaps]]
     return "\n".join(lines) + "\n"
 
 
-def compare(scenario: str, methods: dict[str, dict]) -> list[str]:
-    """The UEO - InfoMax gaps of a scenario, paired by seed, in words (none with fewer than two seeds)."""
-
-    if "ueo" not in methods or "infomax" not in methods or len(methods["ueo"]["seeds"]) < 2:
+def compare(scenario: str, methods: dict[str, dict]) -> list[dict]:
+    """UEO minus each other method in a scenario, paired by seed, per metric (PACC, AUROC, HM): {"scenario",
+    "method", "metric", "mean", "se", "differs", "n"} (none with fewer than two seeds)."""
+    if "ueo" not in methods or len(methods["ueo"]["seeds"]) < 2:
         return []
-    lines = []
-    for key in ("pacc", "auroc"):
-        pairs = [(u[key], i[key]) for u, i in zip(methods["ueo"]["seeds"], methods["infomax"]["seeds"])]
-        pairs = [(u, i) for u, i in pairs if u is not None and i is not None]
-        if len(pairs) < 2:
-            continue
-        gap = paired_difference([u for u, _ in pairs], [i for _, i in pairs])
-        verdict = "differs from zero" if gap["differs"] else "does not differ from zero (within 2 standard errors)"
-        lines.append(
-            f"{scenario} {key.upper()}: {100 * gap['mean']:+.2f} ± {100 * gap['se']:.2f} points over {gap['n']} seeds, {verdict}"
-        )
-    return lines
+    gaps = []
+    for other, row in methods.items():
+        for key in ("pacc", "auroc", "hm") if other != "ueo" else ():
+            pairs = [(u[key], o[key]) for u, o in zip(methods["ueo"]["seeds"], row["seeds"])]
+            pairs = [(u, o) for u, o in pairs if u is not None and o is not None]
+            if len(pairs) >= 2:
+                gap = paired_difference([u for u, _ in pairs], [o for _, o in pairs])
+                gaps.append({"scenario": scenario, "method": other, "metric": key, **gap})
+    return gaps
+
+
+def gap_line(gap: dict) -> str:
+    verdict = "differs" if gap["differs"] else "does not differ (within 2 standard errors)"
+    return (
+        f"{gap['scenario']} UEO − {gap['method']} {gap['metric'].upper()}: {100 * gap['mean']:+.2f} ± "
+        f"{100 * gap['se']:.2f} points over {gap['n']} seeds, {verdict}"
+    )
 
 
 def run_demo(
@@ -270,6 +273,7 @@ def run_demo(
     seeds: Sequence[int] = (0,),
     epochs: int | None = None,
     scenarios: Sequence[str] = DEMO_SCENARIOS,
+    methods: Sequence[str] = DEMO_METHODS,
 ) -> int:
 
     start = time.time()
@@ -283,13 +287,15 @@ def run_demo(
     )
     table = {}
     for scenario in scenarios:
-        table[scenario] = run_scenario(bundle, scenario, seeds=seeds, out=out, progress=not quiet, settings=settings)
+        table[scenario] = run_scenario(
+            bundle, scenario, methods, seeds=seeds, out=out, progress=not quiet, settings=settings
+        )
         for method, row in table[scenario].items():
             auroc = "  -  " if row["auroc"] is None else f"{100 * row['auroc']:5.1f}"
             hm = "  -  " if row["hm"] is None else f"{100 * row['hm']:5.1f}"
             print(f"{scenario:>5} {method:>9}  PACC {100 * row['pacc']:5.1f}  AUROC {auroc}  HM {hm}", flush=True)
-        for line in compare(scenario, table[scenario]):
-            print(f"      UEO − InfoMax {line}", flush=True)
+        for gap in compare(scenario, table[scenario]):
+            print(f"      {gap_line(gap)}", flush=True)
         truth = table[scenario].get("ueo", {}).get("discovery")
         if truth is not None:
             flagged, absent = ", ".join(truth["absent_flagged"]) or "none", ", ".join(truth["absent_truth"]) or "none"
@@ -301,51 +307,10 @@ def run_demo(
     write_text(out / "table.md", format_table(table))
     rows, _ = tables.collect([out / scenario for scenario in scenarios])
     write_table_page(tables.summarise(rows), out / "table.html")
-    write_index(out, scenarios, table, seeds[0])
+    gaps = [gap for scenario in scenarios for gap in compare(scenario, table[scenario])]
+    write_front_page(out, scenarios, table, tables.summarise(rows), seeds[0], gaps, tw.TARGET_STYLE)
     print(
         f"wrote {out / 'demo.json'}, {out / 'table.md'}, {out / 'table.html'} and one folder per run; "
         f"open {out / 'index.html'} ({time.time() - start:.0f}s)"
     )
     return 0
-
-
-def write_index(out: Path, scenarios: Sequence[str], table: dict | None = None, seed: int = 0) -> None:
-    """index.html: the way into the demo's pages, and per scenario what the class list misses against the truth."""
-
-    links = "".join(
-        f'<li><a href="{s}/ueo/seed{seed}/report.html">{s}: UEO, what it decided</a></li>' for s in scenarios
-    )
-    rows = []
-    for scenario in scenarios:
-        truth = ((table or {}).get(scenario, {}).get("ueo") or {}).get("discovery")
-        if truth is None:
-            continue
-        groups = "; ".join(
-            f"{g['size']} images: " + (f"looks like {g['looks_like']}" if g["looks_like"] else " | ".join(g["names"]))
-            for g in truth["groups"]
-        )
-        named = ", ".join(
-            f"{name} → group {v['group']} ({'first name' if v['top1'] else 'in its 3 names' if v['top3'] else 'not named'})"
-            for name, v in truth["named"].items()
-        )
-        rows.append(
-            f"<tr><td>{scenario}</td><td>{escape(', '.join(truth['absent_flagged']) or 'none')}</td>"
-            f"<td>{escape(', '.join(truth['absent_truth']) or 'none')}</td><td>{escape(groups or 'none')}</td>"
-            f"<td>{escape(named or 'no unknown class in the adaptation set')}</td></tr>"
-        )
-    found = (
-        "<h2>What the class list misses (UEO, adaptation set)</h2><table border=1 cellpadding=4>"
-        "<tr><th>scenario</th><th>flagged absent</th><th>truly absent</th><th>groups of unknown images (names)</th>"
-        f"<th>true unknown classes → their group</th></tr>{''.join(rows)}</table>"
-        if rows
-        else ""
-    )
-    write_text(
-        out / "index.html",
-        (
-            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ueo demo</title></head><body>'
-            f"<h1>ueo demo: the toy world, {escape(tw.TARGET_STYLE)} style</h1>"
-            '<p><a href="table.html">All methods and scenarios: the table and charts</a></p>'
-            f"<ul>{links}</ul>{found}</body></html>\n"
-        ),
-    )

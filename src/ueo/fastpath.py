@@ -104,7 +104,7 @@ def decode_all(dataset, short_side: int, threads: int = 8, progress: bool = Fals
                 total=len(dataset),
                 desc="decode",
                 unit="img",
-                disable=not progress,
+                disable=None if progress else True,
                 leave=False,
             )
         )

@@ -23,12 +23,14 @@ from .config import PROMPT_CONTEXT, FitConfig, FitResult
 from .distributed import any_rank, average_gradients, gather_rows, rank_world
 from .errors import DivergedError, Interrupted
 from .inference import Outputs, autocast, image_features, outputs_of
-from .objectives import entropy_loss, infomax_loss, ueo_loss
+from .objectives import entropy_loss, infomax_loss, pouf_loss, pseudo_label_loss, ueo_loss
 from .prompts import PromptLearner
 from .state import AdaptedState
-from .tuning import adapted_state
+from .tuning import adapted_state, batch_statistics
 from .version import __version__
-from .views import epoch_batches
+from .views import empty_batch, epoch_batches
+
+INVERSE_GAMMA, INVERSE_POWER = 0.0002, 0.75  # POUF's schedule: lr (1 + gamma step)^-power
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -36,15 +38,36 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
-def objective(config: FitConfig, probs: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """The method's loss over a global batch of probabilities [B, K]."""
+def learning_rate(config: FitConfig, base: float, step: int, total: int, steps_per_epoch: int) -> float:
+    """The learning rate of ``step`` (from 0): ``warmup_lr`` during the warm-up epochs, then the schedule
+    ("cosine" over all ``total`` steps, as if from step 0; "inverse"; "constant")."""
+    if step < config.warmup_epochs * steps_per_epoch:
+        return config.warmup_lr
+    if config.schedule == "cosine":
+        return cosine_lr(base, step, total)
+    if config.schedule == "inverse":
+        return base * (1.0 + INVERSE_GAMMA * step) ** -INVERSE_POWER
+    return base
+
+
+def objective(
+    config: FitConfig, cosines: torch.Tensor, weights: torch.Tensor | None, targets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The method's loss over a global batch of raw cosines [B, K] (its probabilities: softmax(s cos))."""
+    if config.method == "pouf":
+        return pouf_loss(cosines, config.logit_scale)
+    if config.method == "upl":
+        if targets is None:
+            raise RuntimeError("UPL's loss needs the pseudo-labels; fit computes them before the first step.")
+        return pseudo_label_loss(cosines, targets, config.logit_scale)
+    probs = torch.softmax(config.logit_scale * cosines, dim=-1)
     if config.method in ("ueo", "oracle"):
         if weights is None:
             raise RuntimeError("UEO's loss needs the confidence weights; fit computes them before the first step.")
         return ueo_loss(probs, weights, config.trade)
     if config.method == "infomax":
         return infomax_loss(probs, config.trade)
-    return entropy_loss(probs)
+    return entropy_loss(probs)  # entropy, and tent (of each batch, with its statistics)
 
 
 @dataclass
@@ -60,6 +83,10 @@ class Run:
     sources: dict[str, Any]  # image sources: "train" and, when given, "test"
     result: FitResult
     weights: torch.Tensor | None = None  # [N] on the device, None for infomax / entropy
+    targets: torch.Tensor | None = None  # UPL's pseudo-labels [N] on the device (-1: not trained on)
+    batch_stats: bool = False  # BatchNorm normalises with each batch's statistics (Tent, once adapting)
+    optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None  # a resumed run's, per tuned parameter
+    test_time: Any = None  # TPT's per-image tuning of the test set's outputs (``inference.TestTimePrompt``)
     optimizer: torch.optim.Optimizer | None = None
     save: Callable[[dict], None] | None = None
     should_stop: Callable[[], bool] | None = None
@@ -76,17 +103,24 @@ class Run:
         with torch.set_grad_enabled(grad), autocast(self.device, self.config.amp):
             return self.learner.text_features().float()
 
+    @property
+    def members(self) -> list[int] | None:
+        """The adaptation images that train (UPL's pseudo-labelled ones); None: all."""
+        return None if self.targets is None else torch.nonzero(self.targets >= 0).flatten().tolist()
+
     def outputs_for(self, split: str) -> Outputs:
         cfg = self.config
-        return outputs_of(
-            self.bundle.model,
-            self.text_features(False),
-            self.sources[split],
-            batch_size=cfg.eval_batch_size,
-            amp=cfg.amp,
-            progress=cfg.progress,
-            should_stop=self.stop_requested if self.should_stop is not None else None,
-        )
+        with batch_statistics(self.bundle.model, self.batch_stats):
+            return outputs_of(
+                self.bundle.model,
+                self.text_features(False),
+                self.sources[split],
+                batch_size=cfg.eval_batch_size,
+                amp=cfg.amp,
+                progress=cfg.progress,
+                should_stop=self.stop_requested if self.should_stop is not None else None,
+                test_time=self.test_time if split == "test" else None,
+            )
 
     def measure(self, epoch: int, need_train: bool = False) -> Outputs | None:
         """Score the test set (and the adaptation set when asked for or when it has labels); record metrics.
@@ -111,14 +145,14 @@ class Run:
             return test_out.part(*self.train_in_test)
         return self.outputs_for("train")
 
-    def probabilities(self, images: torch.Tensor, text: torch.Tensor, grad: bool) -> torch.Tensor:
-        """softmax(logit_scale * cos) [B, K] of a batch of views; ``grad``: through the image tower too."""
+    def cosines(self, images: torch.Tensor, text: torch.Tensor, grad: bool) -> torch.Tensor:
+        """Raw cosines [B, K] of a batch of views; ``grad``: through the image tower too."""
         images = images.to(self.device, non_blocking=True)
         if not len(images):  # a rank without a share of a small last batch still joins the collectives
             return text.sum() * 0 + torch.zeros(0, text.shape[0], device=self.device)
         with torch.set_grad_enabled(grad), autocast(self.device, self.config.amp):
             feats = image_features(self.bundle.model, images)
-        return torch.softmax(self.config.logit_scale * feats @ text.T, dim=-1)
+        return feats @ text.T
 
     def state(self) -> AdaptedState:
         info = {
@@ -127,6 +161,8 @@ class Run:
             "method": self.config.method,
             "torch_version": torch.__version__,
         }
+        if self.config.method == "tpt":  # its views are drawn from the run's seed
+            info["seed"] = str(self.config.seed)
         if self.selection is not None and self.selection.chosen is not None:  # which candidate this state is
             chosen = self.selection.candidates[self.selection.chosen]
             info["selected"] = f"{chosen.describe()}, chosen by {self.config.validator} without labels"
@@ -152,28 +188,60 @@ class Run:
         return self.should_stop is not None and any_rank(self.should_stop())
 
 
-def optimizer_for(run: Run) -> torch.optim.SGD:
-    """SGD without momentum or weight decay: one group for the context, one for the norm affines."""
-    tuned = run.tuned
-    lr_prompt, lr_norm = run.learning_rates or (run.config.lr_prompt, run.config.lr_norm)
+def optimizer_for(run: Run) -> torch.optim.Optimizer:
+    """The method's optimiser (UEO's: SGD without momentum or weight decay): one group for the context, one
+    for the norm affines; a resumed run's momentum restored."""
+    tuned, cfg = run.tuned, run.config
+    lr_prompt, lr_norm = run.learning_rates or (cfg.lr_prompt, cfg.lr_norm)
     groups = []
     if PROMPT_CONTEXT in tuned:
         groups.append({"params": [tuned[PROMPT_CONTEXT]], "lr": lr_prompt, "base_lr": lr_prompt, "name": "prompt"})
     norms = [p for n, p in tuned.items() if n != PROMPT_CONTEXT]
     if norms:
         groups.append({"params": norms, "lr": lr_norm, "base_lr": lr_norm, "name": "norm"})
-    return torch.optim.SGD(groups, lr=lr_prompt, momentum=0.0, weight_decay=0.0)
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr_prompt, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            groups, lr=lr_prompt, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    for name, state in (run.optimizer_state or {}).items():
+        param = tuned[name]
+        optimizer.state[param] = {k: v.to(param.device, param.dtype) for k, v in state.items()}
+    run.optimizer_state = None
+    return optimizer
+
+
+def adaptation_batches(run: Run, shares: list, epoch: int):
+    """This rank's batches of views: the train views (augmented); Tent's the eval views, as it sees its test
+    batches."""
+    source = run.sources["train"]
+    if run.config.method != "tent":
+        yield from source.train_batches(shares, epoch)
+        return
+    for share in shares:
+        if share:
+            yield from source.eval_batches(share, len(share))
+        else:
+            yield empty_batch()
 
 
 def train_loop(run: Run, first_epoch: int, skip: int) -> None:
     """Epochs ``first_epoch``..``epochs`` (skipping the first ``skip`` steps of the first one)."""
+    with batch_statistics(run.bundle.model, run.batch_stats):
+        run_epochs(run, first_epoch, skip)
+
+
+def run_epochs(run: Run, first_epoch: int, skip: int) -> None:
     cfg, result, device = run.config, run.result, run.device
     rank, world = rank_world()
     run.optimizer = optimizer = optimizer_for(run)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     tune_norm = any(n != PROMPT_CONTEXT for n in run.tuned)
     fixed_text = None if PROMPT_CONTEXT in run.tuned else run.text_features(False)
-    num_samples = len(run.sources["train"])
+    members = run.members
+    num_samples = len(members) if members is not None else len(run.sources["train"])
     steps_per_epoch = math.ceil(num_samples / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -181,21 +249,24 @@ def train_loop(run: Run, first_epoch: int, skip: int) -> None:
             run.weights = run.outputs_for("train").scores.to(device)
         last_good = run.state()
         batches = epoch_batches(num_samples, cfg.batch_size, cfg.seed, epoch)  # global batches
+        if members is not None:  # of the images that train
+            batches = [[members[i] for i in batch] for batch in batches]
         shares = [batch[rank::world] for batch in batches]  # this rank's part of each
         pending: list = []
         bar = progress_bar(cfg, epoch, skip, num_samples, rank)
-        train_batches = run.sources["train"].train_batches(shares[skip:], epoch)
-        for position, (images, _, index) in enumerate(train_batches, start=skip):
+        for position, (images, _, index) in enumerate(adaptation_batches(run, shares[skip:], epoch), start=skip):
             step = (epoch - 1) * steps_per_epoch + position
-            for group in optimizer.param_groups:  # learning rate: cosine per step
-                group["lr"] = cosine_lr(group["base_lr"], step, total)
-            # forward: this rank's probabilities, then those of the whole global batch (with gradients)
+            for group in optimizer.param_groups:  # learning rate: per step
+                group["lr"] = learning_rate(cfg, group["base_lr"], step, total, steps_per_epoch)
+            # forward: this rank's cosines, then those of the whole global batch (with gradients)
             text = fixed_text if fixed_text is not None else run.text_features(True)
-            probs = run.probabilities(images, text, grad=tune_norm)
+            cosines = run.cosines(images, text, grad=tune_norm)
             counts = [len(batches[position][r::world]) for r in range(world)]
-            probs = gather_rows(probs, counts, differentiable=True)
-            weights = None if run.weights is None else gather_rows(run.weights[index.to(device)], counts, False)
-            loss = objective(cfg, probs, weights)
+            cosines = gather_rows(cosines, counts, differentiable=True)
+            index = index.to(device)
+            weights = None if run.weights is None else gather_rows(run.weights[index], counts, False)
+            targets = None if run.targets is None else gather_rows(run.targets[index], counts, False)
+            loss = objective(cfg, cosines, weights, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(params)
@@ -234,7 +305,7 @@ def progress_bar(cfg: FitConfig, epoch: int, skip: int, num_samples: int, rank: 
         unit="img",
         unit_scale=True,
         desc=f"epoch {epoch}/{cfg.epochs}",
-        disable=not cfg.progress or rank > 0,
+        disable=None if cfg.progress and rank == 0 else True,  # (a bar on a terminal only)
         leave=False,
     )
 

@@ -137,13 +137,17 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
 def _distinct_names(first_rows: dict) -> dict:
     """{group key: its domain as shown}: the domain name, or, where groups of other data share it, the
     shortest trailing part of each one's data path that tells them apart."""
+
+    def place(row) -> tuple:  # (the scenario's adaptation set differs by design: not a clash)
+        return row["benchmark"], row["domain"], row.get("scenario")
+
     by_name = defaultdict(set)
     for row in first_rows.values():
-        by_name[(row["benchmark"], row["domain"])].add(row.get("data", row["domain"]))
+        by_name[place(row)].add(row.get("data", row["domain"]))
     names = {}
     for key, row in first_rows.items():
-        clash = [r for r in first_rows.values() if (r["benchmark"], r["domain"]) == (row["benchmark"], row["domain"])]
-        if len(by_name[(row["benchmark"], row["domain"])]) < 2 or not row.get("data_path"):
+        clash = [r for r in first_rows.values() if place(r) == place(row)]
+        if len(by_name[place(row)]) < 2 or not row.get("data_path"):
             names[key] = row["domain"]
             continue
         parts = Path(row["data_path"]).parts

@@ -21,9 +21,9 @@ from .errors import ConfigError, DataError, DivergedError
 from .feed import image_source
 from .imagelist import ImageList
 from .images import as_dataset
-from .inference import Outputs, positions_in
+from .inference import Outputs, TestTimePrompt, positions_in
 from .loop import Run, train_loop
-from .objectives import oracle_weights
+from .objectives import oracle_weights, upl_pseudo_labels
 from .prompts import PromptLearner
 from .selection import Selection, check_validator, validator_score
 from .state import AdaptedState
@@ -70,8 +70,16 @@ def fit(
     unknown = set(overrides) - set(config_fields())
     if unknown:
         raise TypeError(f"Unknown fit option(s): {sorted(unknown)}. Valid: {config_fields()}.")
-    cfg = replace(config or FitConfig(), **overrides).validate()
+    if config is None:  # a baseline's recipe where the options are silent
+        cfg = FitConfig.for_method(**overrides).validate()
+    else:
+        cfg = replace(config, **overrides).validate()
     check_threshold_rule(threshold, tpr, val)
+    if cfg.method == "tpt" and test is None:
+        raise ConfigError(
+            "method tpt tunes the prompt for each test image and uses no adaptation set: give the images to "
+            "predict as test images (test=, --test)."
+        )
     train, test, val = (as_dataset(d)[0] if isinstance(d, ImageList) else d for d in (train, test, val))
     if len(train) == 0:
         raise DataError("The adaptation set is empty.")
@@ -104,13 +112,14 @@ def fit(
         identity=identity,
         train_in_test=positions_in(train, test) if test is not None else None,
     )
-    training = cfg.method != "zeroshot" and cfg.epochs > 0
+    training = cfg.method not in ("zeroshot", "tpt") and cfg.epochs > 0
     run.selection = Selection(cfg, len(class_names)) if cfg.select == "auto" else None
     try:
         needs_weights = cfg.method in ("ueo", "oracle") and training
         if resume is not None:
-            steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-            start = restore(run, resume, steps_per_epoch=steps_per_epoch)
+            targets = resume["tensors"].get("targets")
+            run.targets = targets.to(device) if targets is not None else None
+            start = restore(run, resume, steps_per_epoch=math.ceil(len(run.members or train) / cfg.batch_size))
             weights = resume["tensors"].get("weights")
         else:
             start = (1, 0)
@@ -121,10 +130,15 @@ def fit(
             result.zeroshot_threshold = choose_threshold("auto", scores=zeroshot.scores.numpy()).value
             result.zeroshot_check = validator_score(check_validator(cfg.validator), zero_shot_train, cfg.logit_scale)
             weights = confidence_weights(cfg, zero_shot_train, len(class_names)) if needs_weights else None
+            if cfg.method == "upl" and training:
+                run.targets = pseudo_labels(cfg, zero_shot_train, run.class_names).to(device)
             if run.selection is not None:  # zero-shot is always a candidate; every trajectory starts from it
                 run.selection.add(run, 0, zeroshot=True, train_out=zero_shot_train, test=result.outputs.get("test"))
                 run.selection.weights0, run.selection.rng = weights, torch.get_rng_state()
         run.weights = weights.to(device) if weights is not None else None
+        run.batch_stats = cfg.method == "tent"  # Tent adapts and predicts with each batch's statistics
+        if cfg.method == "tpt":
+            test_time_pass(run)
         if training and run.selection is not None:
             run.selection.train(run, start, originals)
         elif training:
@@ -137,11 +151,43 @@ def fit(
         result.adapted = run.state()
         train_out = final_outputs(run)
         result.threshold = result.adapted.threshold = final_threshold(run, train_out, threshold, tpr)
-        result.check = end_of_run_check(run, train_out) if training else None
+        result.check = end_of_run_check(run, train_out) if training else None  # (TPT: no adaptation set)
     finally:
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
     return result
+
+
+def pseudo_labels(cfg: FitConfig, outputs: Outputs, class_names: list[str]) -> torch.Tensor:
+    """UPL's pseudo-labels of the adaptation set from the zero-shot outputs (``objectives.upl_pseudo_labels``);
+    a DataError when fewer than two classes get any (cross-entropy would have nothing to tell apart)."""
+    probs = torch.softmax(cfg.logit_scale * outputs.cosines.float(), dim=-1)
+    targets = upl_pseudo_labels(probs, cfg.upl_per_class)
+    present = sorted(set(targets[targets >= 0].tolist()))
+    if len(present) < 2:
+        only = f"only {class_names[present[0]]!r} gets any" if present else "none gets any"
+        raise DataError(
+            f"UPL learns from the images the zero-shot model predicts as each class, and {only}: nothing to tell "
+            "apart. Give a collection with images of several listed classes, or use another method."
+        )
+    missing = [class_names[k] for k in range(len(class_names)) if k not in present]
+    if missing:
+        warnings.warn(
+            f"UPL: the zero-shot model predicts no adaptation image as {len(missing)} of the {len(class_names)} "
+            f"classes ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); it learns the others.",
+            stacklevel=3,
+        )
+    return targets
+
+
+def test_time_pass(run: Run) -> None:
+    """TPT: the test set scored with a context tuned for each image; recorded as the adapted evaluation
+    (epoch 1). The adaptation set is not scored: TPT has none."""
+    run.test_time = TestTimePrompt(run.bundle.model, run.learner, run.config)
+    test_out = run.result.outputs["test"] = run.outputs_for("test")
+    run.result.outputs.pop("train", None)
+    metrics = test_out.metrics(len(run.class_names))
+    run.result.evaluations.append({"epoch": 1, "split": "test", **metrics})
 
 
 def end_of_run_check(run: Run, train_out: Outputs) -> dict:
@@ -175,6 +221,8 @@ def check_threshold_rule(threshold, tpr, val) -> None:
 def final_outputs(run: Run) -> Outputs:
     """The adaptation set's outputs with the final parameters (scored unless the last evaluation did)."""
     train_out = run.result.outputs.get("train")
+    if run.config.method == "tpt":  # TPT has no adaptation set: its threshold is of the test images' scores
+        return run.result.outputs["test"]
     return train_out if train_out is not None else run.train_outputs(run.result.outputs.get("test"))
 
 

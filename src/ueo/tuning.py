@@ -133,6 +133,29 @@ def applied(model: nn.Module, prompt_learner: nn.Module | None, state: dict[str,
         apply_adapted_state(model, prompt_learner, previous)
 
 
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module, on: bool = True):
+    """Within the block, every BatchNorm of ``model`` normalises with the current batch's statistics (Tent's
+    protocol) and leaves its running statistics as they were. Nothing changes on a model without BatchNorm
+    (LayerNorm always uses the sample's own) or when ``on`` is False."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if on else []
+    saved = [
+        (m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+        for m in norms
+    ]
+    for m in norms:
+        m.train()
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (training, momentum, tracked) in zip(norms, saved):
+            m.train(training)
+            m.momentum = momentum
+            if tracked is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 # Tuned values are word embeddings (~1e-2) and norm scales and shifts (~1): far larger ones are damage (a
 # flipped exponent bit gives 1e37), not learning. Refused in states and checkpoints.
 MAX_TUNED_MAGNITUDE = 1e4

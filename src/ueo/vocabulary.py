@@ -93,7 +93,7 @@ def encode_texts(
     parts = []
     device = next(bundle.model.parameters()).device
     steps = range(0, len(texts), batch_size)
-    for start in tqdm(steps, desc="vocabulary", unit="batch", disable=not progress, leave=False):
+    for start in tqdm(steps, desc="vocabulary", unit="batch", disable=None if progress else True, leave=False):
         if should_stop is not None and should_stop():
             raise Interrupted("stopped while encoding the vocabulary")
         tokens = bundle.tokenizer(list(texts[start : start + batch_size])).to(device)

@@ -351,6 +351,17 @@ def write_run_report(run_dir, metrics: dict | None = None) -> Path:
     return run_dir / "report.html"
 
 
+def run_title(metrics: dict, run_dir: Path) -> str:
+    """What a run is, in words: its method, data and scenario, and seed ("ueo run: <folder>" when unknown)."""
+    run = metrics.get("run") or {}
+    if not run.get("method"):
+        return f"ueo run: {run_dir.name}"
+    place = "/".join(str(run[k]) for k in ("benchmark", "domain") if run.get(k)) or str(run.get("data") or "")
+    scenario = f", {run['scenario']}" if run.get("scenario") else ""
+    seed = f", seed {run['seed']}" if run.get("seed") is not None else ""
+    return f"{run['method']} on {place}{scenario}{seed}"
+
+
 def _page(run_dir: Path, metrics: dict, rows: list[dict], classes: list[str], threshold: float, thumbs: Thumbs) -> str:
     labeled = bool(rows) and "label" in rows[0]
     sections = [
@@ -367,7 +378,7 @@ def _page(run_dir: Path, metrics: dict, rows: list[dict], classes: list[str], th
         sections += [("confusion", _confusion(thumbs, rows, classes, plot)), ("mistakes", _mistakes(rows, classes))]
     sections.append(("plots", _plots(run_dir)))  # (the unknown gallery is part of the classes' html)
     nav = "".join(f'<a href="#{name}">{name}</a>' for name, html in sections if html or name == "unknown")
-    title = f"ueo run: {run_dir.name}"
+    title = run_title(metrics, run_dir)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{_lead(metrics)}<nav>{nav}</nav>"

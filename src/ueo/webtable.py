@@ -14,7 +14,7 @@ from .tables import TABLE_METRICS, cell, identity_columns
 from .webreport import STYLE
 
 
-def _chart(table: list[dict], metric: str) -> str:
+def chart(table: list[dict], metric: str) -> str:
     """A bar chart (PNG, embedded) of one metric: groups = benchmark/domain/scenario, bars = methods,
     error bars = std over seeds."""
     plt = pyplot()
@@ -38,9 +38,10 @@ def _chart(table: list[dict], metric: str) -> str:
         errors = [e[f"{metric}_std"] if e and e[f"{metric}_std"] is not None else 0 for e in entries]
         label = method[0] if len(methods) == len({x[0] for x in methods}) else f"{method[0]} · {method[1]}"
         ax.bar([g + m * width for g in range(len(groups))], values, width, yerr=errors, capsize=3, label=label)
+    varying = [i for i in range(3) if len({g[i] for g in groups}) > 1] or [2]  # (what all share goes unsaid)
     ax.set_xticks(
         [g + width * (len(methods) - 1) / 2 for g in range(len(groups))],
-        ["/".join(str(x) for x in g if x != "-") or "-" for g in groups],
+        ["/".join(str(g[i]) for i in varying if g[i] != "-") or "-" for g in groups],
         rotation=20,
         fontsize=8,
     )
@@ -67,7 +68,7 @@ def write_table_page(table: list[dict], path) -> Path:
         + "</tr>"
         for e in table
     )
-    charts = "".join(_chart(table, m) for m in TABLE_METRICS if any(e[m] is not None for e in table))
+    charts = "".join(chart(table, m) for m in TABLE_METRICS if any(e[m] is not None for e in table))
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ueo runs</title><style>{STYLE}'
         f"</style></head><body><h1>Runs: mean ± std over seeds (%)</h1><table>{head}{body}</table>"

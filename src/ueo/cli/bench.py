@@ -11,10 +11,11 @@ from ..config import FitConfig
 from ..demo import DEMO_OUTPUTS, run_demo
 from ..errors import ConfigError
 from ..webtable import write_table_page
+from .configfile import resolve_config
 from .fit import run_fit
 from .inputs import decode_cache
 from .messages import flag_errors, say, say_or_warn, summary_line, warn
-from .options import absolute_paths, flag_names, resolve_config
+from .options import absolute_paths, flag_names
 from .outputs import clear_outputs, take_out
 
 
@@ -28,7 +29,7 @@ def once(values: list, flag: str) -> list:
 
 
 def cmd_bench(args) -> int:
-    base = absolute_paths(resolve_config(args))
+    base = absolute_paths(resolve_config(args))  # (each method's own: its recipe where the options are silent)
     benchmark = base["benchmark"]
     if not benchmark:
         raise ConfigError("bench needs --benchmark (and --root).")
@@ -51,7 +52,7 @@ def cmd_bench(args) -> int:
                         say(f"skip {run_dir} (done)")
                         continue
                     config = {
-                        **base,
+                        **absolute_paths(resolve_config(args, method=method)),
                         "benchmark": benchmark,
                         "domain": domain,
                         "scenario": scenario,
@@ -118,4 +119,7 @@ def cmd_demo(args) -> int:
     out = take_out(args.out, args.overwrite)
     if args.overwrite:
         clear_outputs(out, DEMO_OUTPUTS)
-    return run_demo(out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios)
+    methods = once(args.methods, "--methods")
+    return run_demo(
+        out, quiet=args.quiet, seeds=args.seeds, epochs=args.epochs, scenarios=args.scenarios, methods=methods
+    )

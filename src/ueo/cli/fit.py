@@ -25,6 +25,7 @@ from ..thresholds import parse_threshold
 from ..training import fit, run_identity
 from ..tuning import configure_tuning, resolve_rule
 from ..webreport import write_run_report
+from .configfile import given_options, resolve_config
 from .inputs import (
     check_device,
     decode_cache,
@@ -35,7 +36,7 @@ from .inputs import (
     threshold_spec,
 )
 from .messages import flag_errors, say, say_done
-from .options import RESUME_OVERRIDES, absolute_paths, fit_config, given_options, resolve_config
+from .options import RESUME_OVERRIDES, absolute_paths, fit_config
 from .outputs import check_not_inside, clear_outputs, discover_into, take_out
 from .stop import StopRequest
 
@@ -206,6 +207,11 @@ def prepare(config: dict, strict: bool, should_stop=None, progress: bool = True,
     class_names, train_list, test_list, val_list, run = load_inputs(config)
     if config["tpr"] is not None and val_list is None:
         raise ConfigError("--tpr needs labeled validation images: pass --val.")
+    if settings.method == "tpt" and test_list is None:
+        raise ConfigError(
+            "--method tpt tunes the prompt for each test image and trains nothing on --data: give the images to "
+            "predict with --test (or a --benchmark)."
+        )
     bundle = load_bundle(config["model"], config["pretrained"], config["device"], seed=settings.seed)
     with flag_errors("--classes"):
         learner = PromptLearner(bundle, class_names, init=settings.init)  # every prompt fits the text context
@@ -328,6 +334,7 @@ def write_outputs(job: FitJob, result, out: Path, stop: StopRequest, started: fl
             cache=job.reading,
             should_stop=stop,
             features=True,
+            method="zeroshot" if config["method"] == "tpt" else None,  # (TPT tunes for test images only)
         )
     outputs = result.outputs.get(split)
     if outputs is None and split == "train" and found is not None:

@@ -15,6 +15,7 @@ import sys
 import traceback
 import warnings
 
+from ..config import DEMO_METHODS, METHODS
 from ..errors import DivergedError, Interrupted, UeoError
 from ..protocols import SHIFT_SCENARIOS
 from ..version import __version__
@@ -220,7 +221,13 @@ def add_bench(sub) -> None:
         choices=SCENARIO_CHOICES,
         help=f"scenarios (default: {' '.join(SHIFT_SCENARIOS)})",
     )
-    p.add_argument("--methods", nargs="+", default=["zeroshot", "ueo"], help="methods (default: zeroshot ueo)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["zeroshot", "ueo"],
+        choices=METHODS,
+        help="methods, each with its recipe where the options are silent (default: zeroshot ueo)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[2023], help="seeds (default: 2023)")
 
 
@@ -228,15 +235,23 @@ def add_demo(sub) -> None:
     defaults = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "demo",
-        help="offline demo on the toy world: zero-shot, entropy, InfoMax and UEO",
-        description="Adapt the shipped toy CLIP to the unseen painting style of the toy world, "
-        "offline, with zero-shot, entropy minimisation, InfoMax and UEO.",
+        help="offline demo on the toy world: UEO beside zero-shot, entropy, InfoMax, UPL and POUF",
+        description="Adapt the shipped toy CLIP to the unseen painting style of the toy world, offline, with "
+        "UEO and the methods it is compared with, and write index.html: the table, UEO minus each method paired "
+        "by seed, the charts and what the class list misses.",
         formatter_class=defaults,
     )
     p.add_argument("--out", default="demo-out", help="output folder (demo.json, tables, plots)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo in --out")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="adaptation seeds")
-    p.add_argument("--epochs", type=int, default=10, help="adaptation epochs")
+    p.add_argument("--epochs", type=int, default=10, help="adaptation epochs of UEO and its variants")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEMO_METHODS),
+        choices=[m for m in METHODS if m != "oracle"],
+        help="methods (the baselines with their published recipes; tent, and tpt at ~90 s a scenario, on request)",
+    )
     p.add_argument(
         "--scenarios",
         nargs="+",

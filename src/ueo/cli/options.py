@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ..config import (
     METHODS,
@@ -54,6 +50,16 @@ ENGINE_KEYS = (
     "select_lrs",
     "select_snapshots",
     "validator",
+    "upl_per_class",
+    "upl_prompts",
+    # a method's recipe (config.METHOD_RECIPES): set in a --config file, with no flags of their own
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "warmup_lr",
 )
 
 # Options of the command line only (what data, which model, where outputs go), with their defaults.
@@ -116,7 +122,13 @@ FIT_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--domain", "domain", "benchmark domain", {}),
     ("--scenario", "scenario", "class-shift scenario", {"choices": SCENARIO_CHOICES}),
     ("--lists", "lists", "folder with the benchmark's official list files", {}),
-    ("--method", "method", "objective", {"choices": METHODS}),
+    (
+        "--method",
+        "method",
+        "objective: ueo, its variants (infomax, entropy, oracle), zeroshot, or a baseline with its published recipe "
+        "for the settings not given (upl, pouf, tent, tpt; docs/method.md)",
+        {"choices": METHODS},
+    ),
     ("--tune", "tune", "what learns", {"choices": TUNE_CHOICES}),
     (
         "--rule",
@@ -161,6 +173,13 @@ FIT_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         "select_snapshots",
         "with --select auto: the fractions of the epochs where candidates are taken",
         {},
+    ),
+    ("--upl-per-class", "upl_per_class", "UPL: pseudo-labelled images per class", {"type": int}),
+    (
+        "--upl-prompts",
+        "upl_prompts",
+        "UPL: contexts learned from seeds --seed, --seed+1, ... and ensembled; each costs a training run (paper: 16)",
+        {"type": int},
     ),
     (
         "--validator",
@@ -229,9 +248,6 @@ def add_cache_options(parser: argparse.ArgumentParser, config: bool = False) -> 
 
 
 # the settings' types, from FitConfig itself (with --tpr, a flag of the commands, not of the engine)
-INT_KEYS = tuple(f.name for f in dataclasses.fields(FitConfig) if f.type == "int" and f.name in ENGINE_KEYS)
-FLOAT_KEYS = (*(f.name for f in dataclasses.fields(FitConfig) if f.type == "float" and f.name in ENGINE_KEYS), "tpr")
-REQUIRED_TEXTS = ("model", "method", "tune", "rule", "weight_refresh", "cache_format", "select", "validator")
 PATH_KEYS = ("data", "root", "test", "test_root", "val", "lists", "out", "cache_dir")
 # What a resumed run may change: how it runs, not what it computes.
 RESUME_OVERRIDES = ("device", "num_workers", "eval_batch_size", "cache_dir", "cache_max_size")
@@ -241,118 +257,6 @@ def absolute(spec: str) -> str:
     """A path made absolute (a run's config names its inputs wherever it is resumed from); of shards joined
     by '::', each one; a pipe: command as it is."""
     return "::".join(part if part.startswith("pipe:") else os.path.abspath(part) for part in str(spec).split("::"))
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the option {key!r} is given twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_config_file(path) -> dict[str, Any]:
-    """The options of a YAML file, with their types checked (see :func:`typed`)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-        loaded = yaml.load(text, Loader=UniqueKeyLoader) or {}
-    except yaml.YAMLError as error:
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"--config {path}: not valid YAML: {problem}{where}.") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"--config {path}: {error}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of option: value.")
-
-    def name(key) -> str:
-        key = str(key).replace("-", "_")
-        return SETTING_ALIASES.get(key, key)
-
-    unknown = [k for k in loaded if name(k) not in DEFAULTS]
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown option(s) {unknown}.")
-    return {name(k): typed(name(k), v, f"--config {path}") for k, v in loaded.items()}
-
-
-def typed(key: str, value: Any, where: str) -> Any:
-    """A configuration value of the type its option takes. YAML reads 1e-2 as a text: numbers written
-    that way are read as the numbers they are."""
-
-    def wrong(kind):
-        return ConfigError(f"{where}: {key} must be {kind}, got {value!r}.")
-
-    if key in INT_KEYS:
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("a whole number")
-        return value
-    if key in FLOAT_KEYS:
-        if value is None and key == "tpr":
-            return None
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise wrong("a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong("a number")
-        return float(value)
-    if key == "classes":
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return value
-        if not isinstance(value, str):
-            raise wrong("a file, a,b,c or a list of names")
-        return value
-    if key in ("discover", "no_cache"):
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if key == "cache_format" and value not in ("auto", "raw", "jpeg"):
-        raise wrong("auto, raw or jpeg")
-    if key == "cache_max_size":
-        if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
-            return value
-        raise wrong("a size such as 50GB")
-    if key in ("select_lrs", "select_snapshots"):  # a,b,c or a list of numbers (checked by FitConfig)
-        if (value is None and key == "select_lrs") or isinstance(value, (str, list)):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return [value]
-        raise wrong("numbers: a,b,c or a list")
-    if key in ("threshold", "fast"):
-        if isinstance(value, (bool, int, float, str)):
-            return value
-        raise wrong("a text or a number")
-    if (value is None and key in REQUIRED_TEXTS) or (value is not None and not isinstance(value, str)):
-        raise wrong("a text")
-    return value
-
-
-def resolve_config(args: argparse.Namespace, config_file=None) -> dict[str, Any]:
-    """Defaults < YAML config (``config_file``, else --config) < flags given on the command line."""
-    config = dict(DEFAULTS)
-    config_file = config_file or getattr(args, "config", None)
-    if config_file:
-        config.update(read_config_file(config_file))
-    config.update(given_options(args))
-    if isinstance(config.get("pretrained"), str) and config["pretrained"].lower() == "none":
-        config["pretrained"] = None
-    return config
-
-
-def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The fit options given as flags on the command line."""
-    return {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
 
 
 def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
