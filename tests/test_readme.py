@@ -132,7 +132,8 @@ def run_command(words: list[str], cwd: Path) -> None:
     if program == "chromium":
         if shutil.which("chromium") is None and not os.environ.get("UEO_REQUIRE_BROWSER"):
             pytest.skip("chromium is not installed here (.ci/run installs it)")
-        demo = ["demo", "--scenarios", "opda", "--epochs", "1", "--out", "demo-out", "--overwrite", "--quiet"]
+        demo = ["demo", "--scenarios", "opda", "--epochs", "1", "--methods", "zeroshot", "ueo"]
+        demo += ["--out", "demo-out", "--overwrite", "--quiet"]
         assert main(demo) == 0
         subprocess.run(words, cwd=cwd, check=True, capture_output=True, timeout=120)
         assert Image.open(cwd / "report.png").size == (1200, 3000)

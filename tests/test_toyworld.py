@@ -55,7 +55,8 @@ def test_demo_command_writes_its_outputs(tmp_path, capsys):
 
     assert main(["demo", "--out", str(tmp_path), "--scenarios", "opda", "--epochs", "1", "--quiet"]) == 0
     table = json.loads((tmp_path / "demo.json").read_text())
-    assert list(table) == ["opda"] and list(table["opda"]) == ["zeroshot", "entropy", "infomax", "ueo"]
+    assert list(table) == ["opda"]
+    assert list(table["opda"]) == ["zeroshot", "entropy", "infomax", "upl", "pouf", "ueo"]  # the paper's baselines
     for method, row in table["opda"].items():  # the table holds what each run wrote
         run = json.loads((tmp_path / "opda" / method / "seed0" / "metrics.json").read_text())
         assert (row["pacc"], row["auroc"], row["hm"]) == (
@@ -86,7 +87,14 @@ def test_demo_command_writes_its_outputs(tmp_path, capsys):
     assert sorted(run["absent"]) == found["absent_flagged"] and len(run["groups"]) == len(found["groups"])
     assert set(found["named"]) == {"red bar", "blue bar", "red hourglass", "blue hourglass"}
     assert "<th>truly absent</th>" in index and "red moon" in index
+    # the front page: styled, the methods x scenarios table, the comparison, the charts
+    assert "<style>" in index and index.count("<tr><th>upl</th>") == 1 and "pacc chart" in index
+    assert "UEO minus each method, paired by seed" in index and "ueo demo --seeds 0 1 2 3 4" in index
+    upl = json.loads((tmp_path / "opda" / "upl" / "seed0" / "metrics.json").read_text())
+    assert upl["run"]["settings"]["lr_prompt"] == 0.002 and upl["run"]["settings"]["epochs"] == 50  # its recipe
+    assert f"{100 * table['opda']['upl']['pacc']:.1f}</td>" in index
     page = (tmp_path / "opda" / "ueo" / "seed0" / "report.html").read_text(encoding="utf-8")
+    assert "<title>ueo on toyworld/painting, opda, seed 0</title>" in page
     assert 'id="what-changed"' in page and (tmp_path / "opda" / "ueo" / "seed0" / "suggested_classes.txt").is_file()
 
 

@@ -37,7 +37,9 @@ def make_checkpoint(run, *, epoch: int, done_in_epoch: int) -> dict:
         for name, param in run.tuned.items():
             for key, value in state.get(param, {}).items():
                 if torch.is_tensor(value):
-                    tensors[f"optim/{name}/{key}"] = value.detach().cpu()
+                    tensors[f"optim/{name}/{key}"] = value.detach().cpu().clone()
+    for member, context in enumerate(run.contexts):  # UPL's ensemble: the contexts already learned
+        tensors[f"ensemble/{member}"] = context
     tensors["torch_rng"] = torch.get_rng_state()
     meta = {
         "epoch": epoch,
@@ -51,6 +53,7 @@ def make_checkpoint(run, *, epoch: int, done_in_epoch: int) -> dict:
         "zeroshot_threshold": run.result.zeroshot_threshold,
         "lr": [g["lr"] for g in run.optimizer.param_groups] if run.optimizer is not None else [],
         "zeroshot_check": run.result.zeroshot_check,
+        "member": run.member,
     }
     if run.selection is not None:  # the candidates so far and the trajectory under way
         meta["selection"], kept = run.selection.checkpoint_parts()
@@ -198,6 +201,11 @@ def restore(run, checkpoint: dict, *, steps_per_epoch: int) -> tuple:
     if set(kept) - set(tuned):
         raise IncompatibleError("The checkpoint's optimiser state names parameters this run does not tune.")
     run.optimizer_state = kept or None
+    run.member = int(meta.get("member", 0))
+    try:
+        run.contexts = [tensors[f"ensemble/{member}"] for member in range(run.member)]
+    except KeyError:
+        raise IncompatibleError("The checkpoint lacks contexts of UPL's ensemble that it says were learned.") from None
     result.history[:] = meta["history"]
     result.evaluations[:] = meta["evaluations"]
     result.zeroshot_threshold = meta.get("zeroshot_threshold")

@@ -14,7 +14,7 @@ UNKNOWN = "unknown"  # what an image of no listed class is called (predictions, 
 METHODS = ("ueo", "infomax", "entropy", "oracle", "zeroshot", "upl", "pouf", "tent", "tpt")
 # the published baselines, each with its own recipe (METHOD_RECIPES); the others share UEO's
 BASELINES = ("upl", "pouf", "tent", "tpt")
-DEMO_METHODS = ("zeroshot", "entropy", "infomax", "upl", "pouf", "ueo")  # `ueo demo`'s; tent and tpt on request
+DEMO_METHODS = ("zeroshot", "entropy", "infomax", "upl", "pouf", "ueo")  # `ueo demo`'s; tent, tpt on request
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "inverse", "constant")
 TUNE_CHOICES = ("prompt", "norm", "both")
@@ -198,6 +198,8 @@ class FitConfig:
             raise ConfigError(f"init must be a non-empty text, got {self.init!r}.")
         if self.method == "tpt" and self.tune != "prompt":
             raise ConfigError(f"method tpt tunes the prompt context (tune prompt), not tune {self.tune!r}.")
+        if self.upl_prompts > 1 and (self.method != "upl" or self.tune != "prompt"):
+            raise ConfigError("upl_prompts > 1 (an ensemble of contexts) is for method upl with tune prompt.")
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov needs a momentum > 0.")
         self.validate_selection()

@@ -86,6 +86,8 @@ class Run:
     targets: torch.Tensor | None = None  # UPL's pseudo-labels [N] on the device (-1: not trained on)
     batch_stats: bool = False  # BatchNorm normalises with each batch's statistics (Tent, once adapting)
     optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None  # a resumed run's, per tuned parameter
+    member: int = 0  # UPL's ensemble: the context being learned (its batches drawn from seed + member)
+    contexts: list[torch.Tensor] = field(default_factory=list)  # UPL's ensemble: the contexts learned so far
     test_time: Any = None  # TPT's per-image tuning of the test set's outputs (``inference.TestTimePrompt``)
     optimizer: torch.optim.Optimizer | None = None
     save: Callable[[dict], None] | None = None
@@ -248,7 +250,7 @@ def run_epochs(run: Run, first_epoch: int, skip: int) -> None:
         if cfg.weight_refresh == "epoch" and cfg.method == "ueo" and epoch > 1 and not (epoch == first_epoch and skip):
             run.weights = run.outputs_for("train").scores.to(device)
         last_good = run.state()
-        batches = epoch_batches(num_samples, cfg.batch_size, cfg.seed, epoch)  # global batches
+        batches = epoch_batches(num_samples, cfg.batch_size, cfg.seed + run.member, epoch)  # global batches
         if members is not None:  # of the images that train
             batches = [[members[i] for i in batch] for batch in batches]
         shares = [batch[rank::world] for batch in batches]  # this rank's part of each

@@ -185,12 +185,19 @@ class PromptLearner(nn.Module):
         self.ctx = nn.Parameter(embedded[0, start : start + self.n_ctx].clone().float())  # [m, W]
 
     def text_features(self) -> torch.Tensor:
-        """[K, D] L2-normalised text features of all prompts with the current context."""
+        """[K, D] L2-normalised text features of all prompts with the current context. An ensemble of contexts
+        ([N, m, W]) gives the mean of each context's normalised features: cosines with them are the mean of
+        each context's cosines (the ensemble's averaged logits)."""
+        if self.ctx.dim() == 3:
+            return torch.stack([self.features_of(ctx) for ctx in self.ctx]).mean(dim=0)
+        return self.features_of(self.ctx)
+
+    def features_of(self, context: torch.Tensor) -> torch.Tensor:
         parts = []
         for first in range(0, len(self.tokens), self.chunk_size):
             last = first + self.chunk_size
             prefix, suffix = self.token_prefix[first:last], self.token_suffix[first:last]
-            ctx = self.ctx.unsqueeze(0).expand(len(prefix), -1, -1).to(prefix.dtype)
+            ctx = context.unsqueeze(0).expand(len(prefix), -1, -1).to(prefix.dtype)
             parts.append(self.tower.encode(torch.cat([prefix, ctx, suffix], dim=1), self.tokens[first:last]))
         return torch.cat(parts)
 

@@ -28,7 +28,7 @@ STATE_FORMAT = "ueo-adapted-state/1"
 class AdaptedState:
     """What adaptation changed, and what is needed to re-apply it.
 
-    tensors: {PROMPT_CONTEXT: [m, W], "visual.<norm>.weight"/"bias": ...} in fp32.
+    tensors: {PROMPT_CONTEXT: [m, W] (or [N, m, W]: an ensemble of N contexts, UPL's), "visual.<norm>.weight"/"bias": ...} in fp32.
     class_names, init: to rebuild the prompt learner. model, pretrained: the CLIP it belongs to.
     tune, rule: what was tuned. info: free-form provenance (versions, method, ...); ``"zeroshot": "true"`` when
         a label-free selection kept the zero-shot model (``is_zeroshot``).
@@ -130,7 +130,7 @@ class AdaptedState:
         problem = damaged_tensors(self.tensors)
         if problem:
             return problem
-        if self.tune in ("prompt", "both") and self.tensors.get(PROMPT_CONTEXT, torch.zeros(0)).dim() != 2:
+        if self.tune in ("prompt", "both") and self.tensors.get(PROMPT_CONTEXT, torch.zeros(0)).dim() not in (2, 3):
             return "no prompt context [m, W]"
         return None
 

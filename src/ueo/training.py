@@ -16,7 +16,7 @@ import torch
 
 from .cache import DecodeCache
 from .checkpoint import restore
-from .config import FitConfig, FitResult, config_fields, is_finite_number
+from .config import PROMPT_CONTEXT, FitConfig, FitResult, config_fields, is_finite_number
 from .errors import ConfigError, DataError, DivergedError
 from .feed import image_source
 from .imagelist import ImageList
@@ -25,7 +25,7 @@ from .inference import Outputs, TestTimePrompt, positions_in
 from .loop import Run, train_loop
 from .objectives import oracle_weights, upl_pseudo_labels
 from .prompts import PromptLearner
-from .selection import Selection, check_validator, validator_score
+from .selection import Selection, check_validator, load_tensors, validator_score
 from .state import AdaptedState
 from .thresholds import Threshold, choose_threshold, parse_threshold
 from .tuning import adapted_state, applied, apply_adapted_state, configure_tuning, resolve_rule
@@ -141,6 +141,8 @@ def fit(
             test_time_pass(run)
         if training and run.selection is not None:
             run.selection.train(run, start, originals)
+        elif training and cfg.method == "upl" and cfg.upl_prompts > 1:
+            train_ensemble(run, start, originals)
         elif training:
             try:
                 train_loop(run, *start)
@@ -155,6 +157,8 @@ def fit(
     finally:
         apply_adapted_state(model, learner, originals)
         model.requires_grad_(False)
+        for param in model.parameters():  # (no gradient of the last step is left on the caller's model)
+            param.grad = None
     return result
 
 
@@ -178,6 +182,27 @@ def pseudo_labels(cfg: FitConfig, outputs: Outputs, class_names: list[str]) -> t
             stacklevel=3,
         )
     return targets
+
+
+def train_ensemble(run: Run, start: tuple[int, int], originals: dict[str, torch.Tensor]) -> None:
+    """UPL's ensemble: ``upl_prompts`` contexts, each learned from the zero-shot one as a fit of its own (its
+    batches drawn from seed + member), then held together: the state's context is [N, m, W], whose
+    predictions average the N contexts' (``PromptLearner.text_features``). Evaluated once, at the end."""
+    cfg, result = run.config, run.result
+    zero_rows = [row for row in result.evaluations if row["epoch"] == 0]
+    for member in range(run.member, cfg.upl_prompts):
+        run.member = member
+        if start == (1, 0):  # a fresh member: from the zero-shot context
+            load_tensors(run, originals)
+        train_loop(run, *start)
+        start = (1, 0)
+        run.contexts.append(run.tuned[PROMPT_CONTEXT].detach().cpu().clone())
+        result.evaluations = list(zero_rows)  # a member's evaluations are not the run's (its steps stay in the history)
+    learner = run.learner
+    learner.ctx = torch.nn.Parameter(torch.stack(run.contexts).to(run.device), requires_grad=False)
+    run.tuned[PROMPT_CONTEXT] = learner.ctx
+    result.tuned_parameters[PROMPT_CONTEXT] = learner.ctx.numel()
+    run.measure(cfg.epochs)
 
 
 def test_time_pass(run: Run) -> None:

@@ -102,6 +102,9 @@ def apply_adapted_state(model: nn.Module, prompt_learner: nn.Module | None, stat
             if prompt_learner is None:
                 raise IncompatibleError("The adapted state holds a prompt context but no prompt learner was given.")
             target = prompt_learner.ctx
+            if value.dim() != target.dim() and tuple(value.shape[-2:]) == tuple(target.shape[-2:]):
+                # one context <-> an ensemble of them ([N, m, W]): the learner takes the state's form
+                target = prompt_learner.ctx = nn.Parameter(target.detach().new_empty(value.shape), target.requires_grad)
         elif name in own:
             target = own[name]
         else:

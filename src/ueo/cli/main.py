@@ -250,7 +250,7 @@ def add_demo(sub) -> None:
         nargs="+",
         default=list(DEMO_METHODS),
         choices=[m for m in METHODS if m != "oracle"],
-        help="methods (the baselines with their published recipes; tent, and tpt at ~90 s a scenario, on request)",
+        help="methods (the baselines with their published recipes; tent and tpt on request: they would take the demo past 5 minutes on 2 CPU cores)",
     )
     p.add_argument(
         "--scenarios",

@@ -1,0 +1,109 @@
+"""The paper's comparison on the toy world: every method x the 4 class-shift scenarios x seeds, with the demo's
+data and settings (UEO and its variants at the toy world's lr 1e-3 for 10 epochs; each baseline with its
+published recipe), through ``ueo.fit`` as a user calls it.
+
+Reports per scenario and method PACC, AUROC and HM (mean ± std over seeds, in %) and the seconds a run took;
+then UEO minus each method paired by seed (mean ± standard error, "differs" when |mean| > 2 SE). Runs are
+saved one at a time, so an interrupted measurement keeps what it measured (``--json`` is read back first).
+
+    python benchmarks/comparison.py --json benchmarks/results/comparison.json
+    python benchmarks/comparison.py --methods tpt --seeds 0 1 --json benchmarks/results/comparison.json
+    python benchmarks/comparison.py --analyse benchmarks/results/comparison.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import ueo
+from ueo import toyworld as tw
+from ueo.clip import load_clip
+from ueo.config import METHODS
+from ueo.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS, method_settings
+from ueo.files import write_text
+from ueo.protocols import SHIFT_SCENARIOS
+from ueo.tables import mean_std, paired_difference
+
+KEYS = ("pacc", "auroc", "hm")
+COMPARED = ("zeroshot", "entropy", "infomax", "upl", "pouf", "tent", "tpt", "ueo")
+
+
+def measure(path: Path, methods, scenarios, seeds) -> None:
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    done = {(r["scenario"], r["method"], r["seed"]) for r in runs}
+    bundle = load_clip("ueo-toy-rn", pretrained="toyworld", device="cpu")
+    names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
+    data = {s: tw.scenario(s, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS) for s in scenarios}
+    for seed in seeds:  # (seed by seed: an interrupted measurement has every scenario of its first seeds)
+        for scenario in scenarios:
+            train, test = data[scenario]
+            for method in methods:
+                if (scenario, method, seed) in done:
+                    continue
+                started = time.perf_counter()
+                result = ueo.fit(
+                    bundle, names, train, test=test, method=method, seed=seed, **method_settings(method, DEMO_SETTINGS)
+                )
+                row = {"scenario": scenario, "method": method, "seed": seed}
+                row.update({k: result.metrics["adapted"][k] for k in KEYS})
+                row["seconds"] = round(time.perf_counter() - started, 1)
+                runs.append(row)
+                write_text(path, json.dumps(runs, indent=1))
+                print(scenario, method, seed, {k: row[k] for k in (*KEYS, "seconds")}, flush=True)
+
+
+def analyse(path: Path) -> str:
+    runs = json.loads(path.read_text())
+    lines = ["| scenario | method | seeds | PACC | AUROC | HM | s/run |", "|---|---|---|---|---|---|---|"]
+    gaps = ["| scenario | UEO − | metric | mean ± s.e. (points) | seeds | verdict |", "|---|---|---|---|---|---|"]
+    for scenario in SHIFT_SCENARIOS:
+        mine = [r for r in runs if r["scenario"] == scenario]
+        methods = [m for m in COMPARED if any(r["method"] == m for r in mine)]
+        for method in methods:
+            rows = sorted((r for r in mine if r["method"] == method), key=lambda r: r["seed"])
+            cells = []
+            for key in KEYS:
+                mean, std = mean_std([100 * r[key] for r in rows if r[key] is not None])
+                cells.append("-" if mean is None else f"{mean:.1f} ± {std:.1f}")
+            seconds = sum(r["seconds"] for r in rows) / len(rows)
+            lines.append(f"| {scenario} | {method} | {len(rows)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        ueo_rows = {r["seed"]: r for r in mine if r["method"] == "ueo"}
+        for method in (m for m in methods if m != "ueo"):
+            other = {r["seed"]: r for r in mine if r["method"] == method}
+            seeds = sorted(set(ueo_rows) & set(other))
+            for key in KEYS:
+                pairs = [(ueo_rows[s][key], other[s][key]) for s in seeds]
+                pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+                if len(pairs) < 2:
+                    continue
+                gap = paired_difference([100 * a for a, _ in pairs], [100 * b for _, b in pairs])
+                verdict = "differs" if gap["differs"] else "does not differ"
+                gaps.append(
+                    f"| {scenario} | {method} | {key.upper()} | {gap['mean']:+.1f} ± {gap['se']:.1f} | {gap['n']} | "
+                    f"{verdict} |"
+                )
+    return "\n".join([*lines, "", *gaps]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="where the runs are kept (read back first, then added to)")
+    parser.add_argument("--analyse", type=Path, help="print the tables of a saved measurement")
+    parser.add_argument("--methods", nargs="+", default=[m for m in COMPARED if m != "tpt"], choices=METHODS)
+    parser.add_argument("--scenarios", nargs="+", default=list(SHIFT_SCENARIOS), choices=SHIFT_SCENARIOS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    args = parser.parse_args()
+    if args.analyse:
+        print(analyse(args.analyse), end="")
+        return
+    if args.json is None:
+        parser.error("--json is needed to keep the runs")
+    measure(args.json, args.methods, args.scenarios, args.seeds)
+    print(analyse(args.json), end="")
+
+
+if __name__ == "__main__":
+    main()
