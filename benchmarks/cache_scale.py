@@ -33,10 +33,10 @@ from decode_cache import peak_anon_kb, tiny_vit
 from PIL import Image
 
 import ueo
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
-from ueo.fastpath import decoded_short_side
+from ueo.data.folders import read_folder
 from ueo.files import write_text
+from ueo.images.cache import DecodeCache
+from ueo.views.fastpath import decoded_short_side
 
 FORMATS = ("raw", "jpeg", "auto")
 

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import ueo
-from ueo import toyworld as tw
-from ueo.clip import load_clip
 from ueo.config import METHODS
-from ueo.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS, method_settings
+from ueo.experiments import toyworld as tw
+from ueo.experiments.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS, method_settings
+from ueo.experiments.protocols import SHIFT_SCENARIOS
 from ueo.files import write_text
-from ueo.protocols import SHIFT_SCENARIOS
-from ueo.tables import mean_std, paired_difference
+from ueo.model.clip import load_clip
+from ueo.outputs.tables import mean_std, paired_difference
 
 KEYS = ("pacc", "auroc", "hm")
 COMPARED = ("zeroshot", "entropy", "infomax", "upl", "pouf", "tent", "tpt", "ueo")

@@ -29,11 +29,11 @@ import numpy as np
 from PIL import Image
 
 import ueo
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
-from ueo.fastpath import decode_all, decoded_short_side
+from ueo.data.folders import read_folder
 from ueo.files import write_text
-from ueo.images import ImageFiles, check_images
+from ueo.images.cache import DecodeCache
+from ueo.images.reading import ImageFiles, check_images
+from ueo.views.fastpath import decode_all, decoded_short_side
 
 
 def write_photos(folder: Path, n: int, sides: tuple[int, int], classes: list[str], seed: int = 0) -> Path:
@@ -168,7 +168,7 @@ def main():
             results["sizes"][str(n)] = row
 
         # the bench grid: 2 methods x 2 seeds x 2 scenarios on one generated Office-31 domain
-        classes = ueo.protocols.class_names("office31")
+        classes = ueo.experiments.protocols.class_names("office31")
         root = tmp / "office31"
         write_photos(root / "amazon" / "images", args.bench_images, tuple(args.photo), classes, seed=1)
         grid = [

@@ -8,7 +8,7 @@ with its standard error, and says whether it differs from zero (|mean| > 2 stand
 
     python benchmarks/demo_stability.py --seeds 0 1 2 3 4 --out benchmarks/results/demo_stability.json
 
-The settings default to the demo's (``ueo.demo.DEMO_SETTINGS``); --lr and --epochs try others.
+The settings default to the demo's (``ueo.experiments.demo.DEMO_SETTINGS``); --lr and --epochs try others.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from pathlib import Path
 import torch
 
 import ueo
-import ueo.fastpath
-from ueo import toyworld as tw
-from ueo.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS
-from ueo.tables import paired_difference
+import ueo.views.fastpath
+from ueo.experiments import toyworld as tw
+from ueo.experiments.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS
+from ueo.outputs.tables import paired_difference
 
 
 class Perturbed:
     """Adds seeded uniform noise of +-``amplitude`` to every train view the fast path makes."""
 
     def __init__(self, amplitude: float):
-        self.amplitude, self.real, self.calls = amplitude, ueo.fastpath.make_views, 0
+        self.amplitude, self.real, self.calls = amplitude, ueo.views.fastpath.make_views, 0
 
     def __call__(self, crops, cuts, spec):
         views = self.real(crops, cuts, spec)
@@ -46,13 +46,13 @@ class Perturbed:
 def run(bundle, scenario, method, seed, settings, noise):
     train, test = tw.scenario(scenario, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS)
     names = tw.CLASS_NAMES[: tw.NUM_KNOWN]
-    original = ueo.fastpath.make_views
+    original = ueo.views.fastpath.make_views
     if noise:
-        ueo.fastpath.make_views = Perturbed(noise)
+        ueo.views.fastpath.make_views = Perturbed(noise)
     try:
         result = ueo.fit(bundle, names, train, test=test, method=method, seed=seed, **settings)
     finally:
-        ueo.fastpath.make_views = original
+        ueo.views.fastpath.make_views = original
     return {k: result.metrics["adapted"][k] for k in ("pacc", "auroc", "hm")}
 
 

@@ -2,7 +2,7 @@
 
 * the vocabulary: encoding the default vocabulary (timm's ImageNet-21k names, one template) through
   ViT-B-16's text tower (random weights) once, as ``ueo.discover`` does the first time for a model;
-* the clustering (``ueo.discovery.find_groups``) of 10k and 100k synthetic unknown-image features
+* the clustering (``ueo.discovery.find.find_groups``) of 10k and 100k synthetic unknown-image features
   (512-d unit vectors around 8 directions, with noise), each in a fresh process, with the peak of the
   memory it allocates (tracemalloc, which sees numpy's and so scikit-learn's arrays);
 * the reference: ViT-B-16's adaptation time per image and epoch (``ueo.fit`` on 64 real-size photos,
@@ -29,7 +29,7 @@ def cluster(n: int) -> dict:
     """Time and extra peak memory of grouping ``n`` synthetic features (run in a process of its own)."""
     import torch
 
-    from ueo.discovery import find_groups
+    from ueo.discovery.find import find_groups
 
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
@@ -80,7 +80,7 @@ def main() -> None:
     import torch
 
     import ueo
-    from ueo import vocabulary
+    from ueo.discovery import vocabulary
 
     torch.set_num_threads(2)
     results: dict = {"machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}"}

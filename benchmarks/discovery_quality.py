@@ -1,8 +1,8 @@
 """How well does ueo tell what the class list misses, on the toy world where the truth is known?
 
-For each scenario and seed: the demo's UEO adaptation (``ueo.demo.DEMO_SETTINGS``) of the painting style,
-then ``ueo.discover`` on the adaptation set with the toy vocabulary (``ueo.toyworld.VOCABULARY``), scored
-against the truth by ``ueo.demo.against_truth``:
+For each scenario and seed: the demo's UEO adaptation (``ueo.experiments.demo.DEMO_SETTINGS``) of the painting style,
+then ``ueo.discover`` on the adaptation set with the toy vocabulary (``ueo.experiments.toyworld.VOCABULARY``), scored
+against the truth by ``ueo.experiments.demo.against_truth``:
 
 * absent listed classes: precision and recall (truth: 12-15 in pda/opda; none in cda/oda, where every
   flag is a false one); trivial baseline "every class present": recall 0;
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 import ueo
-from ueo import toyworld as tw
-from ueo.demo import DEMO_SCENARIOS, DEMO_SETTINGS, PER_CLASS, against_truth
+from ueo.experiments import toyworld as tw
+from ueo.experiments.demo import DEMO_SCENARIOS, DEMO_SETTINGS, PER_CLASS, against_truth
 
 
 def mean(values):

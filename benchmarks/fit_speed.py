@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 import ueo
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
-from ueo.images import ImageFiles
+from ueo.data.folders import read_folder
+from ueo.images.cache import DecodeCache
+from ueo.images.reading import ImageFiles
 
 
 def main() -> int:

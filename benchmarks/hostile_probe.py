@@ -30,7 +30,7 @@ from PIL import Image
 
 import ueo
 from ueo.cli import main as ueo_main
-from ueo.toyworld import TARGET_STYLE, render
+from ueo.experiments.toyworld import TARGET_STYLE, render
 
 
 def run(args) -> tuple[int, str]:

@@ -29,9 +29,9 @@ from cache_scale import shard_bytes, write_photos
 from decode_cache import peak_anon_kb, tiny_vit
 
 import ueo
-from ueo.cache import DecodeCache
-from ueo.fastpath import BatchViews
 from ueo.files import write_text
+from ueo.images.cache import DecodeCache
+from ueo.views.fastpath import BatchViews
 
 
 def fit_run(model: str, data: Path, cache: Path, out: Path, bound: str | None) -> dict:

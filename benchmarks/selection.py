@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 import ueo
-from ueo import toyworld as tw
+from ueo.experiments import toyworld as tw
 from ueo.files import write_text
 
 RULES = ("default recipe", "always zero-shot", "random candidate")

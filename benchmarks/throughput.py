@@ -33,11 +33,11 @@ import torch
 from PIL import Image, ImageDraw
 
 import ueo
+from ueo.data.imagelist import ImageList
 from ueo.files import write_text
-from ueo.imagelist import ImageList
-from ueo.images import ImageFiles
-from ueo.inference import autocast, image_features
-from ueo.prompts import TextTower
+from ueo.images.reading import ImageFiles
+from ueo.method.inference import autocast, image_features
+from ueo.model.prompts import TextTower
 
 
 def write_jpegs(folder: Path, n: int, min_side: int, max_side: int, seed: int = 0) -> ImageList:

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 import ueo
-from ueo import toyworld as tw
+from ueo.experiments import toyworld as tw
 from ueo.files import atomic_path
-from ueo.prompts import encode_tokens, prompt_text
+from ueo.model.prompts import encode_tokens, prompt_text
 
 
 def render_pool(styles, per_class, seed):

@@ -101,17 +101,17 @@ def generated():
 
 
 class Counted:
-    """The images decoded from their sources since the test began (ueo.images.DECODED: the decode cache's
+    """The images decoded from their sources since the test began (ueo.images.reading.DECODED: the decode cache's
     building, entries read back that failed their checksum, images read from their files per batch)."""
 
     def __init__(self):
-        self.start = ueo.images.DECODED.count
+        self.start = ueo.images.reading.DECODED.count
 
     def __getitem__(self, key):
-        return ueo.images.DECODED.count - self.start
+        return ueo.images.reading.DECODED.count - self.start
 
     def __setitem__(self, key, value):
-        self.start = ueo.images.DECODED.count - value
+        self.start = ueo.images.reading.DECODED.count - value
 
 
 @pytest.fixture

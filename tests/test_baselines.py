@@ -14,17 +14,17 @@ import torch.nn.functional as F
 
 import ueo
 from helpers import CLASSES, fit_args, make_folder, restored, run_cli
-from ueo import toyworld as tw
 from ueo.config import FitConfig
-from ueo.loop import learning_rate
-from ueo.objectives import (
+from ueo.experiments import toyworld as tw
+from ueo.method.loop import learning_rate
+from ueo.method.objectives import (
     confident_views,
     marginal_entropy_loss,
     pouf_loss,
     transport_loss,
     upl_pseudo_labels,
 )
-from ueo.tuning import batch_statistics
+from ueo.model.tuning import batch_statistics
 
 # -- the losses, by hand ---------------------------------------------------------------------------------
 
@@ -249,8 +249,8 @@ def test_tpt_tunes_each_image_alone_and_leaves_no_trace(tiny_vit, generated):
 
 
 def test_tpt_puts_the_context_back_after_each_image(tiny_vit):
-    from ueo.inference import TestTimePrompt
-    from ueo.prompts import PromptLearner
+    from ueo.method.inference import TestTimePrompt
+    from ueo.model.prompts import PromptLearner
 
     learner = PromptLearner(tiny_vit, CLASSES[:3])
     before = learner.ctx.detach().clone()

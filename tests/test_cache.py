@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 import ueo
-import ueo.builder as builder_module
-import ueo.cache as cache_module
-import ueo.shards as shards_module
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
-from ueo.fastpath import Stager, decode_all, fetch, whole
-from ueo.images import ImageFiles
+import ueo.images.builder as builder_module
+import ueo.images.cache as cache_module
+import ueo.images.shards as shards_module
+from ueo.data.folders import read_folder
+from ueo.images.cache import DecodeCache
+from ueo.images.reading import ImageFiles
+from ueo.views.fastpath import Stager, decode_all, fetch, whole
 
 pytestmark = pytest.mark.slow  # subprocess builders, memory probes, whole fits (`make test-quick` leaves them out)
 SIDE = 64
@@ -109,7 +109,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_is_taken_as_valid(tmp_path,
     monkeypatch.setattr(builder_module, "SHARD_IMAGES", 64)
     # the builder says when its second shard is half-written (a hook in write), then waits to be killed
     code = (
-        "import sys, ueo.builder as b, ueo.cache as c\nb.SHARD_IMAGES = 64\nfrom ueo.data import read_folder\n"
+        "import sys, ueo.images.builder as b, ueo.images.cache as c\nb.SHARD_IMAGES = 64\nfrom ueo.data.folders import read_folder\n"
         "real, shards = b.write_shard, []\n"
         "def write_shard(folder, records, *rest):\n"
         "    if shards:\n"
@@ -194,8 +194,8 @@ def test_the_cache_writes_only_inside_its_folder(tmp_path, monkeypatch):
 MEMORY_PROBE = """
 import json, sys
 import torch
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
+from ueo.images.cache import DecodeCache
+from ueo.data.folders import read_folder
 
 
 def anon():

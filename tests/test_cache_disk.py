@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-import ueo.builder as builder_module
-import ueo.cache as cache_module
-import ueo.shards as shards_module
+import ueo.images.builder as builder_module
+import ueo.images.cache as cache_module
+import ueo.images.shards as shards_module
 from helpers import fit_args, make_folder, photo, psnr, read_csv, run_cli
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
-from ueo.imagelist import fingerprint
+from ueo.data.folders import read_folder
+from ueo.data.imagelist import fingerprint
+from ueo.images.cache import DecodeCache
 
 SIDE = 128
 
@@ -92,8 +92,8 @@ def test_the_bound_is_respected_and_the_least_recently_used_go_first(tmp_path, m
 
 HOLDER = """
 import sys, zlib
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
+from ueo.images.cache import DecodeCache
+from ueo.data.folders import read_folder
 images = read_folder(sys.argv[1], ["cat", "dog"])
 pixels, _ = DecodeCache(sys.argv[2], max_size=sys.argv[3]).ensure(images, int(sys.argv[4]))
 first = [zlib.crc32(pixels.image(i).numpy().tobytes()) for i in range(len(pixels))]
@@ -109,7 +109,7 @@ def test_eviction_never_removes_a_shard_another_process_reads(tmp_path, monkeypa
     monkeypatch.setattr(builder_module, "SHARD_IMAGES", 4)
     a = write_collection(tmp_path / "a", 8, seed=4)
     b = read_folder(write_collection(tmp_path / "b", 8, seed=5), ["cat", "dog"])
-    code = "import ueo.cache as c; c.SHARD_IMAGES = 4\n" + HOLDER
+    code = "import ueo.images.cache as c; c.SHARD_IMAGES = 4\n" + HOLDER
     cache = tmp_path / "cache"
     holder = subprocess.Popen(
         [sys.executable, "-c", code, str(a), str(cache), "1GB", str(SIDE)],
@@ -247,7 +247,7 @@ def test_the_views_through_a_jpeg_cache_stay_close_to_open_clips(tmp_path):
 def test_batched_decoding_of_jpeg_entries_gives_what_pil_gives(tmp_path):
     """decode_batch is what places JPEG entries on a GPU (torchvision's batched decoder, with device=cuda
     there); on the CPU the same call must give PIL's pixels to a level."""
-    from ueo.mapped import decode_batch
+    from ueo.images.mapped import decode_batch
 
     images = read_folder(write_collection(tmp_path / "data", 6, seed=10), ["cat", "dog"])
     small = read_folder(write_collection(tmp_path / "small", 2, seed=11, size=(100, 80)), ["cat", "dog"])
@@ -304,7 +304,7 @@ def test_a_permission_error_is_not_remembered(tmp_path, monkeypatch):
     """An error of the operating system (here: permission denied, as a chmod 000 file gives) may be gone the
     next time: it is not kept in the cache, unlike a file that is not an image."""
 
-    from ueo.cache import DecodeCache
+    from ueo.images.cache import DecodeCache
 
     data = make_folder(tmp_path / "data", classes=("cat",), n=2, ext="bmp")
     (data / "cat" / "text.jpg").write_text("not an image")
@@ -325,7 +325,7 @@ def test_a_permission_error_is_not_remembered(tmp_path, monkeypatch):
 
 
 def test_a_hung_builder_is_waited_for_only_so_long(tmp_path, monkeypatch):
-    from ueo.cache import DecodeCache
+    from ueo.images.cache import DecodeCache
 
     images = read_folder(make_folder(tmp_path / "data", classes=("cat",), n=3, ext="bmp"), ["cat"])
     cache = DecodeCache(tmp_path / "cache", warn=(said := []).append)

@@ -7,8 +7,8 @@ import ueo
 from helpers import CLASSES
 from ueo import DivergedError, TrainingInterrupted, load_checkpoint, save_checkpoint
 from ueo.errors import IncompatibleError
-from ueo.thresholds import otsu_threshold
-from ueo.views import SeededViews, epoch_batches
+from ueo.model.thresholds import otsu_threshold
+from ueo.views.spec import SeededViews, epoch_batches
 
 SETTINGS = dict(epochs=3, batch_size=8, lr_prompt=0.05, lr_norm=0.05, eval_train=False, seed=11)
 

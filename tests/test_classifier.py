@@ -12,8 +12,8 @@ from PIL import Image
 
 import ueo
 from helpers import PHOTO_SIZES, odd_images, read_csv, write_photos
-from ueo import toyworld as tw
 from ueo.cli import main
+from ueo.experiments import toyworld as tw
 
 pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
 
@@ -93,7 +93,7 @@ def test_load_adapted_decides_as_ueo_predict(toy_run, tmp_path):
         alone = classifier.predict(rows[index]["path"])[0]
         assert (alone.label, alone.top1) == (predictions[index].label, predictions[index].top1)
         assert alone.score == pytest.approx(predictions[index].score, abs=1e-6)
-    images = [ueo.images.load_image(r["path"]) for r in rows[:5]]
+    images = [ueo.images.reading.load_image(r["path"]) for r in rows[:5]]
     assert [p.label for p in classifier.predict(images)] == [p.label for p in predictions[:5]]
     batch = torch.stack([classifier.preprocess(image) for image in images])
     scores = classifier.similarities(batch)

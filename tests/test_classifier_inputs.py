@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from helpers import odd_images
-from ueo.data import read_folder
+from ueo.data.folders import read_folder
 
 
 def test_a_path_and_the_same_image_as_pil_decide_alike(bmp_run, tmp_path, tiny_vit_weights):

@@ -48,7 +48,7 @@ def test_checkpoint_file_and_local_dir_load_the_same_weights(tmp_path, tiny_vit)
     assert torch.equal(from_file.model.visual.ln_post.weight, tiny_vit.model.visual.ln_post.weight)
     assert torch.equal(from_file.model.token_embedding.weight, tiny_vit.model.token_embedding.weight)
 
-    config = json.loads((ueo.clip.CONFIG_DIR / "ueo-tiny-vit.json").read_text())
+    config = json.loads((ueo.model.clip.CONFIG_DIR / "ueo-tiny-vit.json").read_text())
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
     from_dir = ueo.load_clip(f"local-dir:{tmp_path}", device="cpu")
     assert torch.equal(from_dir.model.positional_embedding, tiny_vit.model.positional_embedding)
@@ -113,7 +113,7 @@ def test_offline_fails_fast_from_the_cache_only(monkeypatch):
         seen.append(constants.HF_HUB_OFFLINE)
         raise OSError("not in the cache")
 
-    monkeypatch.setattr(ueo.clip, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(ueo.model.clip, "_reachable", lambda host, timeout=3.0: False)
     monkeypatch.setattr(open_clip.factory, "download_pretrained", download)
     with pytest.raises(WeightsUnavailableError, match=r"no network \(huggingface.co cannot be reached\)") as info:
         ueo.load_clip("RN50", pretrained="openai", device="cpu")

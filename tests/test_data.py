@@ -4,11 +4,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ueo.data import parse_class_names, read_folder, read_list_file
+from ueo.data.folders import parse_class_names, read_folder, read_list_file
+from ueo.data.imagelist import fold
+from ueo.data.sources import read_images
 from ueo.errors import DataError
-from ueo.imagelist import fold
-from ueo.images import ImageFiles
-from ueo.sources import read_images
+from ueo.images.reading import ImageFiles
 
 
 def make_image(path, size=(20, 16), mode="RGB"):

@@ -11,11 +11,11 @@ from sklearn.metrics import adjusted_mutual_info_score
 
 import ueo
 from helpers import fit_args, read_csv, write_photos
-from ueo import toyworld as tw
 from ueo.cli import main
-from ueo.discovery import MIN_PER_CLASS, absent_verdicts, class_shares, find_groups
-from ueo.naming import SYNONYM_COSINE, allowed_names, best_names
-from ueo.vocabulary import MAX_NAMES, default_vocabulary
+from ueo.discovery.find import MIN_PER_CLASS, absent_verdicts, class_shares, find_groups
+from ueo.discovery.naming import SYNONYM_COSINE, allowed_names, best_names
+from ueo.discovery.vocabulary import MAX_NAMES, default_vocabulary
+from ueo.experiments import toyworld as tw
 
 LISTED = tw.CLASS_NAMES[:16]  # 12-15 never occur below; 16-19 are images of no listed class
 
@@ -301,7 +301,7 @@ def test_a_stop_request_is_heard_while_the_vocabulary_is_encoded(fitted, tmp_pat
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"thing number {i}" for i in range(5000)) + "\n")
     script = (
-        "import os, signal, sys\nimport ueo.vocabulary as v\nfrom ueo.cli.main import main\nreal = v.encode_tokens\n"
+        "import os, signal, sys\nimport ueo.discovery.vocabulary as v\nfrom ueo.cli.main import main\nreal = v.encode_tokens\n"
         "def encode(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n    return real(*a, **k)\n"
         "v.encode_tokens = encode\nsys.exit(main(sys.argv[1:]))\n"
     )

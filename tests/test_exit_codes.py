@@ -83,7 +83,7 @@ def test_a_tampered_state_is_refused(labeled_run, labeled_data, tmp_path, capsys
     meta = state.metadata()
     meta["class_names"] = json.dumps(names)
     from ueo.files import write_tagged
-    from ueo.state import STATE_FORMAT
+    from ueo.model.state import STATE_FORMAT
 
     write_tagged(tmp_path / "t.safetensors", state.tensors, meta, STATE_FORMAT)
     code, _, err = run_cli(

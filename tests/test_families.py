@@ -26,8 +26,8 @@ from timm.models import VisionTransformer, register_model
 import ueo
 from helpers import photo, write_photos
 from ueo.cli import main
-from ueo.prompts import PromptLearner, prompt_text
-from ueo.tuning import is_norm, resolve_rule, tunable_parameters
+from ueo.model.prompts import PromptLearner, prompt_text
+from ueo.model.tuning import is_norm, resolve_rule, tunable_parameters
 
 pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
 

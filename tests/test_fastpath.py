@@ -14,10 +14,10 @@ from torchvision import transforms as T
 import ueo
 from helpers import PHOTO_SIZES, photo, psnr, write_photos
 from ueo import ViewSpec
-from ueo.cache import DecodeCache
-from ueo.data import read_folder
-from ueo.fastpath import BatchViews, decode_all, decoded_short_side
-from ueo.views import view_seed
+from ueo.data.folders import read_folder
+from ueo.images.cache import DecodeCache
+from ueo.views.fastpath import BatchViews, decode_all, decoded_short_side
+from ueo.views.spec import view_seed
 
 MODES = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
 

@@ -152,7 +152,7 @@ def test_labels_of_shards_whose_classnames_differ_in_order(tmp_path):
     images = ueo.read_images(spec, ["dog", "cat"])  # the class list in yet another order
     assert images.labeled and images.labels == [1, 0, 1, 0]
     with pytest.raises(ueo.DataError, match="differ"):
-        from ueo.sources import class_names_of
+        from ueo.data.sources import class_names_of
 
         class_names_of(spec)  # without --classes, which names are meant cannot be told
 
@@ -354,7 +354,7 @@ def test_images_over_pils_warning_size_say_nothing_of_it(tmp_path, monkeypatch, 
 
 
 def test_symlinked_class_folders_are_followed_once(tmp_path):
-    from ueo.data import read_folder
+    from ueo.data.folders import read_folder
 
     store = make_folder(tmp_path / "store")
     (tmp_path / "data").mkdir()
@@ -366,7 +366,7 @@ def test_symlinked_class_folders_are_followed_once(tmp_path):
 
 
 def test_byte_order_marks_are_ignored(labeled_data, tmp_path):
-    from ueo.data import parse_class_names, read_list_file
+    from ueo.data.folders import parse_class_names, read_list_file
 
     (tmp_path / "classes.txt").write_bytes("\ufeffcat\ndog\n".encode())
     assert parse_class_names(str(tmp_path / "classes.txt")) == ["cat", "dog"]
@@ -375,7 +375,7 @@ def test_byte_order_marks_are_ignored(labeled_data, tmp_path):
 
 
 def test_list_files_say_what_is_wrong(labeled_data, tmp_path):
-    from ueo.data import read_list_file
+    from ueo.data.folders import read_list_file
     from ueo.errors import DataError
 
     lst = tmp_path / "l.txt"
@@ -411,7 +411,7 @@ def test_top_level_images_beside_class_folders_are_an_error(labeled_data, tmp_pa
 
 
 def test_float_and_32_bit_images_are_not_black(tmp_path):
-    from ueo.images import load_image
+    from ueo.images.reading import load_image
 
     paths = {p.name: p for p in odd_images(tmp_path / "odd")}
     for name in ("float.tif", "int32.tif", "deep.png"):
@@ -423,7 +423,7 @@ def test_float_and_32_bit_images_are_not_black(tmp_path):
 
 
 def test_large_images_under_pils_own_limit_are_read(tmp_path, monkeypatch):
-    from ueo.images import load_image
+    from ueo.images.reading import load_image
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as if 89.5 Mpx were 1,000 pixels
     Image.new("RGB", (40, 40), (9, 9, 9)).save(tmp_path / "big.png")  # 1,600: over the warning, under 2x

@@ -64,7 +64,7 @@ def fit(model, data, out, *extra):
 def test_a_bound_far_below_the_collection_keeps_memory_flat_and_the_metrics(vit224, collections, tmp_path):
     raw = {}
     for n, data in collections.items():  # the photos' decoded pixels: 75-220 MB
-        raw[n] = sum(3 * h * w for h, w in (ueo.images.original_size(p) for p in sorted(data.rglob("*.jpg"))))
+        raw[n] = sum(3 * h * w for h, w in (ueo.images.reading.original_size(p) for p in sorted(data.rglob("*.jpg"))))
     assert (
         main(
             ["fit", "--model", vit224, "--pretrained", "none", "--device", "cpu", "--data", str(collections[100])]
@@ -97,7 +97,7 @@ def test_no_cache_reads_each_batch_from_the_files(vit224, collections, tmp_path)
     data = collections[200]
     code, peak = fit(vit224, data, tmp_path / "out", "--no-cache")
     assert code == 0
-    raw = sum(3 * h * w for h, w in (ueo.images.original_size(p) for p in sorted(data.rglob("*.jpg"))))
+    raw = sum(3 * h * w for h, w in (ueo.images.reading.original_size(p) for p in sorted(data.rglob("*.jpg"))))
     assert peak < 0.5 * raw, (peak, raw)
     assert not list(tmp_path.rglob("*.shard"))
 
@@ -119,7 +119,7 @@ def test_the_library_decodes_once_and_takes_what_read_images_gives(collections, 
 
 ALLOCATOR_PROBE = """
 import numpy as np
-from ueo.images import release_freed_memory
+from ueo.images.reading import release_freed_memory
 
 def resident_mb():
     with open("/proc/self/status") as status:

@@ -7,9 +7,9 @@ from PIL import Image
 
 def test_parallel_decoding_stays_within_its_pixel_budget(tmp_path, monkeypatch):
 
-    from ueo import images as images_module
-    from ueo.imagelist import ImageList
-    from ueo.images import PixelBudget, check_images
+    from ueo.data.imagelist import ImageList
+    from ueo.images import reading as images_module
+    from ueo.images.reading import PixelBudget, check_images
 
     for i in range(8):
         Image.new("RGB", (300, 200), (i, 0, 0)).save(tmp_path / f"{i}.png")

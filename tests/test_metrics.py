@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ueo.metrics import auroc, average_precision, compute_metrics, fpr_at_tpr, harmonic_mean, open_set_metrics
+from ueo.method.metrics import auroc, average_precision, compute_metrics, fpr_at_tpr, harmonic_mean, open_set_metrics
 
 # Hand-computed case: K = 2 known classes; label 2 and -1 are unknown.
 LABELS = [0, 0, 1, 1, 1, 2, -1, 2]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ueo.objectives import entropy, entropy_loss, infomax_loss, mcm_scores, oracle_weights, ueo_loss
+from ueo.method.objectives import entropy, entropy_loss, infomax_loss, mcm_scores, oracle_weights, ueo_loss
 
 P = [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1.0, 0.0, 0.0]]
 W = [0.5, 0.25, 1.0]

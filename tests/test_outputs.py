@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-import ueo.builder as builder_module
+import ueo.images.builder as builder_module
 from helpers import fit_args, make_folder, quick_fit_args, run_cli, unfinish
 from ueo.cli.outputs import lock_folder
 
@@ -68,23 +68,23 @@ def test_outputs_inside_the_inputs_and_other_folder_mistakes(
 
 
 def test_a_full_disk_while_writing_keeps_what_was_written(labeled_run, tmp_path, capsys, monkeypatch):
-    import ueo.report
+    import ueo.outputs.runfiles
 
     copy = tmp_path / "copy"
     shutil.copytree(labeled_run, copy)
     unfinish(copy)
-    real = ueo.report.write_text
+    real = ueo.outputs.runfiles.write_text
 
     def full_disk(path, text):
         if str(path).endswith("metrics.json"):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, text)
 
-    monkeypatch.setattr(ueo.report, "write_text", full_disk)
+    monkeypatch.setattr(ueo.outputs.runfiles, "write_text", full_disk)
     code, _, err = run_cli(capsys, ["fit", "--resume", str(copy), "--quiet"])
     assert code == 2 and "No space left on device" in err and "metrics.json" in err and "--resume" in err
     assert (copy / "checkpoint.safetensors").exists() and (copy / "predictions.csv").exists()
-    monkeypatch.setattr(ueo.report, "write_text", real)
+    monkeypatch.setattr(ueo.outputs.runfiles, "write_text", real)
     code, _, _ = run_cli(capsys, ["fit", "--resume", str(copy), "--quiet"])
     assert (
         code == 0

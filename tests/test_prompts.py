@@ -4,7 +4,7 @@ import torch
 import ueo
 from helpers import CLASSES
 from ueo.errors import DataError
-from ueo.prompts import PromptLearner, prompt_text
+from ueo.model.prompts import PromptLearner, prompt_text
 
 
 def reference_features(bundle, names):

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ueo import protocols
 from ueo.cli import main
 from ueo.errors import DataError
+from ueo.experiments import protocols
 
 LISTS = Path(__file__).parent / "data" / "domainnet_lists"
 

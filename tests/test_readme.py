@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from helpers import write_photos
-from ueo import toyworld as tw
 from ueo.cli import main
+from ueo.experiments import toyworld as tw
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CLASSES = Path(__file__).resolve().parents[1] / "src" / "ueo" / "resources" / "classes"

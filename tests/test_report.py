@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from helpers import fit_args, make_folder, read_csv, run_cli
-from ueo import report, tables
 from ueo.cli import main
+from ueo.outputs import runfiles as report
+from ueo.outputs import tables
 
 
 def write_run(folder, method, seed, pacc, auroc):
@@ -71,7 +72,7 @@ def test_plots_are_written(tmp_path):
 
 
 def test_paired_difference_by_hand():
-    from ueo.tables import paired_difference
+    from ueo.outputs.tables import paired_difference
 
     # differences 0.1, 0.2, 0.0: mean 0.1, sample std 0.1, standard error 0.1 / sqrt(3) = 0.0577
     gap = paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])

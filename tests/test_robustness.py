@@ -15,8 +15,8 @@ from PIL import Image
 from helpers import fit_args, paused_after_first_checkpoint, read_csv
 from ueo import AdaptedState
 from ueo.cli import main
-from ueo.data import read_folder
-from ueo.images import ImageFiles, check_images
+from ueo.data.folders import read_folder
+from ueo.images.reading import ImageFiles, check_images
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def test_a_state_is_refused_on_other_weights_of_the_same_file_name(photos, tmp_p
     argv = ["predict", "--adapted", str(state), "--data", str(photos), "--pretrained", str(second), "--device", "cpu"]
     assert main([*argv, "--out", str(tmp_path / "p"), "--quiet"]) == 2
     message = capsys.readouterr().err
-    identities = [ueo.clip.file_identity(first), ueo.clip.file_identity(second)]
+    identities = [ueo.model.clip.file_identity(first), ueo.model.clip.file_identity(second)]
     assert "another model" in message and all(i["sha256_ends"] in message for i in identities), message
     assert not (tmp_path / "p").exists()  # refused before anything was written
     with pytest.raises(ueo.IncompatibleError, match="another model"):
@@ -118,7 +118,7 @@ def test_weights_whose_ends_are_unchanged_are_still_other_weights(photos, tmp_pa
         data[at] ^= 1
     second = tmp_path / "tuned.safetensors"
     second.write_bytes(bytes(data))
-    a, b = ueo.clip.file_identity(first), ueo.clip.file_identity(second)
+    a, b = ueo.model.clip.file_identity(first), ueo.model.clip.file_identity(second)
     assert a["bytes"] == b["bytes"] and a["sha256_ends"] == b["sha256_ends"]  # what was compared before
     assert a["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest() != b["sha256"]
     memo = json.loads((__import__("pathlib").Path(os.environ["UEO_CACHE_DIR"]) / "digests.json").read_text())

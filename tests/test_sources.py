@@ -272,8 +272,8 @@ def test_a_pipe_needs_the_cache_and_says_so(photos, tmp_path, capsys, tiny_vit_w
 def test_a_resumed_run_sees_a_shard_rewritten(photos, tmp_path, capsys, tiny_vit_weights):
     """The identity of an image in a shard is the shard's path, size, times, inode and the member's name."""
     shards = write_shards(tmp_path / "shards", photos)
-    from ueo.imagelist import fingerprint
-    from ueo.sources import read_images
+    from ueo.data.imagelist import fingerprint
+    from ueo.data.sources import read_images
 
     before = fingerprint(read_images(str(shards), ["cat", "dog"]))
     first = sorted(shards.glob("*.tar"))[0]

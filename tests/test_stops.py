@@ -59,7 +59,7 @@ def test_ctrl_c_while_predict_decodes_says_what_is_left(bmp_run, tmp_path, capsy
 
     data, run_dir = bmp_run
     copy = shutil.copytree(data, tmp_path / "data")
-    once, real_add = threading.Lock(), ueo.images.DECODED.add
+    once, real_add = threading.Lock(), ueo.images.reading.DECODED.add
 
     def decoded(n=1):  # ctrl-C, once, while the cache is built, after its first decode, before its first shard
         real_add(n)
@@ -71,7 +71,7 @@ def test_ctrl_c_while_predict_decodes_says_what_is_left(bmp_run, tmp_path, capsy
                     break
                 time.sleep(0.01)
 
-    monkeypatch.setattr(ueo.images.DECODED, "add", decoded)  # the documented decode hook
+    monkeypatch.setattr(ueo.images.reading.DECODED, "add", decoded)  # the documented decode hook
     args = ["predict", "--adapted", str(run_dir / "adapted.safetensors"), "--data", str(copy)]
     code, _, err = run_cli(capsys, [*args, "--out", str(tmp_path / "p"), "--quiet"])
     assert code == 130 and "stopped while decoding" in err and "incomplete" in err

@@ -10,7 +10,7 @@ from helpers import quick_fit_args, read_csv, run_cli
 from ueo import AdaptedState
 from ueo.cli import main
 from ueo.errors import ConfigError, DataError
-from ueo.thresholds import decide, otsu_threshold, parse_threshold, threshold_at_tpr
+from ueo.model.thresholds import decide, otsu_threshold, parse_threshold, threshold_at_tpr
 
 
 def brute_force_otsu(values):
@@ -66,7 +66,7 @@ def test_parse_and_decide():
 
 def test_one_policy_chooses_every_threshold():
     """choose_threshold is the one place a threshold is decided; its record is what states and metrics keep."""
-    from ueo.thresholds import Threshold, choose_threshold
+    from ueo.model.thresholds import Threshold, choose_threshold
 
     scores = [0.1, 0.1, 0.9, 0.9]
     auto = choose_threshold("auto", scores=scores, source="four images")

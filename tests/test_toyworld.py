@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import ueo
-from ueo import toyworld as tw
-from ueo.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS
+from ueo.experiments import toyworld as tw
+from ueo.experiments.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS
 
 pytestmark = pytest.mark.slow  # whole fits, exports and subprocess runs (`make test-quick` leaves them out)
 

@@ -9,9 +9,9 @@ from sklearn.metrics import roc_auc_score
 import ueo
 from helpers import CLASSES, snapshot
 from ueo.errors import ConfigError, DataError
-from ueo.objectives import mcm_scores, ueo_loss
-from ueo.prompts import PromptLearner
-from ueo.tuning import tunable_parameters
+from ueo.method.objectives import mcm_scores, ueo_loss
+from ueo.model.prompts import PromptLearner
+from ueo.model.tuning import tunable_parameters
 
 K = len(CLASSES)
 
@@ -213,8 +213,8 @@ def test_bad_options_are_clear_errors(tiny_vit, generated):
 def test_an_adaptation_set_inside_the_test_set_is_not_scored_twice(tiny_vit, generated, tmp_path, monkeypatch):
     """The transductive protocols adapt on part of the test set: its outputs are the test set's at its
     positions (same parameters, same deterministic eval views), with its own labels."""
-    from ueo.data import read_folder
-    from ueo.images import ImageFiles
+    from ueo.data.folders import read_folder
+    from ueo.images.reading import ImageFiles
 
     images = generated(12, [0, 1, 2, 3], seed=9)
     for i in range(len(images)):
@@ -224,7 +224,7 @@ def test_an_adaptation_set_inside_the_test_set_is_not_scored_twice(tiny_vit, gen
     test = read_folder(tmp_path / "data", CLASSES)
     train = test.subset([7, 1, 4, 10, 2])  # out of order, as a scenario's subset need not be
     train.labels = [-1 if i % 2 else label for i, label in enumerate(train.labels)]  # its own labels
-    scored = ueo.inference.SCORED
+    scored = ueo.method.inference.SCORED
     before = scored.count
     kwargs = dict(epochs=1, batch_size=4, lr_prompt=1e-2, lr_norm=1e-2, eval_train=True)
     result = ueo.fit(tiny_vit, CLASSES, ImageFiles(train), test=ImageFiles(test), **kwargs)

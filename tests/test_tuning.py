@@ -4,9 +4,9 @@ import torch
 import ueo
 from ueo import IncompatibleError
 from ueo.errors import ConfigError
-from ueo.prompts import PromptLearner
-from ueo.state import AdaptedState
-from ueo.tuning import (
+from ueo.model.prompts import PromptLearner
+from ueo.model.state import AdaptedState
+from ueo.model.tuning import (
     adapted_state,
     applied,
     apply_adapted_state,

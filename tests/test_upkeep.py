@@ -12,8 +12,8 @@ import pytest
 
 import ueo
 from helpers import make_folder, photo, run_cli
-from ueo.cache import DecodeCache, file_key
-from ueo.data import read_folder
+from ueo.data.folders import read_folder
+from ueo.images.cache import DecodeCache, file_key
 
 SIDE = 128
 
@@ -88,7 +88,7 @@ def test_a_builder_of_another_collection_is_not_waited_for(tmp_path):
     """A builder suspended while it holds its collection's lock does not hold up a collection of its own."""
     first = read_folder(make_folder(tmp_path / "a", classes=("cat",), n=2), ["cat"])
     other = read_folder(make_folder(tmp_path / "b", classes=("cat",), n=2, seed=3), ["cat"])
-    from ueo.shards import collection_of, lock_file
+    from ueo.images.shards import collection_of, lock_file
 
     cache = DecodeCache(tmp_path / "cache")
     folder = cache.folder(SIDE)
@@ -122,13 +122,13 @@ def test_a_pipe_source_is_known_by_its_bytes(tmp_path, counted):
     assert counted["n"] == decoded + 3  # decoded again: the new pixels
     want = np.asarray(photo(50, 40, seed=100).convert("RGB")).transpose(2, 0, 1)
     assert np.array_equal(pixels.image(0).numpy(), want)
-    from ueo.imagelist import fingerprint
+    from ueo.data.imagelist import fingerprint
 
     assert fingerprint(after) != fingerprint(before)  # `ueo fit --resume` refuses it as other data
 
 
 def test_vocabulary_features_that_cannot_be_kept_cost_a_warning_only(tmp_path, capsys):
-    from ueo.toyworld import CLASS_NAMES, TARGET_STYLE, render
+    from ueo.experiments.toyworld import CLASS_NAMES, TARGET_STYLE, render
 
     data = tmp_path / "data"
     for label in (0, 1, 16):

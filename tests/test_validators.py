@@ -10,7 +10,7 @@ from scipy.special import softmax
 from scipy.stats import entropy
 from sklearn.metrics.pairwise import cosine_similarity
 
-from ueo import validators as v
+from ueo.method import validators as v
 
 
 def test_entropy_and_im_by_hand():

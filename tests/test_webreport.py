@@ -15,7 +15,7 @@ from PIL import Image
 
 from helpers import fit_args, read_csv
 from ueo.cli import main
-from ueo.webreport import MAX_CELLS, PER_CELL, PER_GALLERY, write_run_report
+from ueo.outputs.webreport import MAX_CELLS, PER_CELL, PER_GALLERY, write_run_report
 
 ODD_NAMES = ["with space.png", "quote'\"s.png", "<b>bold&amp;.png", "ünïcødé 🐱.png"]
 ODD_VOCABULARY = ["<b>bolder</b>", "fish & chips", "quote'\"s name", "ünï 🐱"]  # names for the unknown groups

@@ -22,20 +22,14 @@ from typing import Any
 
 import torch
 
-from .clip import load_clip
 from .config import is_finite_number
 from .errors import ConfigError, DataError, IncompatibleError
-from .feed import image_source
 from .files import write_tagged, write_text
 from .images import as_dataset
-from .inference import autocast, outputs_of
-from .objectives import mcm_scores
-from .prompts import PromptLearner
-from .state import AdaptedState
-from .thresholds import decide, threshold_warning
-from .tuning import apply_adapted_state
+from .method import autocast, mcm_scores, outputs_of
+from .model import AdaptedState, PromptLearner, apply_adapted_state, decide, load_clip, threshold_warning
 from .version import __version__
-from .views import checked_item
+from .views import checked_item, image_source
 
 CLASSIFIER_FORMAT = "ueo-classifier/1"
 EXPORT_FILES = ("open_clip_model.safetensors", "open_clip_config.json", "classifier.safetensors", "README.md")

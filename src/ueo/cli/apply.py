@@ -5,18 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import report
 from ..classifier import EXPORT_FILES, Classifier
 from ..config import FitConfig
+from ..data import read_images
 from ..errors import ConfigError
-from ..fastpath import decoded_short_side
 from ..images import SKIPPED_COLUMNS
-from ..inference import evaluate
-from ..record import apply_record
-from ..sources import read_images
-from ..state import AdaptedState
-from ..thresholds import Threshold, choose_threshold
-from ..webreport import write_run_report
+from ..method import evaluate
+from ..model import AdaptedState, Threshold, choose_threshold
+from ..outputs import apply_record, write_run_report
+from ..outputs import runfiles as report
+from ..views import decoded_short_side
 from .inputs import decode_cache, discovery_names, labeled_images, load_bundle, readable_files, threshold_spec
 from .messages import flag_errors, say, say_done, say_or_warn, warn
 from .options import flag_names

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import protocols, report, tables
-from ..checkpoint import load_checkpoint
 from ..config import FitConfig
-from ..demo import DEMO_OUTPUTS, run_demo
 from ..errors import ConfigError
-from ..webtable import write_table_page
+from ..experiments import DEMO_OUTPUTS, protocols, run_demo
+from ..method import load_checkpoint
+from ..outputs import runfiles as report
+from ..outputs import tables, write_table_page
 from .configfile import resolve_config
 from .fit import run_fit
 from .inputs import decode_cache

@@ -9,22 +9,25 @@ from typing import Any
 
 import yaml
 
-from .. import report
-from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..config import PROMPT_CONTEXT, FitConfig
-from ..distributed import init_from_environment, is_main
+from ..data import ImageList, fingerprint
 from ..errors import ConfigError, DivergedError, Interrupted
-from ..fastpath import decoded_short_side
 from ..files import write_text
-from ..imagelist import ImageList, fingerprint
 from ..images import SKIPPED_COLUMNS, ImageFiles
-from ..inference import evaluate
-from ..prompts import PromptLearner
-from ..record import fit_record
-from ..thresholds import parse_threshold
-from ..training import fit, run_identity
-from ..tuning import configure_tuning, resolve_rule
-from ..webreport import write_run_report
+from ..method import (
+    check_resumable,
+    evaluate,
+    fit,
+    init_from_environment,
+    is_main,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
+from ..model import PromptLearner, configure_tuning, parse_threshold, resolve_rule
+from ..outputs import fit_record, write_run_report
+from ..outputs import runfiles as report
+from ..views import decoded_short_side
 from .configfile import given_options, resolve_config
 from .inputs import (
     check_device,

@@ -8,18 +8,14 @@ from pathlib import Path
 
 import torch
 
-from .. import protocols
-from ..cache import DecodeCache
-from ..clip import load_clip
 from ..config import is_finite_number
-from ..data import parse_class_names
+from ..data import ImageList, class_names_of, parse_class_names, read_images
 from ..discovery import vocabulary_names
 from ..errors import ConfigError, DataError, WeightsUnavailableError
-from ..feed import readable
-from ..imagelist import ImageList
-from ..images import ImageFiles
-from ..sources import class_names_of, read_images
-from ..thresholds import parse_threshold
+from ..experiments import protocols
+from ..images import DecodeCache, ImageFiles
+from ..model import load_clip, parse_threshold
+from ..views import readable
 from .messages import flag_errors, say, say_or_warn, warn
 
 

@@ -17,7 +17,7 @@ import warnings
 
 from ..config import DEMO_METHODS, METHODS
 from ..errors import DivergedError, Interrupted, UeoError
-from ..protocols import SHIFT_SCENARIOS
+from ..experiments import SHIFT_SCENARIOS
 from ..version import __version__
 from .options import NO_DISCOVER_HELP, SCENARIO_CHOICES, VOCABULARY_HELP, add_cache_options, add_fit_options
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix} training stopped: {error}", file=sys.stderr)
         return 3
     except Interrupted as error:
-        from ..distributed import is_main
+        from ..method import is_main
 
         if is_main():
             print(f"{prefix} interrupted, {error}", file=sys.stderr)

@@ -7,10 +7,10 @@ import contextlib
 import sys
 from pathlib import Path
 
-from ..distributed import is_main
 from ..errors import UeoError
-from ..record import check_lines
-from ..thresholds import Threshold
+from ..method import is_main
+from ..model import Threshold
+from ..outputs import check_lines
 
 
 def say(message: str) -> None:

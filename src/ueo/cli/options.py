@@ -20,7 +20,7 @@ from ..config import (
     FitConfig,
 )
 from ..errors import ConfigError
-from ..protocols import BENCHMARKS, SCENARIOS
+from ..experiments import BENCHMARKS, SCENARIOS
 
 SCENARIO_CHOICES = SCENARIOS
 BENCHMARK_CHOICES = tuple(BENCHMARKS)

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..discovery import discover_outputs
-from ..distributed import is_main
 from ..errors import ConfigError
-from ..report import write_discovery
+from ..method import is_main
+from ..outputs import write_discovery
 from .messages import say, warn
 
 LOCK_NAME = ".ueo.lock"

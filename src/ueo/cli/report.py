@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import tables
 from ..errors import ConfigError, IncompatibleError
-from ..webreport import write_run_report
-from ..webtable import write_table_page
+from ..outputs import tables, write_run_report, write_table_page
 from .messages import flag_errors, say, warn
 
 TABLE_HEADER = "| benchmark | domain | scenario | method | runs |"

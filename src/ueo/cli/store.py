@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from .. import upkeep
 from ..errors import ConfigError
 from ..files import default_cache_dir
-from ..shards import bound
+from ..images import bound, upkeep
 from .inputs import cache_root
 from .messages import say, warn
 

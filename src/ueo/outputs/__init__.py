@@ -1,0 +1,35 @@
+"""What a run leaves: metrics.json, CSVs, plots, report.html, tables.
+
+Rooms: record, runfiles, tables, thumbs, webdemo, webreport, webselection, webtable. This face names what the other wings use; each name loads when first used."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_WHERE = {  # name -> the room that defines it
+    **dict.fromkeys(["apply_record", "check_lines", "fit_record"], "record"),
+    **dict.fromkeys(["write_discovery"], "runfiles"),
+    **dict.fromkeys(["paired_difference"], "tables"),
+    **dict.fromkeys(["write_front_page"], "webdemo"),
+    **dict.fromkeys(["write_run_report"], "webreport"),
+    **dict.fromkeys(["write_table_page"], "webtable"),
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .record import apply_record, check_lines, fit_record
+    from .runfiles import write_discovery
+    from .tables import paired_difference
+    from .webdemo import write_front_page
+    from .webreport import write_run_report
+    from .webtable import write_table_page
