@@ -122,26 +122,7 @@ def fit(
     training = cfg.method not in ("zeroshot", "tpt") and cfg.epochs > 0
     run.selection = Selection(cfg, len(class_names)) if cfg.select == "auto" else None
     try:
-        needs_weights = cfg.method in ("ueo", "oracle") and training
-        if resume is not None:
-            targets = resume["tensors"].get("targets")
-            run.targets = targets.to(device) if targets is not None else None
-            start = restore(run, resume, steps_per_epoch=math.ceil(len(run.members or train) / cfg.batch_size))
-            weights = resume["tensors"].get("weights")
-        else:
-            start = (1, 0)
-            zero_shot_train = run.measure(0, need_train=True)
-            assert zero_shot_train is not None  # (asked for: the adaptation set is always scored here)
-            result.zeroshot_outputs = dict(result.outputs)
-            zeroshot = result.zeroshot_outputs.get("train", result.zeroshot_outputs.get("test"))
-            result.zeroshot_threshold = choose_threshold("auto", scores=zeroshot.scores.numpy()).value
-            result.zeroshot_check = validator_score(check_validator(cfg.validator), zero_shot_train, cfg.logit_scale)
-            weights = confidence_weights(cfg, zero_shot_train, len(class_names)) if needs_weights else None
-            if cfg.method == "upl" and training:
-                run.targets = pseudo_labels(cfg, zero_shot_train, run.class_names).to(device)
-            if run.selection is not None:  # zero-shot is always a candidate; every trajectory starts from it
-                run.selection.add(run, 0, zeroshot=True, train_out=zero_shot_train, test=result.outputs.get("test"))
-                run.selection.weights0, run.selection.rng = weights, torch.get_rng_state()
+        start, weights = resumed(run, resume) if resume is not None else from_zeroshot(run, training)
         run.weights = weights.to(device) if weights is not None else None
         run.batch_stats = cfg.method == "tent"  # Tent adapts and predicts with each batch's statistics
         if cfg.method == "tpt":
@@ -167,6 +148,36 @@ def fit(
         for param in model.parameters():  # (no gradient of the last step is left on the caller's model)
             param.grad = None
     return result
+
+
+def resumed(run: Run, checkpoint: dict) -> tuple[tuple[int, int], torch.Tensor | None]:
+    """(where training goes on, the confidence weights) of a run resumed from ``checkpoint``."""
+    targets = checkpoint["tensors"].get("targets")  # (UPL's pseudo-labels: which images train)
+    run.targets = targets.to(run.device) if targets is not None else None
+    trained = len(run.members or run.sources["train"])
+    start = restore(run, checkpoint, steps_per_epoch=math.ceil(trained / run.config.batch_size))
+    return start, checkpoint["tensors"].get("weights")
+
+
+def from_zeroshot(run: Run, training: bool) -> tuple[tuple[int, int], torch.Tensor | None]:
+    """The zero-shot pass (the adaptation set always, the test set when given) and what the run takes from it:
+    Otsu's cut and the check validator's score of the zero-shot model, UEO's confidence weights, UPL's
+    pseudo-labels, the selection's first candidate. ((1, 0), the weights)."""
+    cfg, result = run.config, run.result
+    zero_shot_train = run.measure(0, need_train=True)
+    assert zero_shot_train is not None  # (asked for: the adaptation set is always scored here)
+    result.zeroshot_outputs = dict(result.outputs)
+    zeroshot = result.zeroshot_outputs.get("train", result.zeroshot_outputs.get("test"))
+    result.zeroshot_threshold = choose_threshold("auto", scores=zeroshot.scores.numpy()).value
+    result.zeroshot_check = validator_score(check_validator(cfg.validator), zero_shot_train, cfg.logit_scale)
+    needs_weights = cfg.method in ("ueo", "oracle") and training
+    weights = confidence_weights(cfg, zero_shot_train, len(run.class_names)) if needs_weights else None
+    if cfg.method == "upl" and training:
+        run.targets = pseudo_labels(cfg, zero_shot_train, run.class_names).to(run.device)
+    if run.selection is not None:  # zero-shot is always a candidate; every trajectory starts from it
+        run.selection.add(run, 0, zeroshot=True, train_out=zero_shot_train, test=result.outputs.get("test"))
+        run.selection.weights0, run.selection.rng = weights, torch.get_rng_state()
+    return (1, 0), weights
 
 
 def pseudo_labels(cfg: FitConfig, outputs: Outputs, class_names: list[str]) -> torch.Tensor:
