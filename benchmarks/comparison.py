@@ -21,11 +21,11 @@ from pathlib import Path
 import ueo
 from ueo.config import METHODS
 from ueo.experiments import toyworld as tw
-from ueo.experiments.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS, method_settings
+from ueo.experiments.demo import DEMO_SETTINGS, PER_CLASS, TEST_PER_CLASS, compare, method_settings
 from ueo.experiments.protocols import SHIFT_SCENARIOS
 from ueo.files import write_text
 from ueo.model.clip import load_clip
-from ueo.outputs.tables import mean_std, paired_difference
+from ueo.outputs.tables import mean_std
 
 KEYS = ("pacc", "auroc", "hm")
 COMPARED = ("zeroshot", "entropy", "infomax", "upl", "pouf", "tent", "tpt", "ueo")
@@ -68,35 +68,30 @@ def with_tpt_everywhere(runs: list[dict]) -> list[dict]:
 
 
 def analyse(path: Path) -> str:
+    """The tables of benchmarks/RESULTS.md: per scenario and method the mean ± std over seeds and s/run; then UEO
+    minus each method paired by seed (``ueo.demo.compare``: the demo's own comparison), over the seeds both ran."""
     runs = with_tpt_everywhere(json.loads(path.read_text()))
-    lines = ["| scenario | method | seeds | PACC | AUROC | HM | s/run |", "|---|---|---|---|---|---|---|"]
-    gaps = ["| scenario | UEO − | metric | mean ± s.e. (points) | seeds | verdict |", "|---|---|---|---|---|---|"]
+    lines = ["| scenario | method | PACC | AUROC | HM | s/run |", "|---|---|---|---|---|---|"]
+    gaps = ["| scenario | UEO − | PACC | AUROC | HM |", "|---|---|---|---|---|"]
     for scenario in SHIFT_SCENARIOS:
-        mine = [r for r in runs if r["scenario"] == scenario]
-        methods = [m for m in COMPARED if any(r["method"] == m for r in mine)]
-        for method in methods:
-            rows = sorted((r for r in mine if r["method"] == method), key=lambda r: r["seed"])
+        by_seed = {m: {r["seed"]: r for r in runs if r["scenario"] == scenario and r["method"] == m} for m in COMPARED}
+        for method, rows in ((m, rows) for m, rows in by_seed.items() if rows):
             cells = []
             for key in KEYS:
-                mean, std = mean_std([100 * r[key] for r in rows if r[key] is not None])
+                mean, std = mean_std([100 * r[key] for r in rows.values() if r[key] is not None])
                 cells.append("-" if mean is None else f"{mean:.1f} ± {std:.1f}")
-            seconds = sum(r["seconds"] for r in rows) / len(rows)
-            lines.append(f"| {scenario} | {method} | {len(rows)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
-        ueo_rows = {r["seed"]: r for r in mine if r["method"] == "ueo"}
-        for method in (m for m in methods if m != "ueo"):
-            other = {r["seed"]: r for r in mine if r["method"] == method}
-            seeds = sorted(set(ueo_rows) & set(other))
-            for key in KEYS:
-                pairs = [(ueo_rows[s][key], other[s][key]) for s in seeds]
-                pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-                if len(pairs) < 2:
-                    continue
-                gap = paired_difference([100 * a for a, _ in pairs], [100 * b for _, b in pairs])
-                verdict = "differs" if gap["differs"] else "does not differ"
-                gaps.append(
-                    f"| {scenario} | {method} | {key.upper()} | {gap['mean']:+.1f} ± {gap['se']:.1f} | {gap['n']} | "
-                    f"{verdict} |"
-                )
+            seconds = sum(r["seconds"] for r in rows.values()) / len(rows)
+            lines.append(f"| {scenario} | {method} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        for method, rows in by_seed.items():
+            seeds = sorted(set(rows) & set(by_seed["ueo"]))
+            if method == "ueo" or len(seeds) < 2:
+                continue
+            pair = {m: {"seeds": [by_seed[m][s] for s in seeds]} for m in ("ueo", method)}
+            cells = [
+                f"{100 * g['mean']:+.2f} ± {100 * g['se']:.2f} ({'differs' if g['differs'] else 'does not differ'})"
+                for g in compare(scenario, pair)
+            ]
+            gaps.append(f"| {scenario} | {method} ({len(seeds)} seeds) | " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", *gaps]) + "\n"
 
 

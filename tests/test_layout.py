@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ueo"
 # for using what was learned) between method and discovery, the command line on top
 ORDER = ["foundation", "data", "images", "views", "model", "method", "classifier", "discovery", "outputs"]
 ORDER += ["experiments", "cli"]
-FOUNDATION = {"errors", "config", "files", "version"}
+FOUNDATION = {"errors", "config", "files", "version", "faces"}
 WINGS = [w for w in ORDER if (PACKAGE / w).is_dir()]
 
 

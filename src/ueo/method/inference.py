@@ -104,7 +104,7 @@ def outputs_of(
     should_stop: polled between batches (under torch.distributed every 10 batches, at batches every rank
     has; it must agree across ranks); when it returns True, Interrupted is raised.
     test_time: each batch's cosines from ``test_time(features, indices, source)`` instead (TPT's per-image
-    tuning, ``ueo.testtime``)."""
+    tuning, ``TestTimePrompt``)."""
     SCORED.add(len(source))
     device = text_features.device
     mine = rank_indices(len(source))
@@ -260,7 +260,7 @@ def evaluate(
         source = image_source(
             bundle, test, fast=fast, cache=cache, seed=seed, num_workers=num_workers, progress=progress
         )
-        tpt = FitConfig.for_method("tpt", amp=amp)
+        tpt = TestTimePrompt(bundle.model, learner, FitConfig.for_method("tpt", amp=amp)) if method == "tpt" else None
         with batch_statistics(bundle.model, method == "tent"):
             out = outputs_of(
                 bundle.model,
@@ -271,6 +271,6 @@ def evaluate(
                 progress=progress,
                 should_stop=should_stop,
                 keep_features=features,
-                test_time=TestTimePrompt(bundle.model, learner, tpt) if method == "tpt" else None,
+                test_time=tpt,
             )
     return out.metrics(len(class_names)), out

@@ -197,7 +197,7 @@ def pseudo_labels(cfg: FitConfig, outputs: Outputs, class_names: list[str]) -> t
         warnings.warn(
             f"UPL: the zero-shot model predicts no adaptation image as {len(missing)} of the {len(class_names)} "
             f"classes ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); it learns the others.",
-            stacklevel=3,
+            stacklevel=4,
         )
     return targets
 

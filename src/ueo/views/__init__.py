@@ -4,8 +4,9 @@ Rooms: fastpath, feed, resample, spec. This face names what the other wings use;
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..faces import loader
 
 _WHERE = {  # name -> the room that defines it
     **dict.fromkeys(["decoded_short_side"], "fastpath"),
@@ -30,13 +31,7 @@ _WHERE = {  # name -> the room that defines it
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = loader(__name__, _WHERE)
 
 
 if TYPE_CHECKING:
