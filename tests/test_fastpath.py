@@ -128,6 +128,41 @@ def test_views_of_images_in_memory_equal_the_reference():
         assert psnr(got, reference_train_view(image, spec, 7, 3, i)) >= 45
 
 
+def peak_tensor_bytes(step) -> int:
+    """The most bytes of tensors alive at once while ``step`` runs, counted by torch's profiler: each
+    top-level operation's net allocation and each release, in the order they happened."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.events() if e.cpu_parent is None), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def test_a_batch_of_views_is_built_with_one_batch_of_floats_alive():
+    """The peak of a run is the building of a batch: rendered into the batch and normalised in place, one
+    float batch is alive at a time (built by value, stacked then centred then scaled, it was two to four)."""
+    spec = ViewSpec(224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    images = [photo(w, h, seed=i) for i, (w, h) in enumerate(PHOTO_SIZES)]
+    pixels = decode_all([(image, 0) for image in images], decoded_short_side(spec))
+    source = BatchViews(pixels, spec, seed=7, device="cpu")
+    indices = list(range(len(images))) * 8  # a batch of 56 views: one view's own temporaries are small beside it
+    batch = len(indices) * 3 * 224 * 224 * 4
+    kept = []
+    steps = {
+        "eval": lambda: kept.append(next(iter(source.eval_batches(indices, len(indices))))[0]),
+        "train": lambda: kept.append(next(iter(source.train_batches([indices], epoch=1)))[0]),
+    }
+    for kind, step in steps.items():
+        peak = peak_tensor_bytes(step)
+        assert batch <= peak < 1.5 * batch, (kind, peak / batch)
+    assert kept[0].shape == kept[1].shape == (len(indices), 3, 224, 224)
+
+
 @pytest.mark.slow
 def test_evaluate_gives_open_clips_own_cosines_on_photos(photos):
     """ueo.evaluate (fast path, the default) against open_clip's preprocess + encode_image + encode_text on

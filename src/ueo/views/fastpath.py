@@ -158,15 +158,22 @@ def render(crop: torch.Tensor, c: Cut, spec: ViewSpec) -> torch.Tensor:
     return part.flip(-1) if c.flip else part
 
 
-def normalise(batch: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+def normalise_(batch: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """``batch`` normalised in place ((x - mean) / std, per channel), returned."""
     mean = torch.as_tensor(spec.mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
     std = torch.as_tensor(spec.std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
-    return (batch - mean) / std
+    return batch.sub_(mean).div_(std)
 
 
 def make_views(crops: Sequence[torch.Tensor], cuts: Sequence[Cut], spec: ViewSpec) -> torch.Tensor:
-    """A normalised float batch [B, 3, S, S] from the fetched regions of ``cuts``."""
-    return normalise(torch.stack([render(crop, c, spec) for crop, c in zip(crops, cuts)]), spec)
+    """A normalised float batch [B, 3, S, S] from the fetched regions of ``cuts``, each view rendered into
+    the batch and the batch normalised in place: one batch of float pixels alive at a time, not the four
+    (views, stacked, centred, scaled) that building it by value held at its peak."""
+    device = crops[0].device if crops else None
+    batch = torch.empty((len(cuts), 3, spec.size, spec.size), device=device)
+    for k, (crop, c) in enumerate(zip(crops, cuts)):
+        batch[k] = render(crop, c, spec)
+    return normalise_(batch, spec)
 
 
 def train_cuts(pixels, indices: Sequence[int], seed: int, epoch: int, spec: ViewSpec) -> list[Cut]:
