@@ -145,7 +145,7 @@ def peak_tensor_bytes(step) -> int:
 
 def test_a_batch_of_views_is_built_with_one_batch_of_floats_alive():
     """The peak of a run is the building of a batch: rendered into the batch and normalised in place, one
-    float batch is alive at a time (built by value, stacked then centred then scaled, it was two to four)."""
+    float batch is alive at a time (built by value, stacked then centred then scaled, it was three)."""
     spec = ViewSpec(224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     images = [photo(w, h, seed=i) for i, (w, h) in enumerate(PHOTO_SIZES)]
     pixels = decode_all([(image, 0) for image in images], decoded_short_side(spec))

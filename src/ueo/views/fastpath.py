@@ -167,8 +167,8 @@ def normalise_(batch: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
 
 def make_views(crops: Sequence[torch.Tensor], cuts: Sequence[Cut], spec: ViewSpec) -> torch.Tensor:
     """A normalised float batch [B, 3, S, S] from the fetched regions of ``cuts``, each view rendered into
-    the batch and the batch normalised in place: one batch of float pixels alive at a time, not the four
-    (views, stacked, centred, scaled) that building it by value held at its peak."""
+    the batch and the batch normalised in place: one batch of float pixels alive at a time, not the three
+    (stacked, centred, scaled) that building it by value held at its peak."""
     device = crops[0].device if crops else None
     batch = torch.empty((len(cuts), 3, spec.size, spec.size), device=device)
     for k, (crop, c) in enumerate(zip(crops, cuts)):
